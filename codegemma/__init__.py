@@ -1,0 +1,3 @@
+"""codegemma: CodeGemma end to end, from data to evaluation."""
+
+__version__ = "0.1.0"

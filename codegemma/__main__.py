@@ -1,0 +1,5 @@
+import sys
+
+from codegemma.cli import main
+
+sys.exit(main())

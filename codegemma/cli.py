@@ -1,0 +1,52 @@
+"""`codegemma <command>`: one entry point; each stage registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from codegemma.errors import CodegemmaError
+
+# Each module exposes `register(subparsers)`, adding parsers whose `func(args) -> int | None` runs them.
+COMMAND_MODULES = [
+    "codegemma.commands",  # generate, info, convert
+    "codegemma.complete.cli",  # complete, chat
+    "codegemma.serve.cli",  # serve, lsp
+    "codegemma.data.cli",  # data ...
+    "codegemma.train.cli",  # train ...
+    "codegemma.eval.cli",  # eval ...
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codegemma", description="CodeGemma models: generate, complete, serve, data, train, eval.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that stage is not part of this install
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CodegemmaError as exc:
+        print(f"codegemma {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
