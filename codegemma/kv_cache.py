@@ -1,0 +1,119 @@
+"""A preallocated key/value cache, passed into `Gemma.forward` from outside.
+
+Slots are columns shared by the whole batch (column c holds the c-th token fed to the cache);
+each row stores its own absolute positions, so left-padded prompts of different lengths run in
+one batch: padding gets position -1 and is never attended to by real tokens.
+
+Global layers keep every column. Sliding-window layers keep a ring of `window + slack` columns:
+the window is all attention needs, and the slack lets the cache roll back up to `slack` tokens
+(an editor's next request usually shares all but the last few tokens of the previous one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codegemma.config import ModelConfig
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu",
+                 slack: int | None = None):
+        self.config = config
+        self.batch_size = batch_size
+        self.max_len = max_len
+        window = config.sliding_window or max_len
+        self.slack = window if slack is None else slack
+        self.ring = min(max_len, window + self.slack)
+        shape = lambda n: (batch_size, config.n_kv_heads, n, config.head_dim)  # noqa: E731
+        self.k, self.v, self.sizes = [], [], []
+        for layer_type in config.layer_types:
+            n = self.ring if layer_type == "local" else max_len
+            self.k.append(torch.zeros(shape(n), dtype=dtype, device=device))
+            self.v.append(torch.zeros(shape(n), dtype=dtype, device=device))
+            self.sizes.append(n)
+        # positions per column, one table per buffer size (all layers of a size share columns)
+        self.pos = {n: torch.full((batch_size, n), -1, dtype=torch.long, device=device) for n in set(self.sizes)}
+        self.length = 0  # columns written so far
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Store this step's keys/values; return (keys, values, key positions) to attend over."""
+        T = k.shape[2]
+        n = self.sizes[layer]
+        start = self.length
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache full: {start + T} tokens > max_len {self.max_len}")
+        old_pos = self.pos[n]
+        pos_table = self._stage_positions(n, positions, start, T)
+        kb, vb = self.k[layer], self.v[layer]
+        if n == self.max_len:  # linear buffer: write, then attend over everything written
+            kb[:, :, start:start + T] = k
+            vb[:, :, start:start + T] = v
+            end = start + T
+            return kb[:, :, :end], vb[:, :, :end], pos_table[:, :end]
+        if T == 1:  # ring, one token: the slot it overwrites has already left the window
+            slot = start % n
+            kb[:, :, slot] = k[:, :, 0]
+            vb[:, :, slot] = v[:, :, 0]
+            return kb, vb, pos_table
+        # ring, several tokens: attend over old ring + new tokens, then keep the newest `n`
+        keys = torch.cat((kb, k), dim=2)
+        values = torch.cat((vb, v), dim=2)
+        key_pos = torch.cat((old_pos, positions), dim=1)
+        keep = min(T, n)
+        slots = torch.arange(start + T - keep, start + T, device=k.device) % n
+        kb[:, :, slots] = k[:, :, T - keep:]
+        vb[:, :, slots] = v[:, :, T - keep:]
+        return keys, values, key_pos
+
+    def _stage_positions(self, n: int, positions: torch.Tensor, start: int, T: int) -> torch.Tensor:
+        """The position table of buffer size n once this step is written; staged until `advance`.
+
+        Computed once per step and shared by every layer with that buffer size.
+        """
+        if n not in self._pending:
+            table = self.pos[n]
+            if n == self.max_len:
+                table[:, start:start + T] = positions
+            elif T == 1:
+                table[:, start % n] = positions[:, 0]
+            else:
+                table = table.clone()  # this step still attends over the old ring's positions
+                keep = min(T, n)
+                slots = torch.arange(start + T - keep, start + T, device=positions.device) % n
+                table[:, slots] = positions[:, T - keep:]
+            self._pending[n] = table
+        return self._pending[n]
+
+    def advance(self, positions: torch.Tensor):
+        """Called by the model after all layers ran on this step."""
+        T = positions.shape[1]
+        for n, table in self._pending.items():
+            self.pos[n] = table
+        self._pending.clear()
+        self.length += T
+        self.next_position = positions[:, -1] + 1
+
+    def can_truncate(self, length: int) -> bool:
+        """Whether rolling back to `length` columns keeps every key a future token could need."""
+        if length > self.length:
+            return False
+        if self.ring == self.max_len:
+            return True
+        window = self.config.sliding_window
+        # columns [length - window + 1, length) must not have been overwritten by later ones
+        return self.length - length <= self.ring - window + 1
+
+    def truncate(self, length: int):
+        if not self.can_truncate(length):
+            raise ValueError(f"cannot roll the cache back from {self.length} to {length} tokens")
+        for n, table in self.pos.items():
+            if n == self.max_len:
+                table[:, length:] = -1
+            else:
+                cols = torch.arange(length, self.length, device=table.device) % n
+                table[:, cols] = -1
+        self.length = length
+        self.next_position = torch.full_like(self.next_position, length)

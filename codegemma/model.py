@@ -1,0 +1,238 @@
+"""The Gemma transformer (Gemma 1 / CodeGemma, Gemma 2, Gemma 3) in plain, trainable PyTorch.
+
+The module holds weights only. Inference state lives in a `KVCache` passed to `forward`, so the
+same module trains (no gradients are disabled inside) and generates.
+
+Facts that matter for exactness (spec: codegemma.md section 6):
+- RMSNorm scales by (1 + w), computed in float32 and cast back.
+- The embedding is multiplied by sqrt(d_model) rounded to the activation dtype.
+- RoPE uses the rotate-half layout; Gemma 3 has its own base for local layers, and linear scaling
+  applies to global layers only.
+- Gemma 2 soft-caps attention scores and final logits; Gemma 3 normalises q and k per head instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codegemma.config import ModelConfig
+from codegemma.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))  # zero-centred: the scale is (1 + w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: float = 1.0) -> torch.Tensor:
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    return inv / scaling
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape [B, 1, T, head_dim] in float32 for integer positions [B, T]."""
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_type: str):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.window = cfg.sliding_window if layer_type == "local" else None
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, positions, segment_ids, cache: KVCache | None, layer: int, key_valid, masks: dict):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        # The mask depends only on the layer type, so it is built once per forward and shared.
+        key = "local" if self.window is not None else "global"
+        if cache is None:
+            if key not in masks:
+                masks[key] = self._mask(positions, positions, segment_ids, segment_ids, key_valid, key_valid)
+        else:
+            k, v, key_pos = cache.update(layer, k, v, positions)
+            if key not in masks:
+                masks[key] = self._mask(positions, key_pos, None, None, key_pos >= 0, positions >= 0)
+        y = self._attend(q, k, v, masks[key])
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _mask(self, q_pos, k_pos, q_seg, k_seg, k_valid, q_valid) -> torch.Tensor:
+        """Boolean [B, 1, Tq, Tk]: True where a query may attend to a key.
+
+        Padding queries (q_valid False) may see padding keys, so no row is empty (an empty
+        softmax row is NaN, and NaN values would leak through zero weights into real rows).
+        """
+        qp, kp = q_pos[:, :, None], k_pos[:, None, :]
+        mask = kp <= qp
+        if self.window is not None:
+            mask = mask & (qp - kp < self.window)
+        if q_seg is not None:
+            mask = mask & (q_seg[:, :, None] == k_seg[:, None, :])
+        if k_valid is not None:
+            mask = mask & (k_valid[:, None, :] | ~q_valid[:, :, None])
+        return mask[:, None]
+
+    def _attend(self, q, k, v, mask):
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scale = self.cfg.query_scale
+        if self.cfg.attn_softcap is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        # Soft-capping acts on the raw scores, which SDPA does not expose: attend by hand.
+        cap = self.cfg.attn_softcap
+        scores = (q @ k.transpose(-1, -2)) * scale
+        scores = torch.tanh(scores / cap) * cap
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return probs @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_type: str):
+        super().__init__()
+        self.layer_type = layer_type
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer_type)
+        # In Gemma 1 this is the pre-MLP norm; Gemma 2/3 add norms after attention and MLP.
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.post_norms = cfg.post_norms
+        if cfg.post_norms:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, positions, segment_ids, cache, layer, key_valid, masks):
+        h = self.self_attn(self.input_layernorm(x), cos, sin, positions, segment_ids, cache, layer, key_valid, masks)
+        if self.post_norms:
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Gemma(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, t) for t in config.layer_types)
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.register_buffer("inv_freq_global", rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling),
+                             persistent=False)
+        self.register_buffer("inv_freq_local", rope_inv_freq(config.head_dim, config.rope_local_theta),
+                             persistent=False)
+        self.gradient_checkpointing = False
+
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
+        """Random init for training from scratch: normal linears/embedding, zero norm weights (scale 1)."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, mean=0.0, std=std, generator=generator)
+            else:
+                nn.init.zeros_(p)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] (float32), or [B, 1, V] with `last_only`.
+
+        positions: [B, T] absolute positions (default: 0..T-1, restarting per segment when
+            `segment_ids` is given; after the cached length when a cache is given).
+        attn_mask: [B, T] bool, False for padding tokens that no query may attend to (no cache).
+        segment_ids: [B, T] document ids of packed sequences; attention stays inside a document.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = self._default_positions(input_ids, cache, segment_ids)
+        x = self.embed_tokens(input_ids)
+        x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
+        rope = {
+            "global": rope_cos_sin(positions, self.inv_freq_global),
+            "local": rope_cos_sin(positions, self.inv_freq_local),
+        }
+        masks: dict = {}
+        for i, block in enumerate(self.layers):
+            cos, sin = rope[block.layer_type]
+            args = (x, cos, sin, positions, segment_ids, cache, i, attn_mask, masks)
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                x = block(*args)
+        if cache is not None:
+            cache.advance(positions)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        return self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.embed_tokens.weight).float()  # tied embeddings
+        cap = self.config.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @staticmethod
+    def _default_positions(input_ids, cache, segment_ids):
+        B, T = input_ids.shape
+        if segment_ids is not None:
+            # position within each document: index minus the index where its segment starts
+            idx = torch.arange(T, device=input_ids.device).expand(B, T)
+            starts = torch.ones_like(segment_ids, dtype=torch.bool)
+            starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+            start_idx = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+            return idx - start_idx
+        start = cache.next_position if cache is not None else torch.zeros(B, dtype=torch.long, device=input_ids.device)
+        return start[:, None] + torch.arange(T, device=input_ids.device)[None]
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_embedding else n - self.embed_tokens.weight.numel()

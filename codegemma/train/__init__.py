@@ -1,0 +1,1 @@
+"""Training: one loop for pretraining (FIM, packed code), SFT and DPO; LoRA; checkpoints; distributed runs."""

@@ -1,0 +1,104 @@
+"""Training checkpoints: everything needed to continue a run bit-for-bit, written atomically.
+
+A checkpoint is one file `checkpoints/step_XXXXXXXX.pt` holding the model, optimizer and scheduler
+states, the data readers' positions and the random-number generator states of every process, plus
+the recipe and model config. `checkpoints/latest` names the newest complete one; both are written
+to a temporary name and renamed, so a run killed at any instant leaves either the previous or the
+new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codegemma.errors import CodegemmaError
+
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write `state` as the checkpoint of `step`, point `latest` at it, and prune old ones."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / f"step_{step:08d}.pt"
+    _atomic_torch_save(state, path)
+    _atomic_text(path.name + "\n", ckpt_dir / "latest")
+    if keep > 0:
+        for old in list_steps(ckpt_dir)[:-keep]:
+            (ckpt_dir / f"step_{old:08d}.pt").unlink(missing_ok=True)
+    return path
+
+
+def list_steps(ckpt_dir: str | Path) -> list[int]:
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name)))
+
+
+def latest(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None if the run has none yet."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / "latest"
+    if pointer.is_file():
+        path = ckpt_dir / pointer.read_text().strip()
+        if path.is_file():
+            return path
+    steps = list_steps(ckpt_dir)
+    return ckpt_dir / f"step_{steps[-1]:08d}.pt" if steps else None
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CodegemmaError(f"checkpoint not found: {path}")
+    try:
+        # the file holds RNG and data-reader states (numpy arrays, tuples), so it is not weights-only
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise CodegemmaError(f"{path}: not a readable training checkpoint ({exc})") from None

@@ -1,0 +1,64 @@
+"""Losses over packed sequences: next-token cross-entropy with segment and loss masks, and DPO.
+
+Batch convention (shared with the shard reader): `tokens`, `segment_ids` (1, 2, ... per document,
+0 = padding) and `loss_mask` (True = real, trainable token), all [B, T]. Targets are the tokens
+shifted by one; position t is trained iff its target t+1 is a trainable token in the same segment,
+so no position learns to predict across a document boundary or into padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def shift(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, input segment ids, targets, trained-position mask) for next-token prediction."""
+    tokens, seg, mask = batch["tokens"], batch["segment_ids"], batch["loss_mask"]
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    in_seg = seg[:, :-1]
+    trained = mask[:, 1:].bool() & (seg[:, 1:] == in_seg) & (in_seg != 0)
+    return inputs, in_seg, targets, trained
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood [B, T] in float32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def lm_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of next-token losses over trained positions, and how many positions were trained.
+
+    Returning the sum (not the mean) lets the caller divide by the token count of the whole global
+    batch, so gradient accumulation and data parallelism give exactly the single-process gradient.
+    """
+    inputs, seg, targets, trained = shift(batch)
+    logits = model(inputs, segment_ids=seg)
+    nll = token_nll(logits, targets)
+    return (nll * trained).sum(), trained.sum()
+
+
+def sequence_logprob(model, tokens: torch.Tensor, segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over the masked (response) positions of each row: [B]."""
+    batch = {"tokens": tokens, "segment_ids": segment_ids, "loss_mask": loss_mask}
+    inputs, seg, targets, trained = shift(batch)
+    logits = model(inputs, segment_ids=seg)
+    return -(token_nll(logits, targets) * trained).sum(dim=1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct Preference Optimization (Rafailov et al. 2023), per pair: -log sigmoid(beta * margin).
+
+    The margin is how much more the policy prefers the chosen response than the reference does.
+    Returns the per-pair losses [B] and diagnostics (implicit rewards and preference accuracy).
+    """
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    losses = -F.logsigmoid(chosen_reward - rejected_reward)
+    stats = {
+        "reward_chosen": chosen_reward.detach().mean(),
+        "reward_rejected": rejected_reward.detach().mean(),
+        "reward_accuracy": (chosen_reward > rejected_reward).float().detach().mean(),
+    }
+    return losses, stats

@@ -1,0 +1,201 @@
+"""Run recipes: one TOML file describes a training run, from model and data to schedule and logging.
+
+Every section maps to a dataclass below; unknown keys are errors so a typo never silently falls back
+to a default. Relative paths inside a recipe are taken relative to the current directory (the
+command is run from the repository root), matching how the CLI reports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codegemma.errors import CodegemmaError
+
+OBJECTIVES = ("pretrain", "sft", "dpo")
+
+
+@dataclass
+class ModelSection:
+    preset: str | None = "tiny-gemma"  # a codegemma.config preset, used when `init` is empty
+    init: str | None = None  # start from a checkpoint: GGUF file or HF directory
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset
+    init_std: float = 0.02
+    # continued pretraining: turn these existing vocabulary entries into the FIM sentinels
+    fim_sentinels_from: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # shard directory (pretrain), conversations JSONL (sft), preference pairs JSONL (dpo)
+    eval: str = ""  # held-out data of the same kind
+    seq_len: int = 256
+    fim_rate: float = 0.0  # recorded for the shard builder (data recipe); shards carry FIM already
+    spm_rate: float = 0.5
+    data_recipe: str = ""  # recipes/data/*.toml the shards were built from (documentation only)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32", "bf16"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # 0: only at the end
+    batches: int = 8
+    infill_files: str = ""  # directory of held-out source files for FIM-middle loss and infilling EM
+    infill_examples: int = 64
+    infill_max_new_tokens: int = 48
+    infill_max_prompt_tokens: int = 512
+
+
+@dataclass
+class LogSection:
+    every: int = 10
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+    peak_flops: float = 0.0  # per device; 0 = look it up (GPU) or estimate (CPU)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 0  # 0: only at the end
+    keep: int = 2
+
+
+@dataclass
+class DistributedSection:
+    strategy: str = "ddp"  # ddp or fsdp (only used under torchrun)
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    merge_on_export: bool = True
+
+
+@dataclass
+class DpoSection:
+    beta: float = 0.1
+    max_prompt_tokens: int = 512
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    objective: str = "pretrain"
+    seed: int = 0
+    out_dir: str = "runs/run"
+    tokenizer: str = ""  # tokenizer.json, HF directory or GGUF; default: the `init` checkpoint's
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    log: LogSection = field(default_factory=LogSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    dpo: DpoSection = field(default_factory=DpoSection)
+
+    def validate(self, where: str = "recipe") -> "Recipe":
+        if self.objective not in OBJECTIVES:
+            raise CodegemmaError(f"{where}: objective {self.objective!r} is not one of {OBJECTIVES}")
+        if self.distributed.strategy not in ("ddp", "fsdp"):
+            raise CodegemmaError(f"{where}: distributed.strategy must be 'ddp' or 'fsdp'")
+        if self.train.precision not in ("auto", "fp32", "bf16"):
+            raise CodegemmaError(f"{where}: train.precision must be auto, fp32 or bf16")
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self.train, name) < 1:
+                raise CodegemmaError(f"{where}: train.{name} must be at least 1")
+        if not 0.0 <= self.data.fim_rate <= 1.0:
+            raise CodegemmaError(f"{where}: data.fim_rate must be in [0, 1]")
+        if self.data.seq_len < 2:
+            raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CodegemmaError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    defaults = cls()
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise CodegemmaError(f"{where}: [{key}] must be a table")
+            kwargs[key] = _build(type(default), value, f"{where} [{key}]")
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, where: str = "recipe") -> Recipe:
+    return _build(Recipe, data, where).validate(where)
+
+
+def set_override(data: dict, dotted: str) -> None:
+    """Apply one `section.key=value` command-line override (value parsed as TOML, else a string)."""
+    key, sep, value = dotted.partition("=")
+    if not sep:
+        raise CodegemmaError(f"override {dotted!r} is not of the form section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CodegemmaError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = parsed
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CodegemmaError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CodegemmaError(f"{path}: invalid TOML: {exc}") from None
+    for item in overrides:
+        set_override(data, item)
+    data.setdefault("name", path.stem)
+    return from_dict(data, str(path))

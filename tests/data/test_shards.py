@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from codegemma.data.packing import pack
+from codegemma.data.shards import ShardDataset, ShardReader, ShardWriter
+from codegemma.errors import CodegemmaError
+
+
+def _write(path, n_docs=40, seq_len=16, per_shard=7, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(3, 500, int(rng.integers(1, 30))) for _ in range(n_docs)]
+    writer = ShardWriter(path, seq_len, sequences_per_shard=per_shard, meta={"recipe": "test", "vocab_size": 500})
+    rows = list(pack(docs, seq_len, pad_id=0))
+    for row in rows:
+        writer.add(*row)
+    writer.close()
+    return rows
+
+
+def test_roundtrip_and_meta(tmp_path):
+    rows = _write(tmp_path / "s")
+    ds = ShardDataset(tmp_path / "s")
+    assert len(ds) == len(rows) and ds.seq_len == 16 and ds.meta["recipe"] == "test"
+    assert len(json.loads((tmp_path / "s" / "index.json").read_text())["shards"]) > 1
+    for i, (tokens, segments, mask) in enumerate(rows):
+        item = ds[i]
+        assert item["tokens"].dtype == np.int32 and item["segment_ids"].dtype == np.int32
+        assert item["loss_mask"].dtype == bool
+        np.testing.assert_array_equal(item["tokens"], tokens)
+        np.testing.assert_array_equal(item["segment_ids"], segments)
+        np.testing.assert_array_equal(item["loss_mask"], mask)
+    assert not list(tmp_path.glob(".*tmp"))  # the staging directory was renamed away
+
+
+def test_truncated_shard_is_a_clear_error(tmp_path):
+    _write(tmp_path / "s")
+    victim = next((tmp_path / "s").glob("*.tokens.bin"))
+    victim.write_bytes(victim.read_bytes()[:-4])
+    with pytest.raises(CodegemmaError, match="truncated"):
+        ShardDataset(tmp_path / "s")
+
+
+def test_reader_ranks_are_disjoint_and_deterministic(tmp_path):
+    _write(tmp_path / "s", n_docs=80)
+    ds = ShardDataset(tmp_path / "s")
+
+    def seen(rank, world, seed=3):
+        reader = ShardReader(ds, batch_size=2, rank=rank, world_size=world, seed=seed)
+        rows = []
+        for _ in range(reader.batches_per_epoch):
+            batch = next(reader)
+            assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape == (2, 16)
+            assert batch["loss_mask"].dtype == torch.bool
+            rows += [tuple(r.tolist()) for r in batch["tokens"]]
+        return rows
+
+    a, b = seen(0, 2), seen(1, 2)
+    assert a == seen(0, 2)
+    assert a != seen(0, 2, seed=4)
+    assert len(a) == len(b)
+    index = {tuple(ds[i]["tokens"].tolist()): i for i in range(len(ds))}
+    ids_a, ids_b = {index[r] for r in a}, {index[r] for r in b}
+    assert not ids_a & ids_b
+
+
+def test_reader_resumes_exactly(tmp_path):
+    _write(tmp_path / "s", n_docs=60)
+    full = ShardReader(tmp_path / "s", batch_size=3, seed=1)
+    reference = [next(full)["tokens"] for _ in range(full.batches_per_epoch + 4)]  # crosses an epoch
+    first = ShardReader(tmp_path / "s", batch_size=3, seed=1)
+    for _ in range(5):
+        next(first)
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = ShardReader(tmp_path / "s", batch_size=3, seed=1)
+    resumed.load_state_dict(state)
+    for expected in reference[5:]:
+        assert torch.equal(next(resumed)["tokens"], expected)
+    other = ShardReader(tmp_path / "s", batch_size=3, seed=2)
+    with pytest.raises(CodegemmaError, match="seed"):
+        other.load_state_dict(state)
+
+
+def test_not_a_shard_dir(tmp_path):
+    with pytest.raises(CodegemmaError, match="index.json"):
+        ShardDataset(tmp_path)
