@@ -163,11 +163,19 @@ class Gemma(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, t) for t in config.layer_types)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.register_buffer("inv_freq_global", rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling),
-                             persistent=False)
-        self.register_buffer("inv_freq_local", rope_inv_freq(config.head_dim, config.rope_local_theta),
-                             persistent=False)
+        self.register_buffer("inv_freq_global", torch.empty(config.head_dim // 2), persistent=False)
+        self.register_buffer("inv_freq_local", torch.empty(config.head_dim // 2), persistent=False)
+        self.reset_buffers()
         self.gradient_checkpointing = False
+
+    def reset_buffers(self):
+        """(Re)compute the RoPE tables, e.g. after building the module on the meta device."""
+        device = self.embed_tokens.weight.device
+        if device.type == "meta":
+            return  # computed once real weights are assigned
+        cfg = self.config
+        self.inv_freq_global = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).to(device)
+        self.inv_freq_local = rope_inv_freq(cfg.head_dim, cfg.rope_local_theta).to(device)
 
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
         """Random init for training from scratch: normal linears/embedding, zero norm weights (scale 1)."""

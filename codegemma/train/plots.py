@@ -1,0 +1,49 @@
+"""PNG plots of a run's curves from its metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from codegemma.train import metrics  # noqa: E402
+
+_PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")]
+
+
+def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
+    """Four panels (loss with eval points, LR, gradient norm, throughput) in one PNG."""
+    train = metrics.read(metrics_path, "train")
+    evals = metrics.read(metrics_path, "eval")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (key, label) in zip(axes.flat, _PANELS):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label="train", linewidth=1)
+        if key == "loss":
+            for ekey in ("loss", "fim_middle_loss"):
+                epts = [(r["step"], r[ekey]) for r in evals if ekey in r]
+                if epts:
+                    ax.plot(*zip(*epts), marker="o", label=f"eval {ekey}")
+            ax.legend()
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out_path)
+
+
+def save(fig, out_path: str | Path) -> Path:
+    """Write a figure atomically (temporary name, then rename) and close it."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path

@@ -1,0 +1,242 @@
+"""The training loop shared by every objective.
+
+One optimizer step = `grad_accum` micro-batches on each of `world_size` processes. Losses are sums
+divided by the trained-token (or pair) count of the whole global batch, so a run's trajectory does
+not depend on how the global batch is split across processes and micro-batches. AdamW with warmup
+and cosine decay, gradient clipping, bf16 autocast on GPUs and float32 on CPUs, optional
+torch.compile and activation checkpointing. Metrics go to JSONL and TensorBoard; checkpoints hold
+everything needed to continue the run bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from codegemma.train import checkpoint as ckpt
+from codegemma.train import distributed, metrics, optim
+from codegemma.train.distributed import DistEnv
+from codegemma.train.recipe import Recipe
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+
+
+def use_bf16(recipe: Recipe, device: torch.device) -> bool:
+    return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, model: nn.Module, objective, data: Iterator, env: DistEnv | None = None,
+                 evaluator: Callable[[nn.Module], dict] | None = None, flops_per_token: float = 0.0,
+                 out_dir: str | Path | None = None):
+        self.recipe = recipe
+        self.env = env or DistEnv()
+        self.device = self.env.device
+        self.raw_model = model.to(self.device)
+        self.objective = objective
+        self.data = data
+        self.evaluator = evaluator
+        self.flops_per_token = flops_per_token
+        self.out_dir = Path(out_dir or recipe.out_dir)
+        self.bf16 = use_bf16(recipe, self.device)
+        if recipe.train.activation_checkpointing:
+            _enable_activation_checkpointing(self.raw_model)
+        fsdp = self.env.distributed and recipe.distributed.strategy == "fsdp"
+        self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy, self.bf16)
+        self.forward_model = torch.compile(self.model) if recipe.train.compile else self.model
+        self.fsdp = fsdp
+        self.optimizer, self.scheduler = optim.build(self.raw_model, recipe.optim, recipe.train.steps,
+                                                     fused=self.device.type == "cuda" and not fsdp)
+        self.step = 0
+        self.tokens_seen = 0
+        self.logger = metrics.MetricsLogger(self.out_dir, recipe.log.tensorboard, enabled=self.env.is_main)
+        self.peak = recipe.log.peak_flops or metrics.peak_flops(self.device)
+
+    # ---- checkpointing -----------------------------------------------------------------
+    def _model_state(self) -> dict:
+        if self.env.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}
+
+    def _optim_state(self) -> dict:
+        if self.env.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.raw_model, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> Path | None:
+        data_states = distributed.gather_objects(self.data.state_dict(), self.env)
+        rng_states = distributed.gather_objects(ckpt.rng_state(), self.env)
+        model_state, optim_state = self._model_state(), self._optim_state()
+        path = None
+        if self.env.is_main:
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
+                     "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "data": data_states,
+                     "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
+                     "model_config": _config_dict(self.raw_model)}
+            path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
+        if self.env.distributed:
+            torch.distributed.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = ckpt.load(path)
+        if state.get("world_size", 1) != self.env.world_size:
+            from codegemma.errors import CodegemmaError
+
+            raise CodegemmaError(f"{path}: saved with {state['world_size']} processes, resuming with "
+                                 f"{self.env.world_size}; the data order would change")
+        if self.env.distributed:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, state["model"], options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"][self.env.rank])
+        ckpt.set_rng_state(state["rng"][self.env.rank])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+
+    # ---- one step ----------------------------------------------------------------------
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> dict:
+        micro = [to_device(next(self.data), self.device) for _ in range(self.recipe.train.grad_accum)]
+        local = torch.stack([self.objective.count(b).to(self.device).float() for b in micro]).sum()
+        global_count = distributed.all_reduce_sum(local, self.env).clamp(min=1.0)
+        # DDP and FSDP average gradients over processes; scaling by world/global_count turns that
+        # average into the gradient of the global-batch mean.
+        scale = self.env.world_size / global_count
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        stats_acc: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            with sync:
+                with self._autocast():
+                    total, stats = self.objective.loss_sum(self.forward_model, batch)
+                (total * scale).backward()
+            loss_sum += total.detach().float()
+            for k, v in stats.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + float(v) / len(micro)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                                   self.recipe.optim.grad_clip or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = distributed.all_reduce_sum(loss_sum, self.env) / global_count
+        tokens = sum(_batch_tokens(b) for b in micro) * self.env.world_size
+        return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
+                "trained_tokens": int(global_count.item()), **stats_acc}
+
+    # ---- the run -----------------------------------------------------------------------
+    def fit(self, resume: bool = True, on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+        """Train to `recipe.train.steps`, continuing from the newest checkpoint when `resume`."""
+        latest = ckpt.latest(self.out_dir / "checkpoints") if resume else None
+        if latest is not None:
+            self.load_checkpoint(latest)
+        r = self.recipe
+        history = []
+        bar = _progress(r, self.step, self.env.is_main)
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < r.train.steps:
+            out = self.train_step()
+            self.step += 1
+            self.tokens_seen += out["tokens"]
+            window_tokens += out["tokens"]
+            history.append(out)
+            if self.step % r.log.every == 0 or self.step == r.train.steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                tps = window_tokens / elapsed
+                record = {**out, "tokens_seen": self.tokens_seen, "tokens_per_s": tps}
+                if self.flops_per_token and self.peak:
+                    record["mfu"] = tps * self.flops_per_token / (self.peak * self.env.world_size)
+                self.logger.log(self.step, "train", record)
+                window_tokens, window_start = 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+            if on_step is not None:
+                on_step(self.step, out)
+            if r.eval.every and self.step % r.eval.every == 0 and self.step < r.train.steps:
+                self.evaluate()
+            if r.checkpoint.every and self.step % r.checkpoint.every == 0 and self.step < r.train.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self.evaluate()
+        self.save_checkpoint()
+        self.logger.close()
+        return history
+
+    def evaluate(self) -> dict:
+        if self.evaluator is None:
+            return {}
+        # Evaluation must not consume the training RNG streams, or a resumed run would diverge.
+        saved = ckpt.rng_state()
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            result = self.evaluator(self.raw_model if not self.fsdp else self.model)
+        ckpt.set_rng_state(saved)
+        self.logger.log(self.step, "eval", result)
+        return result
+
+
+def _batch_tokens(batch) -> int:
+    if "tokens" in batch:
+        return batch["tokens"].numel()
+    return sum(_batch_tokens(v) for v in batch.values() if isinstance(v, dict))
+
+
+def _config_dict(model: nn.Module) -> dict | None:
+    inner = model
+    for attr in ("base_model", "model"):
+        if not hasattr(inner, "config") and hasattr(inner, attr):
+            inner = getattr(inner, attr)
+    config = getattr(inner, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else None
+
+
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block in the backward pass instead of storing its activations."""
+    target = model
+    while not hasattr(target, "gradient_checkpointing"):
+        children = [getattr(target, a) for a in ("base_model", "model") if hasattr(target, a)]
+        if not children:
+            raise ValueError("this model does not support activation checkpointing")
+        target = children[0]
+    target.gradient_checkpointing = True
+
+
+def _progress(recipe: Recipe, start: int, enabled: bool):
+    if not (enabled and recipe.log.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=recipe.train.steps, initial=start, desc=recipe.name, dynamic_ncols=True)

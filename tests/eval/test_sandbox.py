@@ -1,0 +1,231 @@
+"""Hostile programs: each must be contained and must leave no process or file behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codegemma.eval import sandbox
+
+LAYERS = sandbox.available_layers()
+
+
+def python(code: str, timeout: float = 3.0, **kwargs) -> sandbox.RunResult:
+    return sandbox.run([sys.executable, "-I", "main.py"], files={"main.py": textwrap.dedent(code)},
+                       timeout=timeout, **kwargs)
+
+
+def processes_with(token: str) -> list[int]:
+    """Host pids whose command line contains `token`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def sandbox_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("codegemma-sandbox-")}
+
+
+@pytest.fixture
+def host_stays_clean():
+    """Fails the test if the run leaves a working directory or a process carrying the token."""
+    before = sandbox_dirs()
+    token = f"hostile-{uuid.uuid4().hex}"
+    yield token
+    assert sandbox_dirs() <= before, "sandbox working directory left behind"
+    assert processes_with(token) == [], "sandboxed process outlived its run"
+
+
+def test_normal_program_runs_and_reports_layers():
+    result = python("print('hello'); import sys; print('oops', file=sys.stderr)")
+    assert result.status == "ok" and result.returncode == 0
+    assert result.stdout == "hello\n" and result.stderr == "oops\n"
+    assert {"session", "rlimits", "env"} <= set(result.isolation)
+    assert set(result.isolation) == set(LAYERS)
+
+
+def test_files_are_placed_in_the_working_directory_and_nonzero_exit_is_an_error():
+    result = sandbox.run([sys.executable, "-I", "main.py"],
+                         files={"main.py": "import sys; sys.exit(open('pkg/data.txt').read() == 'x' and 3)",
+                                "pkg/data.txt": "x"}, timeout=5)
+    assert result.status == "error" and result.returncode == 3
+
+
+def test_file_outside_the_working_directory_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        sandbox.run(["true"], files={"../escape.txt": "x"})
+
+
+def test_fork_bomb_is_contained(host_stays_clean):
+    result = python(f"""
+        import os, sys
+        sys.argv.append("{host_stays_clean}")
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """, timeout=2)
+    assert result.status in ("timeout", "killed")
+
+
+def test_unbounded_output_is_capped_and_killed(host_stays_clean):
+    limits = sandbox.Limits(output_bytes=10_000)
+    result = python("while True:\n    print('x' * 1000, flush=True)", timeout=10, limits=limits)
+    assert result.status == "killed" and "output limit" in result.reason
+    assert len(result.stdout) == 10_000
+    assert result.seconds < 5
+
+
+def test_sleeping_forever_times_out(host_stays_clean):
+    result = python(f"import time, sys; sys.argv.append('{host_stays_clean}'); time.sleep(10_000)", timeout=1)
+    assert result.status == "timeout" and 1 <= result.seconds < 3
+
+
+def test_ignoring_sigterm_does_not_help(host_stays_clean):
+    result = python("""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(10_000)
+        """, timeout=1)
+    assert result.status == "timeout" and result.seconds < 3
+
+
+def test_memory_bomb_is_stopped_by_the_address_space_limit():
+    limits = sandbox.Limits(address_space_mb=512)
+    result = python("""
+        chunks = []
+        while True:
+            chunks.append(bytearray(64 << 20))
+        """, timeout=10, limits=limits)
+    assert result.status == "error" and "MemoryError" in result.stderr
+
+
+def test_background_process_does_not_outlive_the_run(host_stays_clean):
+    # A double fork plus setsid escapes the process group; it must die with the run anyway.
+    result = python(f"""
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{host_stays_clean}"],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print("spawned")
+        """, timeout=5)
+    assert result.status == "ok" and result.stdout == "spawned\n"
+
+
+def test_closing_its_own_stdout_still_captures_stderr_and_exit(host_stays_clean):
+    result = python("""
+        import os, sys, time
+        print("before", flush=True)
+        os.close(1)
+        time.sleep(0.2)
+        print("after close", file=sys.stderr)
+        sys.exit(4)
+        """)
+    assert result.status == "error" and result.returncode == 4
+    assert result.stdout == "before\n" and "after close" in result.stderr
+
+
+def test_closing_stdout_and_hanging_still_times_out(host_stays_clean):
+    result = python("import os, time; os.close(1); os.close(2); time.sleep(10_000)", timeout=1)
+    assert result.status == "timeout"
+
+
+def test_environment_is_scrubbed(monkeypatch):
+    monkeypatch.setenv("CODEGEMMA_TEST_SECRET", "s3cr3t-value")
+    result = python(f"""
+        import os
+        print(sorted(os.environ))
+        print("secret" if "s3cr3t-value" in repr(dict(os.environ)) else "clean")
+        try:
+            print(open("/proc/{os.getpid()}/environ", "rb").read())
+        except OSError as exc:
+            print("denied", type(exc).__name__)
+        """)
+    assert result.status == "ok", result.stderr
+    assert "clean" in result.stdout and "s3cr3t-value" not in result.stdout
+    if "uid" in LAYERS or "pidns" in LAYERS:
+        assert "denied" in result.stdout
+
+
+@pytest.mark.skipif("netns" not in LAYERS, reason="no network namespace on this host")
+def test_network_connection_is_impossible():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        result = python(f"""
+            import socket
+            for host in ("127.0.0.1", "1.1.1.1"):
+                try:
+                    socket.create_connection((host, {port}), timeout=1).close()
+                    print("connected", host)
+                except OSError as exc:
+                    print("refused", host, type(exc).__name__)
+            """, timeout=5)
+        with pytest.raises(OSError):  # nothing reached the host's listener
+            server.accept()
+    finally:
+        server.close()
+    assert result.status == "ok", result.stderr
+    assert "connected" not in result.stdout and result.stdout.count("refused") == 2
+
+
+@pytest.mark.skipif("uid" not in LAYERS, reason="needs an unprivileged uid (the harness runs as root)")
+def test_writing_and_deleting_outside_its_directory_fails(tmp_path, host_stays_clean):
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    victim = victim_dir / "precious.txt"
+    victim.write_text("keep me")
+    os.chmod(tmp_path, 0o755)
+    shared_tmp = Path(tempfile.gettempdir()) / f"{host_stays_clean}.txt"
+    result = python(f"""
+        import os
+        for path in ({str(victim)!r}, {str(victim_dir / 'new.txt')!r}, {str(shared_tmp)!r},
+                     "/dev/shm/{host_stays_clean}", os.path.expanduser("~/../{host_stays_clean}")):
+            try:
+                with open(path, "w") as f:
+                    f.write("pwned")
+            except OSError as exc:
+                print("write denied", path, type(exc).__name__)
+        try:
+            os.remove({str(victim)!r})
+        except OSError as exc:
+            print("delete denied", type(exc).__name__)
+        """)
+    assert result.status == "ok", result.stderr
+    assert victim.read_text() == "keep me"
+    assert not (victim_dir / "new.txt").exists()
+    assert not shared_tmp.exists() and not Path(f"/dev/shm/{host_stays_clean}").exists()
+    assert "delete denied" in result.stdout
+
+
+def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
+    result = python("open('big.bin', 'wb').write(b'0' * 1000); import os; print(os.getcwd())")
+    assert result.status == "ok"
+    assert not Path(result.stdout.strip()).exists()
+
+
+def test_file_size_limit_stops_a_disk_filler():
+    limits = sandbox.Limits(file_size_mb=1)
+    result = python("open('big.bin', 'wb').write(b'0' * (4 << 20))", limits=limits)
+    assert result.status in ("error", "killed")
+
+
+def test_missing_program_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        sandbox.run(["no-such-program-xyz"])
