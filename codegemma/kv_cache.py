@@ -57,7 +57,8 @@ class KVCache:
             slot = start % n
             kb[:, :, slot] = k[:, :, 0]
             vb[:, :, slot] = v[:, :, 0]
-            return kb, vb, pos_table
+            used = min(start + 1, n)  # before the ring wraps, only its first columns hold keys
+            return kb[:, :, :used], vb[:, :, :used], pos_table[:, :used]
         # ring, several tokens: attend over old ring + new tokens, then keep the newest `n`
         keys = torch.cat((kb, k), dim=2)
         values = torch.cat((vb, v), dim=2)

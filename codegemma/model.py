@@ -107,12 +107,12 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, mask):
         groups = self.n_heads // self.n_kv_heads
+        scale = self.cfg.query_scale
+        if self.cfg.attn_softcap is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        scale = self.cfg.query_scale
-        if self.cfg.attn_softcap is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         # Soft-capping acts on the raw scores, which SDPA does not expose: attend by hand.
         cap = self.cfg.attn_softcap
         scores = (q @ k.transpose(-1, -2)) * scale

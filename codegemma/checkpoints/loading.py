@@ -92,6 +92,9 @@ def load_weights_into(model: Gemma, tensors: Iterable[tuple[str, torch.Tensor]],
     for name, tensor in tensors:
         if name not in expected:
             continue  # e.g. a duplicate lm_head of tied embeddings, rotary caches
+        if not tensor.is_floating_point():
+            raise CodegemmaError(f"{source}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                                 "expected a floating-point type")
         if tuple(tensor.shape) != tuple(expected[name]):
             raise CodegemmaError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, "
                                  f"expected {tuple(expected[name])}")

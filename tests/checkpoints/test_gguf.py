@@ -1,0 +1,125 @@
+"""GGUF loading: every dequantizable tensor type, and a clear error for each kind of bad file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+from codegemma.checkpoints import load
+from codegemma.errors import CodegemmaError
+from codegemma.model import Gemma
+
+from .gguf_fixtures import CONFIG, write_gguf
+
+TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
+         Q.IQ4_NL, Q.IQ4_XS]
+QUANTIZED = ["layers.0.self_attn.q_proj.weight", "layers.0.mlp.gate_proj.weight", "layers.1.mlp.down_proj.weight",
+             "embed_tokens.weight"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+
+
+def random_state(seed=0):
+    torch.manual_seed(seed)
+    model = Gemma(CONFIG)
+    model.init_weights()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("kind", TYPES, ids=lambda k: k.name)
+def test_every_tensor_type_loads_to_its_dequantized_values(tmp_path, kind):
+    state = random_state()
+    path = tmp_path / "m.gguf"
+    expected = write_gguf(path, state, types={name: kind for name in QUANTIZED})
+    loaded = load(path)
+    got = dict(loaded.model.state_dict())
+    for name, value in expected.items():
+        assert torch.equal(got[name], torch.from_numpy(np.asarray(value, dtype=np.float32)).reshape(got[name].shape)), name
+    # the loaded model computes exactly what a model built from those arrays computes
+    reference = Gemma(CONFIG).eval()
+    reference.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32)).reshape(state[k].shape)
+                               for k, v in expected.items()})
+    ids = torch.tensor([[2, 270, 280, 290, 5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(ids), reference(ids), atol=1e-5)
+    # a second load comes from the converted cache and is identical
+    again = load(path)
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in got.items())
+
+
+def test_gguf_tokenizer_and_config(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state())
+    loaded = load(path)
+    assert loaded.config.family == "gemma3" and loaded.config.layer_types == CONFIG.layer_types
+    assert loaded.config.sliding_window == 8 and loaded.config.query_pre_attn_scalar == 64
+    tok = loaded.tokenizer
+    assert tok.special["bos"] == 2 and tok.special["eos"] == 1
+    ids = tok.encode("def self return é")
+    assert tok.decode(ids) == "def self return é"
+
+
+def test_missing_file():
+    with pytest.raises(CodegemmaError, match="not found"):
+        load("no/such/model.gguf")
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CodegemmaError, match="truncated or corrupt"):
+        load(path)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    with pytest.raises(CodegemmaError, match="truncated or corrupt|metadata"):
+        load(path)
+
+
+def test_unknown_architecture(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state(), arch="llama")
+    with pytest.raises(CodegemmaError, match="unknown architecture 'llama'"):
+        load(path)
+
+
+def test_missing_tensor(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state(), skip={"layers.1.mlp.up_proj.weight"})
+    with pytest.raises(CodegemmaError, match="missing tensor layers.1.mlp.up_proj.weight"):
+        load(path)
+
+
+def test_wrong_shape(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state(), reshape={"layers.0.self_attn.k_proj.weight": (32, 512)})
+    with pytest.raises(CodegemmaError, match=r"layers.0.self_attn.k_proj.weight has shape \(32, 512\)"):
+        load(path)
+
+
+def test_unsupported_tensor_type(tmp_path, monkeypatch):
+    from codegemma.checkpoints import gguf_file
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state(), types={"layers.0.mlp.up_proj.weight": Q.Q8_0})
+
+    def refuse(data, kind):  # as the gguf package does for a type it has no dequantizer for
+        raise NotImplementedError(kind)
+
+    monkeypatch.setattr("gguf.quants.dequantize", refuse)
+    with pytest.raises(CodegemmaError, match="has type Q8_0, which cannot be dequantized"):
+        load(path)
+    assert gguf_file  # the loader module is what reports it
