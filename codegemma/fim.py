@@ -143,12 +143,40 @@ def sentinel_ids(tokenizer: _Encoder, sentinels: FimSentinels = CODEGEMMA_SENTIN
     return ids
 
 
-def encode_pieces(tokenizer: _Encoder, pieces: Sequence[str], ids: dict[str, int]) -> list[int]:
-    """Token ids of a piece list: sentinels by id, text through the tokenizer (no BOS)."""
+def encode_pieces(tokenizer: _Encoder, pieces: Sequence[str], ids: dict[str, int], literal_text: bool = False
+                  ) -> list[int]:
+    """Token ids of a piece list: sentinels by id, text through the tokenizer (no BOS).
+
+    With `literal_text`, a sentinel spelled inside a text piece (code about tokenizers, this very
+    module) is encoded as ordinary text rather than becoming the sentinel's id, so user text can
+    never forge a prompt boundary.
+    """
     out: list[int] = []
     for piece in pieces:
         if piece in ids:
             out.append(ids[piece])
         elif piece:
-            out += tokenizer.encode(piece, add_bos=False)
+            out += encode_literal(tokenizer, piece, ids) if literal_text else tokenizer.encode(piece, add_bos=False)
+    return out
+
+
+def encode_literal(tokenizer: _Encoder, text: str, specials: Iterable[str]) -> list[int]:
+    """Encode `text` so that no string in `specials` inside it turns into its special id: each
+    occurrence is encoded in two parts, which no vocabulary entry of the special can match."""
+    specials = [s for s in specials if len(s) > 1 and s in text]
+    if not specials:
+        return tokenizer.encode(text, add_bos=False)
+    out: list[int] = []
+    start = 0
+    while start < len(text):
+        hits = [(text.find(s, start), s) for s in specials]
+        hits = [(at, s) for at, s in hits if at != -1]
+        if not hits:
+            out += tokenizer.encode(text[start:], add_bos=False)
+            break
+        at, special = min(hits)
+        for part in (text[start:at], special[:1], special[1:]):
+            if part:
+                out += tokenizer.encode(part, add_bos=False)
+        start = at + len(special)
     return out

@@ -213,10 +213,10 @@ def _build(vocab: _Vocabulary, name: str) -> ModelProfile:
     if fim_supported:
         stops |= set(sentinel_ids.values())
         stop_texts += list(CODEGEMMA_SENTINELS.all())
-    if instruction_tuned or chat_template is not None:
-        # PT Gemma models also emit <end_of_turn> after chat-like text; stopping there is always right.
-        stops |= {turn_ids[TURN_END]} if TURN_END in turn_ids else set()
-        stop_texts += [TURN_END, TURN_START]
+    if instruction_tuned and TURN_END in turn_ids:
+        stops.add(turn_ids[TURN_END])
+    if turn_ids:
+        stop_texts += [TURN_END, TURN_START]  # a PT model does not stop on them, but they are never code
     if sentinel_ids and not fim_supported:
         stop_texts += list(CODEGEMMA_SENTINELS.all())
 

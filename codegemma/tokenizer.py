@@ -36,35 +36,40 @@ SPECIAL_NAMES = {
 }
 
 
-def spm_merges(pieces: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """BPE merges equivalent to SentencePiece BPE: every way to build a piece from two pieces,
-    ranked by the score of the result (higher first), then longer left part, then longer right part."""
-    mergeable = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (NORMAL, USER_DEFINED, UNKNOWN, BYTE)}
-    candidates = []
-    for token_id, piece in enumerate(pieces):
-        if types[token_id] != NORMAL or len(piece) < 2:
-            continue
-        splits = []
-        for cut in range(1, len(piece)):
+def _as_vocab_piece(piece: str, kind: int) -> tuple[str, int]:
+    """GGUF stores runs of spaces with real spaces; the vocabulary works on "▁". A user-defined
+    piece made of spaces is then an ordinary, mergeable piece (transformers treats it so too)."""
+    if " " in piece and not piece.strip():
+        piece = piece.replace(" ", "▁")
+        if kind == USER_DEFINED:
+            kind = NORMAL
+    return piece, kind
+
+
+def spm_merges(pieces: list[str]) -> list[tuple[str, str]]:
+    """BPE merges recovered from a SentencePiece vocabulary: every way to build a piece from two
+    pieces, best first. Gemma's vocabulary is ordered by merge priority (its stored scores are not),
+    so a merge ranks by the id of the piece it builds; among splits of one piece, longer left first."""
+    ids = {p: i for i, p in enumerate(pieces)}
+    merges = []
+    for piece in pieces:
+        for cut in range(len(piece) - 1, 0, -1):
             left, right = piece[:cut], piece[cut:]
-            if left in mergeable and right in mergeable:
-                splits.append((mergeable[left], mergeable[right], left, right))
-        splits.sort()
-        score = scores[token_id]
-        candidates += [(-score, -len(left), -len(right), n, left, right)
-                       for n, (_, _, left, right) in enumerate(splits, start=len(candidates))]
-    candidates.sort()
-    return [(left, right) for *_, left, right in candidates]
+            if left in ids and right in ids:
+                merges.append((left, right))
+    return merges
 
 
-def build_spm_bpe(pieces: list[str], scores: list[float], types: list[int]) -> HFTokenizer:
+def build_spm_bpe(pieces: list[str], types: list[int]) -> HFTokenizer:
+    pieces, types = map(list, zip(*(_as_vocab_piece(p, t) for p, t in zip(pieces, types))))
     vocab = {piece: i for i, piece in enumerate(pieces)}
     unk = next((p for p, t in zip(pieces, types) if t == UNKNOWN), "<unk>")
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=spm_merges(pieces, scores, types), unk_token=unk,
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=spm_merges(pieces), unk_token=unk,
                                  fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")  # after the normalizer: a no-op split
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    # control and user-defined pieces (newline runs, tab runs, turn markers) match as whole tokens first
     added = [AddedToken(p, special=(t == CONTROL), normalized=False)
              for p, t in zip(pieces, types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
     tok.add_tokens(added)
@@ -119,14 +124,14 @@ class Tokenizer:
         except Exception:
             raise CodegemmaError(f"{path}: not a valid SentencePiece model") from None
         pieces = [p.piece for p in proto.pieces]
-        return cls(build_spm_bpe(pieces, [p.score for p in proto.pieces], [p.type for p in proto.pieces]))
+        return cls(build_spm_bpe(pieces, [p.type for p in proto.pieces]))
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
         from codegemma.checkpoints.gguf_file import read_gguf_tokenizer
 
-        pieces, scores, types, add_bos = read_gguf_tokenizer(path)
-        return cls(build_spm_bpe(pieces, scores, types), add_bos=add_bos)
+        pieces, types, add_bos = read_gguf_tokenizer(path)
+        return cls(build_spm_bpe(pieces, types), add_bos=add_bos)
 
     def save(self, path: str | os.PathLike):
         path = Path(path)

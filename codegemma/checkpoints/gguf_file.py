@@ -133,14 +133,13 @@ def dequantize(tensor, path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_gguf_tokenizer(path) -> tuple[list[str], list[float], list[int], bool]:
+def read_gguf_tokenizer(path) -> tuple[list[str], list[int], bool]:
     reader = open_gguf(path)
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":
         raise CodegemmaError(f"{path}: tokenizer model {model!r} is not a SentencePiece ('llama') vocabulary")
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    scores = _field(reader, "tokenizer.ggml.scores")
     types = _field(reader, "tokenizer.ggml.token_type")
-    if tokens is None or scores is None or types is None:
-        raise CodegemmaError(f"{path}: the GGUF file has no tokenizer (tokens, scores and token types)")
-    return list(tokens), [float(s) for s in scores], [int(t) for t in types], bool(_field(reader, "tokenizer.ggml.add_bos_token", True))
+    if tokens is None or types is None:
+        raise CodegemmaError(f"{path}: the GGUF file has no tokenizer (tokens and token types)")
+    return list(tokens), [int(t) for t in types], bool(_field(reader, "tokenizer.ggml.add_bos_token", True))

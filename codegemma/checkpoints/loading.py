@@ -134,7 +134,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool) -> Loaded:
         raise CodegemmaError(f"model file not found: {path}")
     cached = _cache_dir(path)
     if (cached / "codegemma.json").is_file():
-        return _load_cache(cached, dtype, str(path))
+        try:
+            return _load_cache(cached, dtype, str(path))
+        except (OSError, CodegemmaError, ValueError, KeyError):
+            pass  # a damaged or vanished cache: convert again
     reader = gguf_file.open_gguf(path)
     config = gguf_file.config_from_gguf(reader, path)
     tokenizer = Tokenizer.from_gguf(path)

@@ -29,6 +29,7 @@ NUM_PERM = 256
 NGRAM = 5
 THRESHOLD = 0.7
 SEED = 1
+SCHEME = "affine32"  # datasketch's hashing scheme, fixed so stored signatures stay comparable
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ def minhash(text: str, num_perm: int = NUM_PERM, n: int = NGRAM, seed: int = SEE
     grams = set(shingles(text, n))
     if not grams:
         return None
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=_hash32)
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=_hash32, scheme=SCHEME)
     m.update_batch(list(grams))
-    return np.asarray(m.hashvalues, dtype=np.uint64)
+    return np.asarray(m.hashvalues)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def near_clusters(items: list[Item], cfg: DedupConfig) -> list[list[str]]:
 def _lean(values: np.ndarray, seed: int):
     from datasketch import LeanMinHash
 
-    return LeanMinHash(seed=seed, hashvalues=values)
+    return LeanMinHash(seed=seed, hashvalues=values, scheme=SCHEME)
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -29,7 +29,7 @@ GENERATED_NAMES = re.compile(
     r"(_pb2(_grpc)?\.py|\.pb\.(go|cc|h)|\.min\.(js|css)|-lock\.json|\.lock|_generated\.\w+|\.designer\.cs)$")
 
 BASE64 = re.compile(r"[A-Za-z0-9+/\n=]{64,}")
-HEX_BYTES = re.compile(r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}")
+HEX_BYTES = re.compile(r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,\s*|\b\s*)){8,}")
 UNICODE_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}")
 
 

@@ -54,7 +54,7 @@ class RepoRef:
 
     source: str
     name: str
-    kind: str  # dir | git | tar | zip | inline
+    kind: str  # dir | git | tar | zip | inline | stored
     location: str = ""
     max_file_bytes: int = 1_000_000
     inline: Repository | None = None
@@ -114,6 +114,8 @@ def load_repository(ref: RepoRef) -> Repository:
     """The files of a repository as Documents, with language and license filled in."""
     if ref.inline is not None:
         return ref.inline
+    if ref.kind == "stored":
+        return read_stored(Path(ref.location))
     readers = {"dir": _read_dir, "git": _read_git, "tar": _read_tar, "zip": _read_zip}
     files: list[tuple[str, bytes]] = []
     try:
@@ -122,6 +124,27 @@ def load_repository(ref: RepoRef) -> Repository:
     except (OSError, tarfile.TarError, zipfile.BadZipFile, subprocess.CalledProcessError) as exc:
         raise CodegemmaError(f"cannot read repository {ref.location}: {exc}") from None
     return build_repository(ref.source, ref.name, files)
+
+
+def store_repository(repo: Repository, path: Path) -> None:
+    """Keep a streamed repository on disk, so workers and resumed runs can load it again."""
+    import gzip
+    import json
+
+    from codegemma.data.atomic import write_bytes
+
+    data = {"name": repo.name, "source": repo.source, "license": repo.license,
+            "documents": [d.to_dict() for d in repo.documents]}
+    write_bytes(path, gzip.compress(json.dumps(data).encode("utf-8"), mtime=0))
+
+
+def read_stored(path: Path) -> Repository:
+    import gzip
+    import json
+
+    data = json.loads(gzip.decompress(path.read_bytes()))
+    return Repository(name=data["name"], source=data["source"], license=data["license"],
+                      documents=[Document.from_dict(d) for d in data["documents"]])
 
 
 def build_repository(source: str, name: str, files: list[tuple[str, bytes | str]], stars: int = 0, forks: int = 0,

@@ -3,8 +3,6 @@ can normalise by the count of the whole global batch (all micro-batches, all pro
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 
@@ -53,9 +51,12 @@ class Preference:
             if self.reference is not None:
                 ref = self._logps(self.reference, batch)
             else:
+                from codegemma.train.lora import adapters_disabled, has_adapters
+
                 inner = getattr(model, "module", model)  # DDP wraps the LoRA model
-                ctx = inner.disable_adapter() if hasattr(inner, "disable_adapter") else nullcontext()
-                with ctx:
+                if not has_adapters(inner):
+                    raise ValueError("DPO without a reference model needs LoRA adapters to switch off")
+                with adapters_disabled(inner):
                     ref = self._logps(inner, batch)
         per_pair, stats = losses.dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta)
         return per_pair.sum(), stats

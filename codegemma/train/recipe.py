@@ -58,6 +58,7 @@ class TrainSection:
     compile: bool = False
     activation_checkpointing: bool = False
     device: str = "auto"
+    threads: int = 0  # CPU threads for torch (0: torch's default, one per core)
 
 
 @dataclass
@@ -158,11 +159,30 @@ def _build(cls, data: dict, where: str):
             if not isinstance(value, dict):
                 raise CodegemmaError(f"{where}: [{key}] must be a table")
             kwargs[key] = _build(type(default), value, f"{where} [{key}]")
-        elif isinstance(default, tuple):
-            kwargs[key] = tuple(value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _checked(value, default, f"{where}: {key}")
     return cls(**kwargs)
+
+
+def _checked(value, default, where: str):
+    """`value` if it has the type of the field's default (ints are fine where floats are expected)."""
+    if default is None or isinstance(default, dict):
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, list)
+        value = type(default)(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise CodegemmaError(f"{where} must be {type(default).__name__}, got {value!r}")
+    return value
 
 
 def from_dict(data: dict, where: str = "recipe") -> Recipe:

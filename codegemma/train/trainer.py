@@ -36,7 +36,7 @@ def use_bf16(recipe: Recipe, device: torch.device) -> bool:
 
 class Trainer:
     def __init__(self, recipe: Recipe, model: nn.Module, objective, data: Iterator, env: DistEnv | None = None,
-                 evaluator: Callable[[nn.Module], dict] | None = None, flops_per_token: float = 0.0,
+                 evaluator: Callable[[nn.Module], dict] | None = None, flops_per_token: float | None = None,
                  out_dir: str | Path | None = None):
         self.recipe = recipe
         self.env = env or DistEnv()
@@ -45,6 +45,9 @@ class Trainer:
         self.objective = objective
         self.data = data
         self.evaluator = evaluator
+        if flops_per_token is None:
+            config = _model_config(model)
+            flops_per_token = metrics.flops_per_token(config, recipe.data.seq_len) if config is not None else 0.0
         self.flops_per_token = flops_per_token
         self.out_dir = Path(out_dir or recipe.out_dir)
         self.bf16 = use_bf16(recipe, self.device)
@@ -62,7 +65,7 @@ class Trainer:
         self.peak = recipe.log.peak_flops or metrics.peak_flops(self.device)
 
     # ---- checkpointing -----------------------------------------------------------------
-    def _model_state(self) -> dict:
+    def model_state(self) -> dict:
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -80,7 +83,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         data_states = distributed.gather_objects(self.data.state_dict(), self.env)
         rng_states = distributed.gather_objects(ckpt.rng_state(), self.env)
-        model_state, optim_state = self._model_state(), self._optim_state()
+        model_state, optim_state = self.model_state(), self._optim_state()
         path = None
         if self.env.is_main:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
@@ -163,22 +166,27 @@ class Trainer:
             self.load_checkpoint(latest)
         r = self.recipe
         history = []
+        if self.step >= r.train.steps:  # finished already: nothing to train, evaluate or save
+            self.logger.close()
+            return history
         bar = _progress(r, self.step, self.env.is_main)
-        window_tokens, window_start = 0, time.perf_counter()
+        # throughput counts step time only, not evaluation or checkpoint writing
+        window_tokens, window_time = 0, 0.0
         while self.step < r.train.steps:
+            started = time.perf_counter()
             out = self.train_step()
+            window_time += time.perf_counter() - started
             self.step += 1
             self.tokens_seen += out["tokens"]
             window_tokens += out["tokens"]
             history.append(out)
             if self.step % r.log.every == 0 or self.step == r.train.steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                tps = window_tokens / elapsed
+                tps = window_tokens / max(window_time, 1e-9)
                 record = {**out, "tokens_seen": self.tokens_seen, "tokens_per_s": tps}
                 if self.flops_per_token and self.peak:
                     record["mfu"] = tps * self.flops_per_token / (self.peak * self.env.world_size)
                 self.logger.log(self.step, "train", record)
-                window_tokens, window_start = 0, time.perf_counter()
+                window_tokens, window_time = 0, 0.0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
@@ -214,13 +222,23 @@ def _batch_tokens(batch) -> int:
     return sum(_batch_tokens(v) for v in batch.values() if isinstance(v, dict))
 
 
+def _model_config(model: nn.Module):
+    """The ModelConfig of a Gemma, looking through DDP and LoRA wrappers."""
+    from codegemma.config import ModelConfig
+
+    seen = model
+    for _ in range(6):
+        if isinstance(getattr(seen, "config", None), ModelConfig):
+            return seen.config
+        seen = getattr(seen, "module", None) or getattr(seen, "base_model", None) or getattr(seen, "model", None)
+        if seen is None:
+            return None
+    return None
+
+
 def _config_dict(model: nn.Module) -> dict | None:
-    inner = model
-    for attr in ("base_model", "model"):
-        if not hasattr(inner, "config") and hasattr(inner, attr):
-            inner = getattr(inner, attr)
-    config = getattr(inner, "config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else None
+    config = _model_config(model)
+    return config.to_dict() if config is not None else None
 
 
 def _enable_activation_checkpointing(model: nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -14,7 +15,7 @@ import pytest
 
 from codegemma.eval import sandbox
 
-LAYERS = sandbox.available_layers()
+LAYERS = sandbox.active_layers()
 
 
 def python(code: str, timeout: float = 3.0, **kwargs) -> sandbox.RunResult:
@@ -35,17 +36,24 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
-def sandbox_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("codegemma-sandbox-")}
-
-
 @pytest.fixture
-def host_stays_clean():
-    """Fails the test if the run leaves a working directory or a process carrying the token."""
-    before = sandbox_dirs()
+def host_stays_clean(monkeypatch):
+    """Fails the test if the run leaves a working directory or a process carrying the token.
+
+    Sandbox directories go to a private temporary root for the test, so runs elsewhere on the
+    host cannot be mistaken for leftovers.
+    """
+    root = Path(tempfile.mkdtemp(prefix="codegemma-sandbox-test-"))
+    root.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
     token = f"hostile-{uuid.uuid4().hex}"
     yield token
-    assert sandbox_dirs() <= before, "sandbox working directory left behind"
+    monkeypatch.undo()
+    # run_python keeps one (empty) base directory per temporary root for the life of the process.
+    leftovers = [p for p in root.iterdir() if not p.name.startswith("codegemma-sandbox-root-")]
+    leftovers += [p for base in root.glob("codegemma-sandbox-root-*") for p in base.iterdir()]
+    shutil.rmtree(root, ignore_errors=True)
+    assert leftovers == [], "sandbox working directory left behind"
     assert processes_with(token) == [], "sandboxed process outlived its run"
 
 
@@ -192,7 +200,7 @@ def test_writing_and_deleting_outside_its_directory_fails(tmp_path, host_stays_c
     victim = victim_dir / "precious.txt"
     victim.write_text("keep me")
     os.chmod(tmp_path, 0o755)
-    shared_tmp = Path(tempfile.gettempdir()) / f"{host_stays_clean}.txt"
+    shared_tmp = Path("/tmp") / f"{host_stays_clean}.txt"
     result = python(f"""
         import os
         for path in ({str(victim)!r}, {str(victim_dir / 'new.txt')!r}, {str(shared_tmp)!r},
@@ -229,3 +237,42 @@ def test_file_size_limit_stops_a_disk_filler():
 def test_missing_program_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="not found"):
         sandbox.run(["no-such-program-xyz"])
+
+
+def test_busy_loop_is_stopped_by_the_cpu_limit(host_stays_clean):
+    result = python("while True:\n    pass", timeout=20, limits=sandbox.Limits(cpu_seconds=1))
+    assert result.status == "killed" and "CPU time limit" in result.reason
+
+
+def test_python_fork_server_runs_like_a_fresh_interpreter(host_stays_clean):
+    result = sandbox.run_python({"main.py": textwrap.dedent(f"""
+        import os, sys
+        sys.argv.append("{host_stays_clean}")
+        print(__name__, sys.argv[0], os.getcwd() == os.environ["HOME"], "codegemma" in sys.modules)
+        sys.exit(5)
+        """)})
+    assert result.status == "error" and result.returncode == 5
+    assert result.stdout == "__main__ main.py True False\n"
+    assert set(result.isolation) == set(LAYERS)
+
+
+def test_python_fork_server_contains_hostile_programs(host_stays_clean):
+    bomb = sandbox.run_python({"main.py": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+                                          "        pass\n"}, timeout=2)
+    assert bomb.status in ("timeout", "killed")
+    escape = sandbox.run_python({"main.py": textwrap.dedent(f"""
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{host_stays_clean}"],
+                         start_new_session=True)
+        raise RuntimeError("after spawning")
+        """)})
+    assert escape.status == "error" and "RuntimeError: after spawning" in escape.stderr
+    spin = sandbox.run_python({"main.py": "while True:\n    pass\n"}, timeout=20, limits=sandbox.Limits(cpu_seconds=1))
+    assert spin.status == "killed" and "CPU time limit" in spin.reason
+
+
+def test_python_runs_do_not_see_each_others_temporary_files(host_stays_clean):
+    first = sandbox.run_python({"main.py": f"open('/tmp/{host_stays_clean}', 'w').write('x')"})
+    second = sandbox.run_python({"main.py": f"import os; print(os.path.exists('/tmp/{host_stays_clean}'))"})
+    assert first.status == "ok" and second.stdout == "False\n"
+    assert not Path("/tmp", host_stays_clean).exists()

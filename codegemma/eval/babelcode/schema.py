@@ -16,6 +16,8 @@ DEFAULT_TOLERANCE = 1e-6
 
 @dataclass(frozen=True)
 class TestCase:
+    __test__ = False  # a data record, not a pytest class
+
     args: tuple
     expected: object
     tolerance: float = DEFAULT_TOLERANCE  # for floats: |got - want| <= tolerance * max(1, |want|)

@@ -62,7 +62,7 @@ class Cpp(Language):
     stop_strings = ("\n}",)
     keywords = KEYWORDS
     # pch/ holds babel.h and its precompiled babel.h.gch (built once per cache, see build.py).
-    compile_cmd = "g++ -std=c++17 -O1 -w -include {pch}/babel.h -o out/prog main.cpp"
+    compile_cmd = "g++ -std=c++17 -O1 -w {include} -o out/prog main.cpp"
     run_cmd = "./out/prog"
 
     def type_name(self, t: Type, boxed: bool = False) -> str:

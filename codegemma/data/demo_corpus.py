@@ -1,0 +1,125 @@
+"""`codegemma data demo-corpus`: real code that is on any machine, as a collection of repositories.
+
+The Python standard library (one repository per package, plus one for the top-level modules),
+optionally the sources of installed distributions (one repository each, with their license file)
+and Debian source packages (`apt-get source`, kept as tarballs). Good for tests and small runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from codegemma.data.atomic import publish_dir, staging_dir
+from codegemma.data.languages import detect_language
+from codegemma.data.licenses import is_license_file
+from codegemma.errors import CodegemmaError
+
+SKIP = {"site-packages", "__pycache__", "dist-packages", "lib-dynload", "config-3.11-x86_64-linux-gnu"}
+
+
+class _Budget:
+    def __init__(self, max_bytes: int | None):
+        self.left = max_bytes
+
+    def take(self, n: int) -> bool:
+        if self.left is None:
+            return True
+        if n > self.left:
+            self.left = 0  # stop at the first file that does not fit, rather than cherry-pick small ones
+            return False
+        self.left -= n
+        return True
+
+
+def _copy(src: Path, dst: Path, budget: _Budget) -> bool:
+    size = src.stat().st_size
+    if not budget.take(size):
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return True
+
+
+def stdlib_repositories(out: Path, budget: _Budget, include_tests: bool = False) -> int:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    made = 0
+    toplevel = sorted(p for p in root.glob("*.py") if p.is_file())
+    for path in toplevel:
+        _copy(path, out / "stdlib" / path.name, budget)
+    made += bool(toplevel)
+    for package in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SKIP and not p.name.startswith(".")):
+        if package.name == "test" and not include_tests:
+            continue
+        files = sorted(f for f in package.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                       and detect_language(f.name) is not None)
+        copied = [f for f in files if _copy(f, out / f"stdlib-{package.name}" / package.name / f.relative_to(package), budget)]
+        made += bool(copied)
+        if budget.left == 0:
+            break
+    return made
+
+
+def site_package_repositories(out: Path, budget: _Budget) -> int:
+    made = 0
+    seen = set()
+    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
+        name = (dist.metadata["Name"] or "").lower()
+        if not name or name in seen or not dist.files:
+            continue
+        seen.add(name)
+        copied = 0
+        for entry in dist.files:
+            rel = Path(str(entry))
+            src = Path(dist.locate_file(entry))
+            if "__pycache__" in rel.parts or not src.is_file() or rel.parts[0] == "..":
+                continue
+            if rel.parts[0].endswith(".dist-info") and is_license_file(rel.name):
+                target = out / f"pypi-{name}" / rel.name  # the license travels to the repository root
+            elif detect_language(rel.name) is not None and not rel.parts[0].endswith((".dist-info", ".egg-info")):
+                target = out / f"pypi-{name}" / rel
+            else:
+                continue
+            copied += _copy(src, target, budget)
+        made += copied > 0
+        if budget.left == 0:
+            break
+    return made
+
+
+def debian_sources(out: Path, packages: list[str]) -> int:
+    """Download Debian source packages (needs deb-src entries in apt's sources)."""
+    for package in packages:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = subprocess.run(["apt-get", "source", "--download-only", package], cwd=tmp,
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                message = (result.stderr.strip().splitlines() or ["apt-get failed"])[-1]
+                raise CodegemmaError(f"apt-get source {package}: {message}")
+            tarballs = sorted(Path(tmp).glob("*.orig.tar.*")) or sorted(Path(tmp).glob("*.tar.*"))
+            if not tarballs:
+                raise CodegemmaError(f"apt-get source {package}: no source tarball was downloaded")
+            suffix = "".join(tarballs[0].suffixes[-2:])
+            shutil.copyfile(tarballs[0], out / f"debian-{package}{suffix}")
+    return len(packages)
+
+
+def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool = True, site_packages: bool = False,
+                      debian: list[str] | None = None, include_tests: bool = False) -> dict:
+    out = Path(out)
+    stage = staging_dir(out)
+    budget = _Budget(int(max_mb * 1e6) if max_mb else None)
+    try:
+        counts = {"stdlib": stdlib_repositories(stage, budget, include_tests) if stdlib else 0,
+                  "site_packages": site_package_repositories(stage, budget) if site_packages else 0,
+                  "debian": debian_sources(stage, debian) if debian else 0}
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    publish_dir(stage, out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {**counts, "repositories": sum(1 for _ in out.iterdir()), "bytes": size}

@@ -1,0 +1,112 @@
+"""Training samples: a repository's files, in packing order, each FIM-transformed on its own, joined
+by <|file_separator|> between <bos> and <eos>; natural-language documents as <bos> text <eos>.
+
+FIM goes through the shared `codegemma.fim` module (`transform_file`), so training examples have
+exactly the layout the completion server prompts with: character-level split points, PSM/SPM
+50/50, the path line never split. Text pieces are encoded literally: a sentinel spelled inside a
+file (code about tokenizers) stays text and cannot forge a FIM boundary.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS, encode_pieces, sentinel_ids, transform_file
+
+
+@dataclass(frozen=True)
+class FimConfig:
+    rate: float = 0.8  # CodeGemma; 0.9 for the 2B v1.1
+    spm_rate: float = 0.5
+    include_paths: bool = True
+
+    def __post_init__(self):
+        if not (0.0 <= self.rate <= 1.0 and 0.0 <= self.spm_rate <= 1.0):
+            raise CodegemmaError(f"FIM rates must be in [0, 1], got rate={self.rate} spm_rate={self.spm_rate}")
+
+
+def sample_rng(seed: int, key: str) -> random.Random:
+    """The random stream of one repository: the same for a seed, whatever worker or order processes it."""
+    return random.Random(f"{seed}:{key}")
+
+
+def repository_pieces(files: list[tuple[str, str]], rng: random.Random, fim: FimConfig) -> list[list[str]]:
+    """FIM pieces of each file, in the given order."""
+    return [transform_file(text, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None)
+            for path, text in files]
+
+
+class SampleEncoder:
+    """Turns piece lists into token ids with one tokenizer (ids of sentinels and bos/eos looked up once)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids = sentinel_ids(tokenizer)
+        self.bos_id = _special(tokenizer, "bos_id", "<bos>")
+        self.eos_id = _special(tokenizer, "eos_id", "<eos>")
+        self.pad_id = _special(tokenizer, "pad_id", "<pad>")
+        self.file_separator = self.ids[CODEGEMMA_SENTINELS.file_separator]
+
+    def encode_file(self, pieces: list[str]) -> list[int]:
+        return encode_pieces(self.tokenizer, pieces, self.ids, literal_text=True)
+
+    def repository(self, encoded: list[list[int]], seq_len: int) -> list[np.ndarray]:
+        """Samples of one repository from its files' ids (`encode_file`), in order. A repository longer
+        than seq_len is split on file boundaries (each part its own <bos>...<eos> sample); a single file
+        longer than seq_len stays whole and is chunked later by the packer."""
+        samples, current = [], []
+        size = 2  # <bos> and <eos>
+        for ids in encoded:
+            extra = len(ids) + (1 if current else 0)
+            if current and size + extra > seq_len:
+                samples.append(self._join(current))
+                current, size = [], 2
+                extra = len(ids)
+            current.append(ids)
+            size += extra
+        if current:
+            samples.append(self._join(current))
+        return samples
+
+    def _join(self, files: list[list[int]]) -> np.ndarray:
+        out = [self.bos_id]
+        for i, ids in enumerate(files):
+            if i:
+                out.append(self.file_separator)
+            out += ids
+        out.append(self.eos_id)
+        return np.asarray(out, dtype=np.int32)
+
+    def text(self, text: str) -> np.ndarray:
+        ids = self.encode_file([text])
+        return np.asarray([self.bos_id] + ids + [self.eos_id], dtype=np.int32)
+
+
+def _special(tokenizer, attr: str, token: str) -> int:
+    value = getattr(tokenizer, attr, None)
+    if value is None:
+        value = tokenizer.token_to_id(token)
+    if value is None:
+        raise CodegemmaError(f"tokenizer has no {token} token")
+    return int(value)
+
+
+def load_tokenizer(spec: str, base: Path | None = None):
+    """A tokenizer from a tokenizer.json / tokenizer.model / .gguf file or a Hugging Face directory."""
+    from codegemma.tokenizer import Tokenizer
+
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base is not None and not path.exists():
+        path = base / path
+    if path.is_dir():
+        return Tokenizer.from_hf_dir(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise CodegemmaError(f"tokenizer file not found: {path}")
+        return Tokenizer.from_gguf(path)
+    return Tokenizer.from_file(path)

@@ -1,0 +1,105 @@
+"""`codegemma eval TASK` runs a benchmark; `codegemma eval-report RUN_DIR...` builds a combined report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from codegemma.errors import CodegemmaError
+
+
+def register(subparsers) -> None:
+    from codegemma.eval.task import task_names
+
+    p = subparsers.add_parser("eval", help="run a benchmark (HumanEval, MBPP, infilling) on a model",
+                              description="Generate, execute in the sandbox, score (pass@k), and report. "
+                                          "Resumable: rerun the same command to finish an interrupted run.")
+    p.add_argument("task", choices=task_names(), help="benchmark to run")
+    p.add_argument("--model", default=None, help="GGUF file, Hugging Face directory or preset (default: Gemma 3 270M)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k for k <= n)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--limit", type=int, default=None, help="only the first K problems")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: 128 for infilling (as the paper's Table 2), 512 otherwise")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=None, help="parallel sandbox runs (default: CPU count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="benchmark data: a file, a directory (infilling) or a URL")
+    p.add_argument("--profile", default=None, help="model profile override (e.g. codegemma)")
+    p.add_argument("--fim-order", default="psm", choices=["psm", "spm"], help="FIM prompt order for infilling")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", default=None, help="run directory (default: eval-runs/<model>/<task>)")
+    p.add_argument("--validate-only", action="store_true",
+                   help="only check that canonical solutions pass and wrong ones fail; no model")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_command)
+
+    r = subparsers.add_parser("eval-report", help="combine eval run directories into one report (md, json, png)")
+    r.add_argument("runs", nargs="+", help="run directories holding summary.json")
+    r.add_argument("--out", required=True, help="directory for results.md / results.json / results.png")
+    r.add_argument("--stem", default="results")
+    r.add_argument("--command", default=None, help="the command line to record in the report")
+    r.set_defaults(func=report_command)
+
+
+def _task_options(args) -> dict:
+    options = {}
+    if args.data is not None:
+        options["data_path"] = args.data
+    if args.task.startswith("humaneval-infill"):
+        options["fim_order"] = args.fim_order
+    return options
+
+
+def run_command(args) -> int:
+    from codegemma.eval.report import write_report
+    from codegemma.eval.runner import GenerationSettings, default_workers, require_valid, run_eval, validate
+    from codegemma.eval.task import INFILLING, get_task
+
+    task = get_task(args.task, **_task_options(args))
+    workers = args.workers or default_workers()
+    if args.validate_only:
+        report = validate(task, task.problems(args.limit), workers)
+        print(json.dumps(report, indent=2))
+        require_valid(report, task.name)
+        print(f"{task.name}: {report['canonical_passed']}/{report['canonical_checked']} canonical solutions pass, "
+              f"{len(report['wrong_passed'])}/{report['wrong_checked']} wrong ones pass, {report['seconds']:.1f} s")
+        return 0
+    if args.n < 1 or args.batch_size < 1:
+        raise CodegemmaError("--n and --batch-size must be at least 1")
+    task.problems(args.limit)  # a missing data file fails here, before the model loads
+    from codegemma.eval.generation import model_generator
+
+    max_new = args.max_new_tokens or (128 if task.kind == INFILLING else 512)
+    settings = GenerationSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new,
+                                  seed=args.seed, batch_size=args.batch_size)
+    generator = model_generator(args.model, dtype=args.dtype, profile_name=args.profile,
+                                fim_order=args.fim_order if task.kind == INFILLING else None)
+    out = Path(args.out or Path("eval-runs") / re.sub(r"[^\w.-]+", "-", generator.name).strip("-") / task.name)
+    summary = run_eval(task, generator, settings, out, limit=args.limit, workers=workers,
+                       progress=not args.no_progress)
+    command = "codegemma " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_report([summary], out, command=command, stem="report")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items())
+    print(f"{task.name} on {generator.name}: {scores} ({summary['problems']} problems, n={settings.n}); "
+          f"report: {paths['md']}")
+    return 0
+
+
+def report_command(args) -> int:
+    from codegemma.eval.report import write_report
+
+    summaries = []
+    for run in args.runs:
+        path = Path(run) / "summary.json"
+        if not path.is_file():
+            raise CodegemmaError(f"{path} not found: is {run} a finished eval run directory?")
+        summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    paths = write_report(summaries, args.out, command=args.command, stem=args.stem)
+    print(" ".join(str(p) for p in paths.values()))
+    return 0
+

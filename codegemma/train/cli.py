@@ -1,0 +1,155 @@
+"""`codegemma train ...`: run a recipe, train a tokenizer, export, merge LoRA, build SFT/DPO data, plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from codegemma.errors import CodegemmaError
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="training: pretraining (FIM), SFT, DPO, LoRA, tokenizers, export")
+    sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="train from a recipe (resumes from the newest checkpoint of its out_dir)")
+    p.add_argument("recipe", help="recipes/*.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("tokenizer", help="train a BPE tokenizer with the CodeGemma special-token layout")
+    p.add_argument("corpus", nargs="+", help="files or directories of text")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--ext", action="append", default=[], help="only files with this suffix, e.g. .py (repeatable)")
+    p.add_argument("--out", required=True, help="output tokenizer.json (HF config files are written beside it)")
+    p.set_defaults(func=_tokenizer)
+
+    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16) or a HF directory")
+    p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
+    p.add_argument("--out", required=True, help="output .gguf file or directory")
+    p.add_argument("--format", choices=("gguf", "hf"), default=None, help="default: from --out's suffix")
+    p.add_argument("--dtype", choices=("f32", "f16"), default="f16", help="GGUF tensor type")
+    p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("demo-data", help="shards from the demo corpus (stdlib) through the data pipeline")
+    p.add_argument("--root", default="runs/demo", help="where the corpus and tokenizer live (built if missing)")
+    p.add_argument("--out", default=None, help="shard output directory (default: <root>/shards)")
+    p.add_argument("--fim-rate", type=float, default=0.5)
+    p.add_argument("--order", default="codegemma", help="file order: codegemma | deepseek | random | alphabetical")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("experiment", help="small-scale experiments: fim-rate, packing (results in docs/experiments)")
+    p.add_argument("experiment", choices=("fim-rate", "packing"))
+    p.add_argument("--root", default="runs/demo", help="demo corpus, tokenizer and shard cache")
+    p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
+    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.set_defaults(func=_experiment)
+
+    p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("dpo-pairs", help="preference pairs from execution-checked samples (pass vs fail)")
+    p.add_argument("samples", help="JSONL: task_id, prompt, completion, passed")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-pairs-per-task", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_dpo_pairs)
+
+    p = sub.add_parser("oss-instruct", help="synthesize instruction data from seed code with a served model")
+    p.add_argument("seeds", help="directory of seed source files")
+    p.add_argument("--base-url", required=True, help="OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default="codegemma")
+    p.add_argument("--n", type=int, default=100, help="how many seed snippets to try")
+    p.add_argument("--out", required=True, help="output conversations JSONL (only test-passing pairs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.set_defaults(func=_oss_instruct)
+
+
+def _run(args) -> int:
+    from codegemma.train import recipe as recipe_mod
+    from codegemma.train.run import run
+
+    recipe = recipe_mod.load(args.recipe, args.overrides)
+    summary = run(recipe, resume=not args.no_resume)
+    if summary.get("final"):
+        print(json.dumps(summary))
+    return 0
+
+
+def _tokenizer(args) -> int:
+    import itertools
+
+    from codegemma.train import tokenizer_train
+
+    texts = itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus)
+    tok = tokenizer_train.train(texts, args.vocab_size)
+    out = tokenizer_train.save(tok, args.out)
+    print(f"wrote {out} ({tok.get_vocab_size()} tokens)")
+    return 0
+
+
+def _export(args) -> int:
+    from codegemma.train.export import export
+
+    fmt = args.format or ("gguf" if args.out.endswith(".gguf") else "hf")
+    out = export(args.source, args.out, fmt, args.dtype, args.tokenizer or None)
+    print(f"wrote {out}")
+    return 0
+
+
+def _demo_data(args) -> int:
+    from codegemma.train.experiments import demo_shards
+
+    root = Path(args.root)
+    out = demo_shards(root, args.fim_rate, args.order, args.seq_len, out=Path(args.out) if args.out else root / "shards")
+    print(f"shards in {out}/train and {out}/eval, held-out files in {out}/heldout")
+    return 0
+
+
+def _experiment(args) -> int:
+    from codegemma.train import experiments
+
+    scale = experiments.scale_from(args)
+    out = Path(args.out or f"docs/experiments/{args.experiment}")
+    run = experiments.fim_rate if args.experiment == "fim-rate" else experiments.packing
+    results = run(Path(args.root), out, scale=scale)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def _plot(args) -> int:
+    from codegemma.train.plots import plot_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise CodegemmaError(f"{run_dir}: no metrics.jsonl")
+    print(plot_run(run_dir / "metrics.jsonl", args.out or run_dir / "curves.png", run_dir.name))
+    return 0
+
+
+def _dpo_pairs(args) -> int:
+    from codegemma.train.preference import pairs_from_samples, read_jsonl, write_jsonl
+
+    pairs = pairs_from_samples(read_jsonl(args.samples), args.max_pairs_per_task, args.seed)
+    write_jsonl(args.out, pairs)
+    print(f"wrote {len(pairs)} pairs to {args.out}")
+    return 0
+
+
+def _oss_instruct(args) -> int:
+    from codegemma.train.oss_instruct import generate
+
+    stats = generate(args.seeds, args.base_url, args.model, args.n, args.out, seed=args.seed,
+                     temperature=args.temperature)
+    print(json.dumps(stats))
+    return 0

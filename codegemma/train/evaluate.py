@@ -1,0 +1,192 @@
+"""Evaluation during training: held-out loss, loss on FIM middles, single-line infilling exact match.
+
+The FIM metrics use held-out source files, not shards: each example masks one whole, non-blank
+line of a file, builds the same PSM prompt the completion server sends (`codegemma.fim`), and
+  - scores the teacher-forced loss of the middle tokens given prefix and suffix, and
+  - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
+Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
+experiment) sees the same ones.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from codegemma.fim import CODEGEMMA_SENTINELS, sentinel_ids
+from codegemma.kv_cache import KVCache
+from codegemma.train import distributed, losses
+from codegemma.train.distributed import DistEnv
+
+SOURCE_SUFFIXES = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cs", ".kt", ".rb", ".sh")
+
+
+@dataclass
+class InfillExample:
+    path: str
+    prefix: str
+    middle: str
+    suffix: str
+
+
+def read_files(root: str | Path, max_bytes: int = 200_000) -> list[tuple[str, str]]:
+    """(relative path, text) of the source files under `root`, sorted by path."""
+    root = Path(root)
+    out = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES):
+        if path.stat().st_size > max_bytes:
+            continue
+        try:
+            out.append((path.relative_to(root).as_posix(), path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, OSError):
+            continue
+    return out
+
+
+def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234) -> list[InfillExample]:
+    """`n` examples, each masking one non-blank line (newline included) of a random file."""
+    rng = random.Random(seed)
+    candidates = [(path, text) for path, text in files if any(line.strip() for line in text.splitlines())]
+    examples = []
+    while candidates and len(examples) < n:
+        path, text = rng.choice(candidates)
+        lines = text.splitlines(keepends=True)
+        choices = [i for i, line in enumerate(lines) if len(line.strip()) >= 2]
+        if not choices:
+            continue
+        i = rng.choice(choices)
+        examples.append(InfillExample(path, "".join(lines[:i]), lines[i], "".join(lines[i + 1:])))
+    return examples
+
+
+class InfillScorer:
+    """Tokenizes FIM examples into PSM prompts within a token budget (prefix and suffix trimmed)."""
+
+    def __init__(self, tokenizer, examples: list[InfillExample], max_prompt_tokens: int, add_bos: bool = True):
+        self.tokenizer = tokenizer
+        self.ids = sentinel_ids(tokenizer)
+        self.examples = examples
+        self.max_prompt_tokens = max_prompt_tokens
+        self.bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+        self.stop_ids = set(self.ids.values()) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
+
+    def prompt(self, ex: InfillExample) -> list[int]:
+        s = CODEGEMMA_SENTINELS
+        head = self.bos + self.tokenizer.encode(ex.path + "\n")
+        pre, suf = self.tokenizer.encode(ex.prefix), self.tokenizer.encode(ex.suffix)
+        room = max(0, self.max_prompt_tokens - len(head) - 3)
+        keep_suf = min(len(suf), room // 2)
+        keep_pre = min(len(pre), room - keep_suf)
+        keep_suf = min(len(suf), room - keep_pre)  # give the suffix what the prefix did not need
+        # the layout of codegemma.fim.fim_prompt(prefix, suffix, PSM, path), trimmed token-wise
+        return (head + [self.ids[s.prefix]] + pre[len(pre) - keep_pre:] + [self.ids[s.suffix]] + suf[:keep_suf]
+                + [self.ids[s.middle]])
+
+    @torch.no_grad()
+    def middle_loss(self, model: nn.Module, device: torch.device) -> tuple[float, int]:
+        """Sum of NLL over middle tokens, and their count."""
+        total, count = 0.0, 0
+        for ex in self.examples:
+            prompt, middle = self.prompt(ex), self.tokenizer.encode(ex.middle)
+            ids = torch.tensor([prompt + middle], device=device)
+            logits = model(ids[:, :-1])
+            nll = losses.token_nll(logits[:, len(prompt) - 1:], ids[:, len(prompt):])
+            total += nll.sum().item()
+            count += len(middle)
+        return total, count
+
+    @torch.no_grad()
+    def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int) -> tuple[int, int]:
+        """Greedy single-line infilling: (exact matches, examples)."""
+        config = _config(model)
+        hits = 0
+        for ex in self.examples:
+            prompt = self.prompt(ex)
+            cache = KVCache(config, 1, len(prompt) + max_new_tokens, device=device)
+            logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True)
+            out: list[int] = []
+            for _ in range(max_new_tokens):
+                token = int(logits[0, -1].argmax())
+                if token in self.stop_ids:
+                    break
+                out.append(token)
+                if "\n" in self.tokenizer.decode(out[-1:]):
+                    break
+                logits = model(torch.tensor([[token]], device=device), cache=cache)
+            line = self.tokenizer.decode(out).split("\n")[0]
+            hits += line.rstrip() == ex.middle.rstrip("\n").rstrip()
+        return hits, len(self.examples)
+
+
+def _config(model: nn.Module):
+    inner = model
+    while not hasattr(inner, "config") or not hasattr(inner.config, "layer_types"):
+        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or getattr(inner, "model")
+    return inner.config
+
+
+class Evaluator:
+    """Called by the trainer with the model in eval mode under no_grad."""
+
+    def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8, scorer: InfillScorer | None = None,
+                 max_new_tokens: int = 48):
+        self.env = env
+        self.eval_reader_factory = eval_reader_factory
+        self.batches = batches
+        self.scorer = scorer
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, model: nn.Module) -> dict:
+        device = self.env.device
+        result = {}
+        if self.eval_reader_factory is not None:
+            reader = self.eval_reader_factory()
+            total = torch.zeros((), device=device)
+            count = torch.zeros((), device=device)
+            for _ in range(self.batches):
+                batch = {k: v.to(device) for k, v in next(reader).items()}
+                s, n = losses.lm_loss_sum(model, batch)
+                total += s.float()
+                count += n
+            total = distributed.all_reduce_sum(total, self.env)
+            count = distributed.all_reduce_sum(count, self.env)
+            result["loss"] = (total / count.clamp(min=1)).item()
+        if self.scorer is not None:
+            # every process scores the same examples: a sharded (FSDP) model needs all of them
+            inner = getattr(model, "module", model)
+            s, n = self.scorer.middle_loss(inner, device)
+            result["fim_middle_loss"] = s / max(n, 1)
+            hits, total = self.scorer.exact_match(inner, device, self.max_new_tokens)
+            result["infill_exact_match"] = hits / max(total, 1)
+        return result
+
+
+def unigram_baseline(train_shards: str | Path, eval_shards: str | Path, vocab_size: int) -> float:
+    """Held-out loss (nats/token) of the best context-free model: training-set token frequencies
+    (add-one smoothed), scored on the eval shards' trained targets. A model that learned nothing
+    about context cannot beat it."""
+    import numpy as np
+
+    from codegemma.data.shards import ShardDataset
+
+    def targets(path):
+        ds = ShardDataset(path)
+        for i in range(len(ds)):
+            row = ds[i]
+            seg, mask, tok = row["segment_ids"], row["loss_mask"], row["tokens"]
+            trained = mask[1:] & (seg[1:] == seg[:-1]) & (seg[:-1] != 0)
+            yield tok[1:][trained]
+
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for t in targets(train_shards):
+        counts += np.bincount(t, minlength=vocab_size)[:vocab_size]
+    logp = np.log(counts / counts.sum())
+    total, n = 0.0, 0
+    for t in targets(eval_shards):
+        total -= logp[t].sum()
+        n += len(t)
+    return total / max(n, 1)

@@ -1,0 +1,223 @@
+"""Export trained weights: GGUF (F32 / F16) with llama.cpp's Gemma conventions, or a HF directory.
+
+GGUF layout follows llama.cpp's converter for the gemma, gemma2 and gemma3 architectures:
+tensor names `token_embd`, `blk.N.attn_q` ..., norms stored as (1 + w), 1-D tensors always F32,
+hyperparameters under `<arch>.*`, and the vocabulary as a SentencePiece-style ("llama") token list
+with scores and token types, so the project's GGUF loader, llama.cpp and `transformers` read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codegemma.config import ModelConfig
+from codegemma.errors import CodegemmaError
+
+# module-name part -> GGUF block tensor name; the pre-MLP norm is `ffn_norm` in every family
+_BLOCK = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "input_layernorm": "attn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+}
+# SentencePiece token types (GGUF tokenizer.ggml.token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+_BYTE = re.compile(r"^<0x[0-9A-F]{2}>$")
+
+
+def gguf_name(name: str, family: str) -> str:
+    if name == "embed_tokens.weight":
+        return "token_embd.weight"
+    if name == "norm.weight":
+        return "output_norm.weight"
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+    if not m:
+        raise CodegemmaError(f"no GGUF name for tensor {name!r}")
+    layer, part = m.groups()
+    if part == "post_attention_layernorm":
+        # Gemma 1's post_attention_layernorm is its pre-MLP norm; Gemma 2/3 have a real post-attention norm
+        target = "ffn_norm" if family == "gemma" else "post_attention_norm"
+    elif part in _BLOCK:
+        target = _BLOCK[part]
+    else:
+        raise CodegemmaError(f"no GGUF name for tensor {name!r}")
+    return f"blk.{layer}.{target}.weight"
+
+
+def _check_representable(config: ModelConfig) -> None:
+    """GGUF (llama.cpp) has no key for some switches; refuse configs it would silently change."""
+    scalar = config.query_pre_attn_scalar or config.head_dim
+    expected = config.d_model // config.n_heads if config.n_layers in (46, 62) else config.head_dim
+    if config.family != "gemma" and scalar != expected:
+        raise CodegemmaError(f"query_pre_attn_scalar={scalar} cannot be stored in GGUF (readers assume {expected})")
+    if config.family == "gemma3" and config.rope_local_theta != 10000.0:
+        raise CodegemmaError("GGUF readers assume a local RoPE base of 10000 for Gemma 3")
+
+
+def vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
+    """Pieces, scores and types of a BPE tokenizer in SentencePiece terms.
+
+    A SentencePiece BPE model merges the pair whose result has the highest score, so a piece made
+    by merge number r gets score -r: replaying the scores replays the merges in order.
+    """
+    data = json.loads(tokenizer.backend.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise CodegemmaError(f"GGUF export needs a BPE vocabulary, not {model.get('type')}")
+    n = tokenizer.vocab_size
+    pieces = [tokenizer.id_to_token(i) for i in range(n)]
+    if any(p is None for p in pieces):
+        raise CodegemmaError("the vocabulary has gaps in its ids; cannot export it to GGUF")
+    scores = [0.0] * n
+    for rank, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        token_id = tokenizer.token_to_id(left + right)
+        if token_id is not None and scores[token_id] == 0.0:
+            scores[token_id] = -float(rank + 1)
+    added = {t["content"]: t for t in data.get("added_tokens", [])}
+    unk = model.get("unk_token")
+    types = []
+    for piece in pieces:
+        if piece == unk:
+            types.append(UNKNOWN)
+        elif piece in added:
+            types.append(CONTROL if added[piece]["special"] else USER_DEFINED)
+        elif _BYTE.match(piece):
+            types.append(BYTE)
+        else:
+            types.append(NORMAL)
+    return pieces, scores, types
+
+
+def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, out_path: str | Path,
+               dtype: str = "f16") -> Path:
+    """Write weights and vocabulary as one GGUF file (atomically)."""
+    import gguf
+
+    if dtype not in ("f32", "f16"):
+        raise CodegemmaError(f"GGUF export dtype must be f32 or f16, not {dtype!r}")
+    if tokenizer is None:
+        raise CodegemmaError("GGUF export needs the model's tokenizer (pass --tokenizer)")
+    _check_representable(config)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    arch = config.family
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        w.add_name(out_path.stem)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_context_length(config.max_seq_len)
+        w.add_embedding_length(config.d_model)
+        w.add_block_count(config.n_layers)
+        w.add_feed_forward_length(config.d_ff)
+        w.add_head_count(config.n_heads)
+        w.add_head_count_kv(config.n_kv_heads)
+        w.add_key_length(config.head_dim)
+        w.add_value_length(config.head_dim)
+        w.add_layer_norm_rms_eps(config.norm_eps)
+        w.add_rope_freq_base(config.rope_theta)
+        if config.sliding_window:
+            w.add_sliding_window(config.sliding_window)
+        if config.attn_softcap is not None:
+            w.add_attn_logit_softcapping(config.attn_softcap)
+        if config.final_softcap is not None:
+            w.add_final_logit_softcapping(config.final_softcap)
+        if config.rope_scaling != 1.0:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(config.rope_scaling)
+        pieces, scores, types = vocabulary(tokenizer)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(pieces)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        for name, setter in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id),
+                             ("unk", w.add_unk_token_id)):
+            if tokenizer.special.get(name) is not None:
+                setter(tokenizer.special[name])
+        w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_default", True)))
+        w.add_add_eos_token(False)
+        for name, tensor in state.items():
+            array = tensor.detach().float().cpu().numpy()
+            if name.endswith("norm.weight"):
+                array = array + 1.0  # llama.cpp's converter stores Gemma norms as (1 + w)
+            if dtype == "f16" and array.ndim > 1:
+                array = array.astype(np.float16)
+            w.add_tensor(gguf_name(name, arch), np.ascontiguousarray(array.astype(array.dtype, copy=False)))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out_path
+
+
+def load_trained(source: str | Path, tokenizer_spec: str | None = None):
+    """(state dict without adapters, config, tokenizer) from a training checkpoint, run dir or model."""
+    from codegemma.train import build, checkpoint
+
+    source = Path(source)
+    ckpt_path = None
+    if source.is_file() and source.suffix == ".pt":
+        ckpt_path = source
+    elif source.is_dir() and (source / "checkpoints").is_dir():
+        ckpt_path = checkpoint.latest(source / "checkpoints")
+        if ckpt_path is None:
+            raise CodegemmaError(f"{source}: the run has no checkpoint yet")
+    if ckpt_path is None:
+        from codegemma.checkpoints import load
+
+        loaded = load(str(source))
+        tokenizer = build.load_tokenizer(tokenizer_spec) if tokenizer_spec else loaded.tokenizer
+        return loaded.model.state_dict(), loaded.config, tokenizer
+    state = checkpoint.load(ckpt_path)
+    if state.get("model_config") is None:
+        raise CodegemmaError(f"{ckpt_path}: checkpoint has no model config")
+    config = ModelConfig.from_dict(state["model_config"])
+    recipe = state.get("recipe", {})
+    weights = state["model"]
+    if any("lora_" in k for k in weights):
+        from codegemma.model import Gemma
+        from codegemma.train.lora import apply_lora, merged_state
+        from codegemma.train.recipe import LoraSection
+
+        lora_cfg = LoraSection(**recipe.get("lora", {}))
+        weights = merged_state(apply_lora(Gemma(config), lora_cfg), weights)
+    spec = tokenizer_spec or recipe.get("tokenizer") or ""
+    tokenizer = build.load_tokenizer(spec) if spec else None
+    if tokenizer is None and recipe.get("model", {}).get("init"):
+        from codegemma.checkpoints import load
+
+        tokenizer = load(recipe["model"]["init"]).tokenizer
+    return weights, config, tokenizer
+
+
+def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str = "f16",
+           tokenizer_spec: str | None = None) -> Path:
+    state, config, tokenizer = load_trained(source, tokenizer_spec)
+    if fmt == "gguf":
+        return write_gguf(state, config, tokenizer, out, dtype)
+    import shutil
+
+    from codegemma.checkpoints import save_hf
+    from codegemma.model import Gemma
+
+    model = Gemma(config)
+    model.load_state_dict(state)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    save_hf(model, config, tokenizer, out)
+    return out

@@ -1,0 +1,135 @@
+"""Synthetic instruction data in the spirit of OSS-Instruct (Magicoder, Wei et al. 2023).
+
+A served model (any OpenAI-compatible `/v1/chat/completions`, such as `codegemma serve`) is shown
+a random snippet of real code and asked for a self-contained problem inspired by it, a Python
+solution and tests. The CodeGemma report then post-filters with an LLM judge; here the filter is
+execution: a pair is kept only if its tests pass against its solution in the evaluation sandbox.
+Kept pairs are written as SFT conversations (`{"messages": [...]}` JSONL).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from codegemma.errors import CodegemmaError
+from codegemma.train.evaluate import read_files
+from codegemma.train.preference import write_jsonl
+
+PROMPT = """You are exceptionally skilled at crafting high-quality programming problems and offering precise solutions.
+
+Please gain inspiration from the following random code snippet to create a high-quality, self-contained programming problem that can be solved in Python. Then write a correct solution and tests for it.
+
+Code snippet for inspiration:
+```
+{snippet}
+```
+
+Answer in exactly three sections, in this order:
+[Problem Description]
+(a complete, self-contained problem statement; name the function to write)
+[Solution]
+```python
+(the solution: plain Python, standard library only)
+```
+[Tests]
+```python
+(assert statements that check the solution; the solution's names are already imported)
+```"""
+
+_SECTION = re.compile(r"\[(Problem Description|Solution|Tests)\]\s*", re.IGNORECASE)
+_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+@dataclass
+class Candidate:
+    seed: str
+    problem: str
+    solution: str
+    tests: str
+
+
+def snippets(root: str | Path, n: int, seed: int = 0, min_lines: int = 3, max_lines: int = 15) -> list[tuple[str, str]]:
+    """`n` random runs of consecutive lines from the source files under `root` (path, snippet)."""
+    files = [(p, t) for p, t in read_files(root) if t.count("\n") >= min_lines]
+    if not files:
+        raise CodegemmaError(f"no seed source files under {root}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        path, text = rng.choice(files)
+        lines = text.splitlines()
+        size = rng.randint(min_lines, max_lines)
+        start = rng.randint(0, max(0, len(lines) - size))
+        out.append((path, "\n".join(lines[start:start + size])))
+    return out
+
+
+def parse(response: str, seed: str = "") -> Candidate | None:
+    """The three sections of a response, or None if any is missing or has no code block."""
+    parts = _SECTION.split(response)
+    sections = {parts[i].lower(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+    problem = sections.get("problem description", "")
+    solution = _CODE.search(sections.get("solution", ""))
+    tests = _CODE.search(sections.get("tests", ""))
+    if not problem or solution is None or tests is None:
+        return None
+    solution_code, test_code = solution.group(1).strip(), tests.group(1).strip()
+    if not solution_code or "assert" not in test_code:
+        return None
+    return Candidate(seed, problem, solution_code, test_code)
+
+
+def passes(candidate: Candidate, timeout: float = 10.0) -> bool:
+    """Run the tests against the solution in the evaluation sandbox."""
+    from codegemma.eval import sandbox
+
+    files = {"solution.py": candidate.solution + "\n",
+             "test_solution.py": "from solution import *\n\n" + candidate.tests + "\n"}
+    result = sandbox.run([sys.executable, "test_solution.py"], files=files, timeout=timeout)
+    return result.status == "ok"
+
+
+def conversation(candidate: Candidate) -> dict:
+    answer = f"```python\n{candidate.solution}\n```"
+    return {"messages": [{"role": "user", "content": candidate.problem}, {"role": "assistant", "content": answer}],
+            "tests": candidate.tests, "seed": candidate.seed}
+
+
+def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str | Path, seed: int = 0,
+             temperature: float = 0.7, max_tokens: int = 1024, timeout: float = 10.0, client=None) -> dict:
+    """Ask the served model about `n` seed snippets; keep the test-passing pairs. Returns counts."""
+    import openai
+
+    client = client or openai.OpenAI(base_url=base_url, api_key="unused", timeout=120.0, max_retries=1)
+    stats = {"seeds": 0, "responses": 0, "parsed": 0, "passed": 0, "kept": 0}
+    kept, seen = [], set()
+    for path, snippet in snippets(seed_dir, n, seed):
+        stats["seeds"] += 1
+        try:
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": PROMPT.format(snippet=snippet)}],
+                temperature=temperature, max_tokens=max_tokens, seed=seed + stats["seeds"])
+        except openai.APIConnectionError as exc:
+            raise CodegemmaError(f"cannot reach the model server at {base_url}: {exc}") from None
+        except openai.APIStatusError as exc:
+            raise CodegemmaError(f"model server at {base_url} answered {exc.status_code}: {exc.message}") from None
+        text = reply.choices[0].message.content or ""
+        stats["responses"] += 1
+        candidate = parse(text, path)
+        if candidate is None:
+            continue
+        stats["parsed"] += 1
+        if not passes(candidate, timeout):
+            continue
+        stats["passed"] += 1
+        if candidate.problem in seen:
+            continue
+        seen.add(candidate.problem)
+        kept.append(conversation(candidate))
+    stats["kept"] = len(kept)
+    write_jsonl(out, kept)
+    return stats

@@ -1,0 +1,156 @@
+"""Preference data for DPO: pairs from execution feedback, tokenized into aligned shard directories.
+
+Execution feedback: for each problem, samples whose tests passed are preferred over samples whose
+tests failed. Sample records (JSONL) carry `task_id`, `prompt`, `completion` and a verdict, either
+`passed: bool` or `status`/`result` equal to "passed" / "ok" (what `codegemma eval` and the sandbox
+report). Pairs are {"prompt", "chosen", "rejected", "task_id"}.
+
+Tokenized pairs live in `<dir>/chosen` and `<dir>/rejected`, two shard directories with the same
+row order; `PairReader` reads both with one shuffle so row i of each batch is one pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from codegemma.errors import CodegemmaError
+
+_PASS_WORDS = {"passed", "pass", "ok", "success"}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CodegemmaError(f"file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise CodegemmaError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    return out
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def passed(sample: dict) -> bool:
+    if "passed" in sample:
+        return bool(sample["passed"])
+    verdict = sample.get("status", sample.get("result"))
+    if verdict is None:
+        raise CodegemmaError(f"sample {sample.get('task_id')!r} has no verdict (passed / status / result)")
+    return str(verdict).lower() in _PASS_WORDS
+
+
+def pairs_from_samples(samples: list[dict], max_pairs_per_task: int = 4, seed: int = 0) -> list[dict]:
+    """Up to `max_pairs_per_task` (passing, failing) pairs per problem, drawn without repeats."""
+    by_task: dict[str, dict[bool, list[dict]]] = defaultdict(lambda: {True: [], False: []})
+    for i, sample in enumerate(samples):
+        for key in ("task_id", "prompt", "completion"):
+            if key not in sample:
+                raise CodegemmaError(f"sample {i}: missing {key!r}")
+        by_task[str(sample["task_id"])][passed(sample)].append(sample)
+    rng = random.Random(seed)
+    pairs = []
+    for task_id in sorted(by_task):
+        good, bad = by_task[task_id][True], by_task[task_id][False]
+        combos = [(g, b) for g in range(len(good)) for b in range(len(bad))]
+        # distinct completions only: a pair of identical texts teaches nothing
+        combos = [(g, b) for g, b in combos if good[g]["completion"] != bad[b]["completion"]]
+        for g, b in rng.sample(combos, min(max_pairs_per_task, len(combos))):
+            pairs.append({"task_id": task_id, "prompt": good[g]["prompt"], "chosen": good[g]["completion"],
+                          "rejected": bad[b]["completion"]})
+    return pairs
+
+
+def _as_messages(prompt) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list):
+        return prompt
+    raise CodegemmaError("pair prompt must be a string or a list of chat messages")
+
+
+def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> Path:
+    """Tokenize pairs (chat template, response tokens trained) into `out_dir/{chosen,rejected}`.
+
+    Pairs where either side exceeds `seq_len` tokens are dropped, since truncating one side would
+    compare a cut response with a whole one.
+    """
+    from codegemma.data.shards import ShardWriter
+    from codegemma.train.sft import _chat_template, tokenize_conversation
+
+    profile, template = _chat_template(tokenizer)
+    rows = []
+    for n, pair in enumerate(read_jsonl(path), 1):
+        if not all(k in pair for k in ("prompt", "chosen", "rejected")):
+            raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")
+        sides = []
+        for key in ("chosen", "rejected"):
+            messages = _as_messages(pair["prompt"]) + [{"role": "assistant", "content": pair[key]}]
+            sides.append(tokenize_conversation(messages, tokenizer, template, profile.add_bos))
+        if all(len(t) <= seq_len for t, _ in sides):
+            rows.append(sides)
+    if not rows:
+        raise CodegemmaError(f"{path}: no pair fits in seq_len={seq_len}")
+    out_dir = Path(out_dir)
+    pad = tokenizer.pad_id or 0
+    for side, name in enumerate(("chosen", "rejected")):
+        writer = ShardWriter(out_dir / name, seq_len, meta={"kind": "dpo", "side": name, "pairs": len(rows)})
+        for row in rows:
+            tokens, trained = row[side]
+            t = np.full(seq_len, pad, np.int32)
+            seg = np.zeros(seq_len, np.int32)
+            mask = np.zeros(seq_len, bool)
+            t[:len(tokens)], seg[:len(tokens)], mask[:len(tokens)] = tokens, 1, trained
+            writer.add(t, seg, mask)
+        writer.close()
+    return out_dir
+
+
+class PairReader:
+    """Batches {"chosen": {...}, "rejected": {...}}: two shard readers sharing one shuffle."""
+
+    def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        from codegemma.data.shards import ShardReader
+
+        path = Path(path)
+        self.readers = {side: ShardReader(path / side, batch_size, rank, world_size, seed) for side in ("chosen", "rejected")}
+        if len(self.readers["chosen"].dataset) != len(self.readers["rejected"].dataset):
+            raise CodegemmaError(f"{path}: chosen and rejected shards differ in length")
+
+    @property
+    def seq_len(self) -> int:
+        return self.readers["chosen"].seq_len
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return {side: next(reader) for side, reader in self.readers.items()}
+
+    def state_dict(self) -> dict:
+        return {side: reader.state_dict() for side, reader in self.readers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for side, reader in self.readers.items():
+            reader.load_state_dict(state[side])

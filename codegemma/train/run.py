@@ -1,0 +1,147 @@
+"""From a recipe to a finished run: build everything, train, evaluate, export, plot.
+
+Works the same in one process and under `torchrun` (every process runs this; only the main one
+writes logs, plots and exports).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codegemma.errors import CodegemmaError
+from codegemma.train import build, distributed, metrics, objectives
+from codegemma.train.evaluate import Evaluator, InfillScorer, read_files, single_line_examples
+from codegemma.train.recipe import Recipe
+from codegemma.train.trainer import Trainer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_data(recipe: Recipe, env, tokenizer):
+    """The reader of training batches for the recipe's objective."""
+    path = Path(recipe.data.train)
+    if not recipe.data.train or not path.exists():
+        raise CodegemmaError(f"recipe data.train not found: {recipe.data.train!r}")
+    if recipe.objective == "pretrain":
+        return build.shard_reader(path, recipe, env)
+    prepared = _prepared(recipe, env, tokenizer, path, "train")
+    if recipe.objective == "sft":
+        return build.shard_reader(prepared, recipe, env)
+    from codegemma.train.preference import PairReader
+
+    return PairReader(prepared, recipe.train.batch_size, env.rank, env.world_size, recipe.seed)
+
+
+def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
+    """SFT/DPO JSONL is tokenized into shards under the run directory once (by the main process)."""
+    if source.is_dir():
+        return source
+    if tokenizer is None:
+        raise CodegemmaError(f"{source}: tokenizing conversations needs a tokenizer (recipe `tokenizer` or `model.init`)")
+    out = Path(recipe.out_dir) / "data" / split
+    if env.is_main and not (out / "index.json").exists() and not (out / "chosen" / "index.json").exists():
+        if recipe.objective == "sft":
+            from codegemma.train.sft import prepare
+
+            prepare(source, tokenizer, recipe.data.seq_len, out)
+        else:
+            from codegemma.train.preference import prepare
+
+            prepare(source, tokenizer, recipe.data.seq_len, out)
+    if env.distributed:
+        torch.distributed.barrier()
+    return out
+
+
+def make_evaluator(recipe: Recipe, env, tokenizer):
+    factory = None
+    if recipe.data.eval and recipe.objective != "dpo":
+        eval_path = _prepared(recipe, env, tokenizer, Path(recipe.data.eval), "eval") \
+            if recipe.objective == "sft" else Path(recipe.data.eval)
+        factory = lambda: build.shard_reader(eval_path, recipe, env, shuffle=False)  # noqa: E731
+        factory()  # fail now, not at the first evaluation
+    scorer = None
+    if recipe.eval.infill_files:
+        if tokenizer is None:
+            raise CodegemmaError("eval.infill_files needs a tokenizer")
+        files = read_files(recipe.eval.infill_files)
+        if not files:
+            raise CodegemmaError(f"eval.infill_files: no source files under {recipe.eval.infill_files}")
+        examples = single_line_examples(files, recipe.eval.infill_examples)
+        scorer = InfillScorer(tokenizer, examples, recipe.eval.infill_max_prompt_tokens,
+                              add_bos=tokenizer.add_bos_default)
+    if factory is None and scorer is None:
+        return None
+    return Evaluator(env, factory, recipe.eval.batches, scorer, recipe.eval.infill_max_new_tokens)
+
+
+def make_objective(recipe: Recipe, model):
+    if recipe.objective == "dpo":
+        reference = None if recipe.lora.enabled else build.reference_copy(model)
+        return objectives.Preference(recipe.dpo.beta, reference)
+    return objectives.LanguageModeling()
+
+
+def run(recipe: Recipe, resume: bool = True) -> dict:
+    """Train per `recipe`; returns a summary (final step, last losses, output paths)."""
+    env = distributed.init(recipe.train.device)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    try:
+        seed_everything(recipe.seed)
+        tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
+        model, config, tokenizer = build.build_model(recipe, tokenizer)
+        if recipe.lora.enabled:
+            if env.distributed and recipe.distributed.strategy == "fsdp":
+                raise CodegemmaError("LoRA runs use distributed.strategy = 'ddp' (adapters are small)")
+            from codegemma.train.lora import apply_lora
+
+            model = apply_lora(model, recipe.lora)
+        objective = make_objective(recipe, model)
+        if getattr(objective, "reference", None) is not None:
+            objective.reference.to(env.device)
+        data = train_data(recipe, env, tokenizer)
+        evaluator = make_evaluator(recipe, env, tokenizer)
+        seq_len = recipe.data.seq_len
+        trainer = Trainer(recipe, model, objective, data, env, evaluator,
+                          flops_per_token=metrics.flops_per_token(config, seq_len))
+        out_dir = Path(recipe.out_dir)
+        trainer.fit(resume=resume)
+        summary = {"step": trainer.step, "out_dir": str(out_dir)}
+        state = trainer.model_state()
+        if env.is_main:
+            summary["final"] = str(export_final(model, state, config, tokenizer, out_dir / "final", recipe))
+            if recipe.log.plots and (out_dir / "metrics.jsonl").exists():
+                from codegemma.train.plots import plot_run
+
+                summary["plot"] = str(plot_run(out_dir / "metrics.jsonl", out_dir / "curves.png", recipe.name))
+        return summary
+    finally:
+        distributed.shutdown(env)
+
+
+def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:
+    """The trained weights as a Hugging Face directory (LoRA adapters merged in)."""
+    import shutil
+
+    from codegemma.checkpoints import save_hf
+    from codegemma.model import Gemma
+
+    if recipe.lora.enabled:
+        from codegemma.train.lora import merged_state
+
+        state = merged_state(model, state)
+    fresh = Gemma(config)
+    fresh.load_state_dict(state)
+    if out.exists():
+        shutil.rmtree(out)
+    save_hf(fresh, config, tokenizer, out)
+    return out

@@ -1,0 +1,238 @@
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codegemma.data.pipeline import build
+from codegemma.data.recipe import load_recipe, recipe_from_dict
+from codegemma.data.shards import ShardDataset
+from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS, undo_fim
+from codegemma.tokenizer import Tokenizer
+
+
+def make_recipe(collection, tokenizer_path, out, **overrides):
+    data = {"name": "t", "out_dir": str(out), "tokenizer": str(tokenizer_path), "seq_len": 128, "workers": 1,
+            "sequences_per_shard": 3, "sources": [{"name": "code", "path": str(collection)}]}
+    data.update(overrides)
+    return recipe_from_dict(data)
+
+
+def shard_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def split_pieces(text: str) -> list[list[str]]:
+    """Decoded sample text -> per-file piece lists, cut at the sentinels."""
+    s = CODEGEMMA_SENTINELS
+    files, pieces, buf = [], [], ""
+    i = 0
+    while i < len(text):
+        hit = next((t for t in s.all() if text.startswith(t, i)), None)
+        if hit is None:
+            buf += text[i]
+            i += 1
+            continue
+        if buf:
+            pieces.append(buf)
+            buf = ""
+        if hit == s.file_separator:
+            files.append(pieces)
+            pieces = []
+        else:
+            pieces.append(hit)
+        i += len(hit)
+    if buf:
+        pieces.append(buf)
+    files.append(pieces)
+    return files
+
+
+@pytest.mark.slow
+def test_build_end_to_end(collection, tokenizer_path, tmp_path):
+    # sequences long enough that no sample is chunked, so every segment decodes to whole files
+    report = build(make_recipe(collection, tokenizer_path, tmp_path / "out", seq_len=1024), progress=False)
+    stages = report["stages"]
+    assert stages["repositories"] == 5
+    assert stages["dropped_by_filter"]["auto_generated"] == 1  # gen_pb2.py
+    assert stages["dropped_by_filter"]["max_line_length"] == 1  # app.min.js
+    assert stages["dropped_by_filter"]["data_file_size"] == 1  # data.json over 5000 chars
+    assert stages["dropped_by_filter"]["decontaminated"] == 1
+    assert report["decontaminated"][0]["path"] == "tools/solver.py"
+    assert report["decontaminated"][0]["task_id"] == "HumanEval/0"
+    assert stages["dedup"]["repository_exact"] == 1  # demo-fork is demo
+    assert stages["dedup"]["file_near"] == 1  # tools/mathx.py is core.py with a twist
+    assert stages["pii_redactions"]["email"] >= 1 and stages["pii_redactions"]["secret"] >= 1
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "plots" / "stages.png").is_file()
+
+    ds = ShardDataset(tmp_path / "out" / "train")
+    assert ds.meta["fim_rate"] == 0.8 and ds.seq_len == 1024
+    manifest = json.loads((tmp_path / "out" / "train.files.json").read_text())
+    paths = [tuple(m) for m in manifest]
+    assert len(paths) == len(set(paths)) == stages["files_out"]
+    assert ("code", "demo-fork", "demo/core.py") not in paths and ("code", "demo", "demo/core.py") in paths
+    assert ("code", "webapp", "src/api.ts") in paths  # tarball's top directory stripped
+
+    tok = Tokenizer.from_file(tokenizer_path)
+    seen = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        for seg in range(1, item["segment_ids"].max() + 1):
+            ids = item["tokens"][item["segment_ids"] == seg].tolist()
+            assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+            for pieces in split_pieces(tok.decode(ids[1:-1])):
+                path, text = undo_fim(pieces)
+                if path is None:
+                    path, text = text.split("\n", 1)
+                seen[path] = text
+    assert seen["demo/core.py"].startswith('"""Core helpers')
+    assert "<EMAIL>" in seen["demo/models.py"] and "jane.doe" not in seen["demo/models.py"]
+    assert "AKIA" not in seen["demo/api.py"]
+    assert "203.0.113.9" in seen["demo/models.py"]  # documentation addresses are not personal data
+    # dependency order: core before models before api, the unit test right after what it tests
+    demo_order = [p for _, repo, p in manifest if repo == "demo"]
+    assert demo_order.index("demo/core.py") < demo_order.index("demo/models.py") < demo_order.index("demo/api.py")
+    assert [p for _, repo, p in manifest if repo == "webapp"][:2] == ["src/api.ts", "src/index.ts"]
+
+
+@pytest.mark.slow
+def test_same_result_with_more_workers_and_fim_rate(collection, tokenizer_path, tmp_path):
+    build(make_recipe(collection, tokenizer_path, tmp_path / "a"), progress=False)
+    build(make_recipe(collection, tokenizer_path, tmp_path / "b", workers=2), progress=False)
+    assert shard_bytes(tmp_path / "a" / "train") == shard_bytes(tmp_path / "b" / "train")
+    report = build(make_recipe(collection, tokenizer_path, tmp_path / "c", fim={"rate": 0.0}), progress=False)
+    assert report["stages"]["fim_files"] == {"psm": 0, "spm": 0}
+    report = build(make_recipe(collection, tokenizer_path, tmp_path / "d", fim={"rate": 1.0}), progress=False)
+    assert sum(report["stages"]["fim_files"].values()) == report["stages"]["files_out"]
+
+
+@pytest.mark.slow
+def test_changed_recipe_needs_fresh(collection, tokenizer_path, tmp_path):
+    build(make_recipe(collection, tokenizer_path, tmp_path / "out"), progress=False)
+    changed = make_recipe(collection, tokenizer_path, tmp_path / "out", seed=5)
+    with pytest.raises(CodegemmaError, match="--fresh"):
+        build(changed, progress=False)
+    build(changed, fresh=True, progress=False)
+
+
+def test_eval_split_and_text_source_mixture(collection, tokenizer_path, tmp_path):
+    docs = tmp_path / "docs"
+    for i in range(12):
+        (docs / f"d{i}").mkdir(parents=True)
+        (docs / f"d{i}" / "notes.md").write_text(f"# Note {i}\n\n" + "This is plain prose about topic %d. " % i * 5)
+    recipe = make_recipe(collection, tokenizer_path, tmp_path / "out", eval_fraction=0.3, sources=[
+        {"name": "code", "path": str(collection), "weight": 0.8},
+        {"name": "prose", "path": str(docs), "kind": "text", "weight": 0.2}])
+    report = build(recipe, progress=False)
+    shares = report["splits"]["train"]["shares"]
+    assert set(shares) == {"code", "prose"} and shares["code"] > shares["prose"]
+    assert "eval" in report["splits"]
+    held = [p for p in (tmp_path / "out" / "heldout").rglob("*") if p.is_file()]
+    assert held or report["splits"]["eval"]["shares"] == {"prose": 1.0}
+
+
+@pytest.mark.slow
+def test_hf_streaming_source(tokenizer_path, tmp_path):
+    rows = [{"repo": "r1", "path": "a.py", "content": "def f():\n    return 1\n", "stars": 3},
+            {"repo": "r1", "path": "b.py", "content": "from a import f\n\nprint(f())\n", "stars": 3},
+            {"repo": "r2", "path": "main.go", "content": "package main\n\nfunc main() {}\n", "stars": 0}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = recipe_from_dict({"name": "hf", "out_dir": str(tmp_path / "out"), "tokenizer": str(tokenizer_path),
+                               "seq_len": 64, "workers": 1, "sources": [{"name": "hub", "hf": "json",
+                                                                          "data_files": str(data)}]})
+    report = build(recipe, progress=False)
+    assert report["stages"]["repositories"] == 2 and report["stages"]["files_out"] == 3
+    manifest = json.loads((tmp_path / "out" / "train.files.json").read_text())
+    assert [p for _, repo, p in manifest if repo == "r1"] == ["a.py", "b.py"]
+
+
+def test_recipe_errors(tmp_path):
+    with pytest.raises(CodegemmaError, match="no \\[\\[sources\\]\\]"):
+        recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t"})
+    with pytest.raises(CodegemmaError, match="unknown key"):
+        recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t", "sources": [{"name": "a", "path": "p", "bogus": 1}]})
+    with pytest.raises(CodegemmaError, match="packing.order"):
+        recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t", "packing": {"order": "nope"},
+                          "sources": [{"name": "a", "path": "p"}]})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    with pytest.raises(CodegemmaError, match="invalid TOML"):
+        load_recipe(bad)
+
+
+def _write_recipe(path: Path, collection: Path, tokenizer_path: Path, out: Path) -> Path:
+    path.write_text(f'''name = "resume"
+out_dir = "{out}"
+tokenizer = "{tokenizer_path}"
+seq_len = 128
+workers = 1
+[[sources]]
+name = "code"
+path = "{collection}"
+''')
+    return path
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_shards(collection, tokenizer_path, tmp_path):
+    # many repositories so the kill lands in the middle of the per-repository stages
+    import shutil
+
+    for i in range(40):
+        shutil.copytree(collection / "demo", collection / f"copy{i:02d}")
+        (collection / f"copy{i:02d}" / "demo" / "extra.py").write_text(f"VALUE_{i} = {i} * {i * 7} + {i * 13}\n" * (i + 3))
+    reference = _write_recipe(tmp_path / "ref.toml", collection, tokenizer_path, tmp_path / "ref")
+    assert subprocess.run([sys.executable, "-m", "codegemma", "data", "build", str(reference), "--quiet"],
+                          capture_output=True).returncode == 0
+
+    recipe = _write_recipe(tmp_path / "run.toml", collection, tokenizer_path, tmp_path / "run")
+    work = tmp_path / "run" / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "codegemma", "data", "build", str(recipe), "--quiet"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((work / "clean").glob("*.json.gz"))) < 10 if (work / "clean").exists() \
+            else time.time() < deadline:
+        time.sleep(0.05)
+        if proc.poll() is not None:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name.split(".")[0] for p in (work / "clean").glob("*.json.gz")}
+    assert 0 < len(done_before) < 45, "the kill should land midway"
+    assert not (tmp_path / "run" / "train").exists()
+    first_runs = {json.loads(line)["run"] for line in (work / "journal.jsonl").read_text().splitlines()}
+
+    result = subprocess.run([sys.executable, "-m", "codegemma", "data", "build", str(recipe), "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert shard_bytes(tmp_path / "run" / "train") == shard_bytes(tmp_path / "ref" / "train")
+    assert (tmp_path / "run" / "train.files.json").read_text() == (tmp_path / "ref" / "train.files.json").read_text()
+    entries = [json.loads(line) for line in (work / "journal.jsonl").read_text().splitlines()]
+    cleaned = [e["key"] for e in entries if e["stage"] == "clean"]
+    assert len(cleaned) == len(set(cleaned)) == 45  # every repository cleaned exactly once over both runs
+    resumed = {e["key"] for e in entries if e["stage"] == "clean" and e["run"] not in first_runs}
+    assert not resumed & done_before
+
+
+def test_shipped_recipes_parse():
+    root = Path(__file__).resolve().parents[2] / "recipes" / "data"
+    recipes = {p.stem: load_recipe(p) for p in sorted(root.glob("*.toml"))}
+    assert {"demo", "codegemma-2b", "codegemma-7b"} <= set(recipes)
+    assert recipes["codegemma-2b"].fim.rate == 0.9 and recipes["codegemma-7b"].fim.rate == 0.8
+    assert {s.name: s.weight for s in recipes["codegemma-7b"].sources} == {"code": 0.8, "web-text": 0.2}
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_local(collection, tokenizer_path, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    build(make_recipe(collection, tokenizer_path, tmp_path / "local"), progress=False)
+    build(make_recipe(collection, tokenizer_path, tmp_path / "ray", executor="ray", workers=2), progress=False)
+    assert shard_bytes(tmp_path / "ray" / "train") == shard_bytes(tmp_path / "local" / "train")

@@ -1,0 +1,53 @@
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from codegemma.data.samples import FimConfig, SampleEncoder, repository_pieces, sample_rng
+from codegemma.fim import CODEGEMMA_SENTINELS, undo_fim
+from codegemma.tokenizer import Tokenizer
+
+paths = st.from_regex(r"[a-z]{1,8}(/[a-z_]{1,8}){0,2}\.py", fullmatch=True)
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(paths, texts), min_size=1, max_size=5), st.integers(0, 2**32), st.floats(0, 1))
+def test_undoing_fim_gives_back_every_file(files, seed, rate):
+    pieces = repository_pieces(files, random.Random(seed), FimConfig(rate=rate))
+    for (path, text), file_pieces in zip(files, pieces):
+        got_path, got_text = undo_fim(file_pieces)
+        if got_path is None:  # not transformed: the path line is part of the text
+            assert got_text == f"{path}\n{text}"
+        else:
+            assert (got_path, got_text) == (path, text)
+            # the path line is never split: it is one whole piece before the prefix sentinel
+            assert file_pieces[0] == path + "\n" and file_pieces[1] == CODEGEMMA_SENTINELS.prefix
+
+
+def test_fim_rate_and_psm_spm_balance():
+    files = [(f"f{i}.py", "x = 1\n" * 20) for i in range(2000)]
+    pieces = repository_pieces(files, random.Random(0), FimConfig(rate=0.8))
+    fim = [p for p in pieces if CODEGEMMA_SENTINELS.prefix in p]
+    spm = [p for p in fim if p[p.index(CODEGEMMA_SENTINELS.prefix) + 1] == CODEGEMMA_SENTINELS.suffix]
+    assert abs(len(fim) / len(files) - 0.8) < 0.03
+    assert abs(len(spm) / len(fim) - 0.5) < 0.04
+
+
+def test_sample_rng_depends_on_seed_and_key_only():
+    assert sample_rng(0, "a").random() == sample_rng(0, "a").random()
+    assert sample_rng(0, "a").random() != sample_rng(1, "a").random()
+
+
+def test_repository_sample_layout_and_split(tokenizer_path):
+    enc = SampleEncoder(Tokenizer.from_file(tokenizer_path))
+    files = [enc.encode_file([f"m{i}.py\nx = {i}\n"]) for i in range(6)]
+    whole = enc.repository(files, seq_len=10_000)
+    assert len(whole) == 1
+    ids = whole[0].tolist()
+    assert ids[0] == enc.bos_id and ids[-1] == enc.eos_id and ids.count(enc.file_separator) == 5
+    parts = enc.repository(files, seq_len=sum(len(f) for f in files[:3]) + 4)
+    assert len(parts) >= 2 and all(p[0] == enc.bos_id and p[-1] == enc.eos_id for p in parts)
+    assert sum(len(p) for p in parts) == len(ids) + 2 * (len(parts) - 1) - (len(parts) - 1)
+    # a sentinel spelled in a file stays text
+    literal = enc.encode_file(["print('<|fim_prefix|>')"])
+    assert enc.ids[CODEGEMMA_SENTINELS.prefix] not in literal

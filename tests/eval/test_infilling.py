@@ -1,0 +1,53 @@
+import pytest
+
+from codegemma.eval.infilling import FILES
+from codegemma.eval.runner import validate
+from codegemma.eval.task import ModelCannotInfill, get_task
+
+from .fakes import FakeProfile
+
+SIZES = {"single-line": 1033, "multi-line": 5815, "random-span": 1640, "random-span-light": 164}
+
+
+@pytest.mark.parametrize("variant", list(FILES))
+def test_official_files_load_with_their_published_sizes(variant, infilling_dir):
+    task = get_task(f"humaneval-infill-{variant}", data_path=infilling_dir)
+    assert len(task.problems()) == SIZES[variant]
+
+
+def test_prompt_is_the_profiles_psm_fim_prompt(infilling_dir):
+    task = get_task("humaneval-infill-multi-line", data_path=infilling_dir)
+    p = task.problems(1)[0]
+    pieces = task.prompt(p, FakeProfile())
+    assert pieces == ["<|fim_prefix|>", p.data["prompt"], "<|fim_suffix|>", p.data["suffix"], "<|fim_middle|>"]
+    spm = get_task("humaneval-infill-multi-line", data_path=infilling_dir, fim_order="spm")
+    assert spm.prompt(p, FakeProfile())[1] == "<|fim_suffix|>"
+
+
+def test_non_fim_model_is_refused_clearly(infilling_dir):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
+    with pytest.raises(ModelCannotInfill, match="gemma3"):
+        task.prompt(task.problems(1)[0], FakeProfile(name="gemma3", fim_supported=False, sentinels=None))
+
+
+def test_single_line_completion_keeps_one_line(infilling_dir):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
+    p = task.problems(1)[0]
+    assert task.postprocess(p, "        x = 1\n        y = 2\n") == "        x = 1\n"
+    assert task.postprocess(p, "        x = 1") == "        x = 1\n"
+
+
+def test_wrong_middles_fail_where_upstream_would_pass_everything(infilling_dir):
+    for variant in FILES:
+        task = get_task(f"humaneval-infill-{variant}", data_path=infilling_dir)
+        report = validate(task, task.problems(5), workers=2)
+        assert report["canonical_passed"] == 5 and report["wrong_passed"] == [], variant
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(FILES))
+def test_all_canonical_middles_pass(variant, infilling_dir):
+    task = get_task(f"humaneval-infill-{variant}", data_path=infilling_dir)
+    report = validate(task, task.problems(), workers=4)
+    assert report["canonical_failed"] == [] and report["wrong_passed"] == []
+    assert report["canonical_passed"] == SIZES[variant]

@@ -1,0 +1,133 @@
+import json
+
+import pytest
+
+from codegemma.errors import CodegemmaError
+from codegemma.eval.runner import GenerationSettings, HarnessInvalid, prompt_text, read_samples, run_eval
+from codegemma.eval.task import ModelCannotInfill, Outcome, get_task
+
+from .fakes import FakeProfile, fake_generator
+
+LIMIT = 6
+
+
+def humaneval_answers(task, right: set[int]):
+    """Canonical answers for problem indexes in `right`, wrong ones otherwise, each followed by junk
+    that the stop strings / profile stop texts must cut away."""
+    answers = {}
+    for i, p in enumerate(task.problems(LIMIT)):
+        body = task.canonical(p) if i in right else task.wrong(p)
+        junk = "\ndef unrelated():\n    raise SystemExit(1)\n" if i % 2 else "<|file_separator|>x.py\nraise SystemExit(1)"
+        answers[prompt_text(task.prompt(p, FakeProfile()))] = body + junk
+    return answers
+
+
+def test_humaneval_pipeline_scores_canned_completions(tmp_path):
+    task = get_task("humaneval")
+    generator, canned = fake_generator(humaneval_answers(task, right={0, 2, 3}))
+    summary = run_eval(task, generator, GenerationSettings(batch_size=4), tmp_path, limit=LIMIT, progress=False)
+    assert summary["scores"]["pass@1"] == pytest.approx(3 / 6)
+    assert summary["validation"]["canonical_passed"] == LIMIT and summary["validation"]["wrong_passed"] == []
+    assert [len(c) for c in canned.calls] == [4, 2]  # batched
+    assert "\ndef " in canned.settings[0].stop_strings and "<eos>" in canned.settings[0].stop_strings
+    records = read_samples(tmp_path / "samples.jsonl")
+    assert len(records) == LIMIT
+    for r in records:
+        assert {"task", "prompt", "completion", "passed", "error", "seconds"} <= set(r)
+        assert "unrelated" not in r["completion"] and "file_separator" not in r["completion"]
+    assert sum(r["passed"] for r in records) == 3
+    failed = [r for r in records if not r["passed"]]
+    assert all("deliberately wrong" in r["error"] for r in failed)
+    assert json.loads((tmp_path / "summary.json").read_text())["scores"]["pass@1"] == pytest.approx(0.5)
+
+
+def test_interrupted_run_resumes_without_regenerating(tmp_path):
+    task = get_task("humaneval")
+    answers = humaneval_answers(task, right=set(range(LIMIT)))
+    generator, canned = fake_generator(answers, fail_after_calls=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(task, generator, GenerationSettings(batch_size=2), tmp_path, limit=LIMIT, progress=False)
+    assert len(read_samples(tmp_path / "samples.jsonl")) == 4
+    generator, canned = fake_generator(answers)
+    summary = run_eval(task, generator, GenerationSettings(batch_size=2), tmp_path, limit=LIMIT, progress=False)
+    assert sum(len(c) for c in canned.calls) == 2  # only the two unfinished problems
+    assert summary["scores"]["pass@1"] == 1.0 and summary["resumed_samples"] == 4
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    task = get_task("humaneval")
+    generator, _ = fake_generator(humaneval_answers(task, right={0}))
+    run_eval(task, generator, GenerationSettings(), tmp_path, limit=LIMIT, progress=False)
+    with pytest.raises(CodegemmaError, match="different settings"):
+        run_eval(task, generator, GenerationSettings(max_new_tokens=7), tmp_path, limit=LIMIT, progress=False)
+
+
+def test_sampling_n_gives_pass_at_k(tmp_path):
+    task = get_task("humaneval")
+    generator, canned = fake_generator(humaneval_answers(task, right={0, 1}))
+    settings = GenerationSettings(n=10, temperature=0.8, batch_size=16)
+    summary = run_eval(task, generator, settings, tmp_path, limit=3, progress=False)
+    assert summary["samples"] == 30
+    assert summary["scores"] == {"pass@1": pytest.approx(2 / 3), "pass@10": pytest.approx(2 / 3)}
+    assert len({s.seed for s in canned.settings}) == len(canned.settings)  # each batch its own seed
+
+
+def test_greedy_with_several_samples_is_refused(tmp_path):
+    generator, _ = fake_generator({})
+    with pytest.raises(CodegemmaError, match="identical"):
+        run_eval(get_task("humaneval"), generator, GenerationSettings(n=5), tmp_path, limit=1, progress=False)
+
+
+class ExecDisabled:
+    """What the upstream infilling harness does: it never runs the code, so everything passes."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def check(self, problem, completion):
+        return Outcome(True, "passed")
+
+
+def test_harness_refuses_to_score_when_wrong_completions_pass(tmp_path):
+    task = get_task("humaneval")
+    generator, canned = fake_generator(humaneval_answers(task, right=set()))
+    with pytest.raises(HarnessInvalid, match="wrong completion passed"):
+        run_eval(ExecDisabled(task), generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+    assert canned.calls == []
+
+
+def test_harness_refuses_to_score_when_a_canonical_solution_fails(tmp_path):
+    task = get_task("humaneval")
+    broken = task.problems(2)[1]
+    task.canonical = lambda p: "    return 'not the answer'\n" if p is broken else type(task).canonical(task, p)
+    generator, _ = fake_generator(humaneval_answers(task, right=set()))
+    with pytest.raises(HarnessInvalid, match="HumanEval/1"):
+        run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+
+
+def test_infilling_with_a_model_that_cannot_infill_is_reported(tmp_path, infilling_dir):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
+    generator, _ = fake_generator({}, profile=FakeProfile(name="gemma3", fim_supported=False, sentinels=None))
+    with pytest.raises(ModelCannotInfill, match="FIM-capable"):
+        run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+
+
+def test_infilling_pipeline_scores_exact_match_and_execution(tmp_path, infilling_dir):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
+    problems = task.problems(4)
+    answers = {}
+    for i, p in enumerate(problems):
+        middle = task.canonical(p) if i < 3 else "    pass\n"
+        # a line plus a second line: single-line tasks keep only the first
+        answers[prompt_text(task.prompt(p, FakeProfile()))] = middle.rstrip("\n") + "\n    junk(\n<|file_separator|>"
+    generator, _ = fake_generator(answers)
+    summary = run_eval(task, generator, GenerationSettings(), tmp_path, limit=4, progress=False)
+    assert summary["kind"] == "infilling"
+    assert summary["scores"]["exact_match"] == pytest.approx(3 / 4)
+    assert summary["scores"]["pass@1"] == pytest.approx(3 / 4)
+    assert 0 < summary["scores"]["edit_similarity"] < 1
+    first = read_samples(tmp_path / "samples.jsonl")[0]
+    assert first["prompt"].startswith("<|fim_prefix|>") and first["prompt"].endswith("<|fim_middle|>")

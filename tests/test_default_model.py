@@ -1,0 +1,106 @@
+"""The real default model (Gemma 3 270M, Q4_K_M GGUF) against transformers loading the same file.
+
+These load real weights and take about two minutes; CI runs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from codegemma.checkpoints import load
+from codegemma.engine import Engine, SamplingParams
+
+pytestmark = [pytest.mark.real_weights, pytest.mark.slow]
+transformers = pytest.importorskip("transformers")
+
+SOURCES = ["textwrap", "heapq", "bisect", "json.decoder", "shlex"]
+
+
+def code_texts():
+    import importlib
+
+    return [inspect.getsource(importlib.import_module(name)) for name in SOURCES]
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return load()
+
+
+@pytest.fixture(scope="module")
+def reference(default_gguf_path):
+    directory, name = os.path.split(default_gguf_path)
+    tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    return tok, model
+
+
+TRICKY = [
+    "",
+    "\tdef f():\n\t\treturn  1\n",
+    "x = 1\r\ny = 2\r\n",
+    "    \n        \n\n\n   spaces   everywhere    ",
+    "naïve café — 日本語のテキスト 🙂 Ünïcödé",
+    "def 函数(参数):\n    return 参数 * 2  # コメント",
+    "<start_of_turn>user\nhi<end_of_turn>\n",
+    "0123456789 3.14159 1e-10 0xFF",
+]
+
+
+def test_tokenizer_agrees_with_transformers_id_for_id(ours, reference):
+    hf_tok, _ = reference
+    texts = TRICKY + code_texts()
+    for text in texts:
+        expected = hf_tok(text, add_special_tokens=False).input_ids
+        got = ours.tokenizer.encode(text)
+        assert got == expected, text[:60]
+        assert ours.tokenizer.decode(got) == text  # exact round trip, no added prefix space
+    assert ours.tokenizer.encode("hello", add_bos=True)[0] == hf_tok.bos_token_id
+
+
+def teacher_forced_prompts(tokenizer, n_tokens=420):
+    return [tokenizer.encode(text, add_bos=True)[:n_tokens] for text in code_texts()]
+
+
+def test_teacher_forced_argmax_agreement(ours, reference):
+    _, hf = reference
+    agree = total = 0
+    with torch.no_grad():
+        for ids in teacher_forced_prompts(ours.tokenizer):
+            x = torch.tensor([ids])
+            a = ours.model(x)[0].argmax(-1)
+            b = hf(x).logits[0].argmax(-1)
+            agree += int((a == b).sum())
+            total += len(ids)
+    assert total >= 2000
+    assert agree / total >= 0.99, f"{agree}/{total}"
+
+
+def test_greedy_continuations_identical(ours, reference):
+    _, hf = reference
+    engine = Engine(ours.model)
+    same = 0
+    for ids in teacher_forced_prompts(ours.tokenizer, n_tokens=200):
+        got = engine.generate(ids, SamplingParams(max_new_tokens=32)).ids
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
+        same += got == out[0, len(ids):].tolist()
+    assert same >= 4
+
+
+def test_cold_load_from_cache_is_fast(ours):
+    # `ours` has written the converted cache; a fresh process now loads the model and tokenizer
+    code = "import time; t=time.time(); from codegemma.checkpoints import load; load(); print(time.time()-t)"
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.time() - start
+    assert float(out.stdout.strip()) <= 5.0, (out.stdout, wall)

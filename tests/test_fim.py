@@ -1,0 +1,97 @@
+"""The FIM format: prompt layouts, training examples, and that serving and training agree token for token."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codegemma.fim import (CODEGEMMA_SENTINELS, PSM, SPM, encode_literal, encode_pieces, fim_example, fim_prompt,
+                           repo_fim_prompt, sentinel_ids, split_points, transform_file, undo_fim)
+from codegemma.tokenizer import Tokenizer
+from codegemma.train import tokenizer_train
+
+S = CODEGEMMA_SENTINELS
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    root = Path(json.__file__).parent.parent
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(root.glob("[a-c]*.py"))[:20]]
+    return Tokenizer(tokenizer_train.train(texts, vocab_size=800))
+
+
+def test_psm_layout_matches_the_codegemma_report():
+    # [PS]: prefix "import " keeps its trailing space; nothing is added around the sentinels
+    pieces = fim_prompt("import ", "\nif __name__ == '__main__':\nsys.exit(0)", PSM)
+    assert "".join(pieces) == ("<|fim_prefix|>import <|fim_suffix|>\nif __name__ == '__main__':\nsys.exit(0)"
+                               "<|fim_middle|>")
+
+
+def test_path_line_and_repo_context_layout():
+    pieces = repo_fim_prompt([("utils.py", "def helper():\n    pass\n")], "x = ", "\n", PSM, path="main.py")
+    assert "".join(pieces) == ("utils.py\ndef helper():\n    pass\n<|file_separator|>main.py\n"
+                               "<|fim_prefix|>x = <|fim_suffix|>\n<|fim_middle|>")
+
+
+def test_spm_puts_the_suffix_first_and_prefix_after_the_middle_sentinel():
+    pieces = fim_prompt("a = ", "\nb = 2", SPM, path="m.py")
+    assert pieces == ["m.py\n", S.prefix, S.suffix, "\nb = 2", S.middle, "a = "]
+
+
+@pytest.mark.parametrize("order", [PSM, SPM])
+@pytest.mark.parametrize("path", [None, "src/pkg/module.py"])
+def test_inference_prompt_and_training_example_are_token_identical_up_to_the_middle(tokenizer, order, path):
+    text = "def area(radius):\n    return 3.14159 * radius ** 2\n\n\nprint(area(2))\n"
+    rng = random.Random(7)
+    ids = sentinel_ids(tokenizer)
+    for _ in range(50):
+        prefix, middle, suffix = split_points(text, rng)
+        prompt = encode_pieces(tokenizer, fim_prompt(prefix, suffix, order, path), ids)
+        example = encode_pieces(tokenizer, fim_example(prefix, middle, suffix, order, path), ids)
+        if order == PSM or not prefix:
+            assert example[:len(prompt)] == prompt
+        else:
+            # SPM: prefix and middle are one run of text, so only the prompt's last text token may
+            # merge with the middle; everything through <|fim_middle|> is identical
+            cut = prompt.index(ids[S.middle]) + 1
+            assert example[:cut] == prompt[:cut]
+            assert tokenizer.decode(example[cut:]) == prefix + middle
+
+
+def test_transform_file_round_trips(tokenizer):
+    rng = random.Random(1)
+    text = "import os\n\n\ndef main():\n    print(os.getcwd())\n"
+    for _ in range(100):
+        pieces = transform_file(text, rng, fim_rate=0.9, path="a.py")
+        path, restored = undo_fim(pieces)
+        assert restored == text or restored == "a.py\n" + text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab <|>_fimprexsuodl\n\t€")), max_size=60))
+def test_literal_text_never_becomes_a_sentinel(tokenizer, text):
+    ids = sentinel_ids(tokenizer)
+    text = text + S.prefix + text + S.file_separator
+    encoded = encode_literal(tokenizer, text, ids)
+    assert not set(encoded) & set(ids.values())
+    assert tokenizer.decode(encoded) == text
+
+
+def test_encode_pieces_default_behaviour_is_unchanged(tokenizer):
+    ids = sentinel_ids(tokenizer)
+    plain = encode_pieces(tokenizer, ["x = 1"], ids)
+    assert plain == tokenizer.encode("x = 1")
+    assert encode_pieces(tokenizer, ["x", S.prefix], ids, literal_text=True)[-1] == ids[S.prefix]
+
+
+def test_missing_sentinel_is_a_clear_error():
+    class NoFim:
+        def token_to_id(self, token):
+            return None
+
+    with pytest.raises(ValueError, match="cannot infill"):
+        sentinel_ids(NoFim())

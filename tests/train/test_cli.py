@@ -1,0 +1,40 @@
+"""`codegemma train ...` through the real entry point."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+from codegemma.cli import main
+
+from .conftest import recipe_toml
+
+
+def test_tokenizer_command(tmp_path, capsys):
+    corpus = Path(sysconfig.get_paths()["stdlib"]) / "json"
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train", "tokenizer", str(corpus), "--ext", ".py", "--vocab-size", "700", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["model"]["type"] == "BPE"
+    assert (out.parent / "tokenizer_config.json").is_file()
+
+
+def test_run_plot_and_export(tmp_path, shards, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=3))
+    assert main(["train", "run", str(recipe)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 3 and Path(summary["final"], "model.safetensors").is_file()
+    assert main(["train", "plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    # a finished run is not trained again
+    assert main(["train", "run", str(recipe)]) == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nsteps = 'many'\n[data]\ntrain = 'nowhere'\n")
+    assert main(["train", "run", str(bad)]) == 1
+    assert main(["train", "run", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("codegemma train: error:") for line in err)
+    assert "missing.toml" in err[1]

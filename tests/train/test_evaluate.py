@@ -1,0 +1,70 @@
+import math
+
+import numpy as np
+import torch
+
+from codegemma.config import ModelConfig, preset
+from codegemma.data.shards import ShardWriter
+from codegemma.fim import PSM, encode_pieces, fim_prompt, sentinel_ids
+from codegemma.model import Gemma
+from codegemma.train.evaluate import InfillScorer, read_files, single_line_examples, unigram_baseline
+
+FILES = [("pkg/a.py", "import os\n\n\ndef f(x):\n    return x + 1\n"), ("b.py", "x = 1\ny = 2\n")]
+
+
+def test_examples_mask_whole_non_blank_lines():
+    examples = single_line_examples(FILES, 20, seed=0)
+    assert len(examples) == 20
+    for ex in examples:
+        text = dict(FILES)[ex.path]
+        assert ex.prefix + ex.middle + ex.suffix == text
+        assert ex.middle.strip() and ex.middle.endswith("\n") and ex.prefix.endswith(("\n", ""))
+    assert examples == single_line_examples(FILES, 20, seed=0)
+
+
+def test_prompt_is_the_served_psm_layout(small_tokenizer):
+    tok = small_tokenizer
+    ex = single_line_examples(FILES, 1, seed=3)[0]
+    scorer = InfillScorer(tok, [ex], max_prompt_tokens=512)
+    pieces = fim_prompt(ex.prefix, ex.suffix, PSM, ex.path)
+    assert scorer.prompt(ex) == [tok.bos_id] + encode_pieces(tok, pieces, sentinel_ids(tok))
+
+
+def test_prompt_is_trimmed_around_the_hole(small_tokenizer):
+    tok = small_tokenizer
+    long = "".join(f"line_{i} = {i}\n" for i in range(200))
+    ex = single_line_examples([("big.py", long)], 1, seed=1)[0]
+    ids = InfillScorer(tok, [ex], max_prompt_tokens=64).prompt(ex)
+    assert len(ids) <= 64
+    text = tok.decode(ids)
+    assert "<|fim_prefix|>" in text and text.endswith("<|fim_middle|>")
+
+
+def test_scores_run_on_a_model(small_tokenizer):
+    cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
+    torch.manual_seed(0)
+    model = Gemma(cfg).eval()
+    model.init_weights()
+    scorer = InfillScorer(small_tokenizer, single_line_examples(FILES, 3), max_prompt_tokens=128)
+    total, count = scorer.middle_loss(model, torch.device("cpu"))
+    assert count > 0 and abs(total / count - math.log(cfg.vocab_size)) < 1.0  # near-uniform random model
+    hits, n = scorer.exact_match(model, torch.device("cpu"), max_new_tokens=4)
+    assert n == 3 and hits == 0
+
+
+def test_unigram_baseline(tmp_path):
+    for split, rows in (("train", [[5, 5, 5, 6]] * 3), ("eval", [[5, 6, 5, 5]])):
+        w = ShardWriter(tmp_path / split, 4)
+        for r in rows:
+            w.add(r, [1, 1, 1, 1], [True] * 4)
+        w.close()
+    # train targets: 5, 5, 6 (x3) -> counts 6+1, 3+1 over a vocabulary of 8 (add-one)
+    p5, p6 = 7 / 17, 4 / 17
+    expected = -(math.log(p6) + 2 * math.log(p5)) / 3
+    assert np.isclose(unigram_baseline(tmp_path / "train", tmp_path / "eval", 8), expected)
+
+
+def test_read_files_keeps_source_files(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.bin").write_bytes(b"\x00\x01")
+    assert read_files(tmp_path) == [("a.py", "x = 1\n")]

@@ -1,0 +1,96 @@
+"""GGUF and HF export read back by the project's loaders and by transformers."""
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from codegemma.checkpoints import load
+from codegemma.config import ModelConfig, preset
+from codegemma.errors import CodegemmaError
+from codegemma.model import Gemma
+from codegemma.tokenizer import Tokenizer
+from codegemma.train import tokenizer_train
+from codegemma.train.export import export, write_gguf
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8") for p in sorted((stdlib / "json").glob("*.py"))]
+    path = tokenizer_train.save(tokenizer_train.train(texts, 600), tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    return Tokenizer.from_hf_dir(path.parent)
+
+
+def random_model(name: str, vocab: int, **changes) -> tuple[Gemma, ModelConfig]:
+    cfg = ModelConfig.from_dict({**preset(name).to_dict(), "vocab_size": vocab, **changes})
+    torch.manual_seed(0)
+    model = Gemma(cfg)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1)  # non-zero norms, so the (1 + w) convention is exercised
+    return model.eval(), cfg
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("tiny-gemma", {}),
+    ("tiny-gemma2", {"query_pre_attn_scalar": None}),
+    ("tiny-gemma3", {"query_pre_attn_scalar": None}),
+])
+@pytest.mark.parametrize("dtype, tol", [("f32", 0.0), ("f16", 5e-3)])
+def test_gguf_round_trip_through_the_project_loader(tmp_path, tokenizer, name, changes, dtype, tol):
+    model, cfg = random_model(name, tokenizer.vocab_size, **changes)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", dtype)
+    loaded = load(str(path), progress=False)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert (loaded.model(x) - model(x)).abs().max().item() <= tol
+    text = "for i in range(10):\n    print(i ** 2)\n"
+    assert loaded.tokenizer.encode(text) == tokenizer.encode(text)
+    assert loaded.config.family == cfg.family and loaded.config.layer_types == cfg.layer_types
+
+
+def test_gguf_gemma3_read_by_transformers(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # transformers assumes query_pre_attn_scalar = 256 for GGUF files, as in every released Gemma 3
+    model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, head_dim=256, query_pre_attn_scalar=None)
+    write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "g3.gguf", "f32")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="g3.gguf")
+    x = torch.randint(0, cfg.vocab_size, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, model(x), atol=1e-4)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="g3.gguf")
+    text = "x = [1, 2, 3]\n"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
+
+
+def test_unrepresentable_config_is_refused(tmp_path, tokenizer):
+    model, cfg = random_model("tiny-gemma2", tokenizer.vocab_size)  # query scalar 48 != head_dim 32
+    with pytest.raises(CodegemmaError, match="query_pre_attn_scalar"):
+        write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "x.gguf")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_from_a_training_run(tmp_path, tokenizer):
+    """A run's checkpoint exports to HF safetensors that transformers loads with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from codegemma.train import checkpoint
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    checkpoint.save(tmp_path / "run" / "checkpoints", 5, {
+        "step": 5, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": str(tmp_path / "tokenizer.json"), "lora": {}, "model": {}}})
+    out = export(tmp_path / "run", tmp_path / "hf", fmt="hf")
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    x = torch.randint(0, cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, model(x), atol=1e-4)
+    gguf_path = export(tmp_path / "run", tmp_path / "m.gguf", fmt="gguf", dtype="f32")
+    with torch.no_grad():
+        assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))

@@ -1,0 +1,41 @@
+import pytest
+
+from codegemma.errors import CodegemmaError
+from codegemma.train import recipe
+
+
+def test_load_with_overrides(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('objective = "sft"\n[train]\nsteps = 5\n[optim]\nbetas = [0.9, 0.99]\n')
+    r = recipe.load(path, ["train.steps=7", "optim.lr=1e-3", "out_dir=runs/x"])
+    assert (r.name, r.objective, r.train.steps, r.optim.lr, r.out_dir) == ("r", "sft", 7, 1e-3, "runs/x")
+    assert r.optim.betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[train]\nstepz = 5\n", "unknown key"),
+    ("objective = 'rl'\n", "objective"),
+    ("[train]\nsteps = 0\n", "train.steps"),
+    ("[data]\nfim_rate = 1.5\n", "fim_rate"),
+    ("[train\n", "invalid TOML"),
+])
+def test_bad_recipes_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(CodegemmaError, match=message):
+        recipe.load(path)
+
+
+def test_missing_recipe():
+    with pytest.raises(CodegemmaError, match="not found"):
+        recipe.load("does/not/exist.toml")
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    names = sorted(p.name for p in root.glob("*.toml"))
+    assert {"tiny-cpu.toml", "codegemma-2b.toml", "codegemma-7b.toml", "continue-gemma.toml"} <= set(names)
+    for path in root.glob("*.toml"):
+        recipe.load(path)

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from codegemma.data.shards import ShardDataset
+from codegemma.errors import CodegemmaError
+from codegemma.train import sft
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Add one to x."},
+    {"role": "assistant", "content": "x + 1"},
+    {"role": "user", "content": "And two?"},
+    {"role": "assistant", "content": "x + 2"},
+]
+
+
+def test_only_model_turns_are_trained(small_tokenizer):
+    tok = small_tokenizer
+    ids, trained = sft.tokenize_conversation(CONVERSATION, tok)
+    text = tok.decode(ids)
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nAdd one to x.<end_of_turn>\n<start_of_turn>model\n"
+                    "x + 1<end_of_turn>\n<start_of_turn>user\nAnd two?<end_of_turn>\n<start_of_turn>model\n"
+                    "x + 2<end_of_turn>\n")
+    trained_text = tok.decode([i for i, t in zip(ids, trained) if t])
+    assert trained_text == "x + 1<end_of_turn>x + 2<end_of_turn>"
+
+
+def test_same_prompt_as_the_chat_template_at_inference(small_tokenizer):
+    """The context before the first trained token is exactly the served chat prompt."""
+    from codegemma.fim import encode_pieces
+    from codegemma.profiles import resolve_profile
+
+    tok = small_tokenizer
+    template = resolve_profile(tok, instruction_tuned=True).chat_template
+    ids, trained = sft.tokenize_conversation(CONVERSATION[:3], tok)
+    pieces = template.pieces(CONVERSATION[:2], add_generation_prompt=True)
+    turn_ids = {t: tok.token_to_id(t) for t in (template.turn_start, template.turn_end)}
+    assert ids[:trained.index(True)] == [tok.bos_id] + encode_pieces(tok, pieces, turn_ids)
+
+
+def test_prepare_packs_conversations(tmp_path, small_tokenizer):
+    path = tmp_path / "conv.jsonl"
+    with open(path, "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": f"a{i} " * (i + 1)}]}) + "\n")
+    out = sft.prepare(path, small_tokenizer, 64, tmp_path / "shards")
+    ds = ShardDataset(out)
+    rows = [ds[i] for i in range(len(ds))]
+    assert len(rows) < 6  # several conversations per row
+    assert sum(len(set(r["segment_ids"][r["segment_ids"] > 0].tolist())) for r in rows) == 6
+    for r in rows:
+        assert not r["loss_mask"][r["segment_ids"] == 0].any()
+        assert np.all(r["tokens"][r["loss_mask"]] != small_tokenizer.token_to_id("<start_of_turn>"))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", "invalid JSON"),
+    ('{"text": "x"}', "expected"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
+])
+def test_bad_conversations_name_the_line(tmp_path, small_tokenizer, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(CodegemmaError, match=f"bad.jsonl:1.*{message}|{message}"):
+        sft.prepare(path, small_tokenizer, 64, tmp_path / "out")

@@ -1,0 +1,61 @@
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS
+from codegemma.tokenizer import Tokenizer
+from codegemma.train import tokenizer_train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8") for p in sorted((stdlib / "json").glob("*.py"))]
+    tok = tokenizer_train.train(texts, vocab_size=1024)
+    out = tokenizer_train.save(tok, tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    return tok, out
+
+
+def test_reserved_ids_match_codegemma(trained):
+    tok, _ = trained
+    s = CODEGEMMA_SENTINELS
+    assert [tok.token_to_id(t) for t in (s.prefix, s.middle, s.suffix, s.file_separator)] == [67, 68, 69, 70]
+    assert [tok.token_to_id(t) for t in ("<pad>", "<eos>", "<bos>", "<unk>")] == [0, 1, 2, 3]
+    assert [tok.token_to_id(t) for t in ("<start_of_turn>", "<end_of_turn>")] == [106, 107]
+    assert tok.get_vocab_size() == 1024
+
+
+def test_round_trip_digits_and_byte_fallback(trained):
+    tok, _ = trained
+    text = "def f(x):\n\treturn x * 12345  # ünïcödé ✓ 🙂\n"
+    enc = tok.encode(text)
+    assert tok.decode(enc.ids, skip_special_tokens=True) == text
+    assert [t for t in enc.tokens if t in "12345"] == list("12345")  # digits split one by one
+    assert "<0xF0>" in enc.tokens  # the emoji is not in the alphabet: byte fallback
+    assert "<unk>" not in enc.tokens
+
+
+def test_sentinels_encode_as_single_tokens(trained):
+    tok, _ = trained
+    ids = tok.encode("<|fim_prefix|>a = 1<|fim_suffix|>\n<|fim_middle|>").ids
+    assert ids[0] == 67 and 69 in ids and ids[-1] == 68
+
+
+def test_project_and_transformers_load_it(trained):
+    from transformers import AutoTokenizer
+
+    tok, path = trained
+    text = "import os\nprint(os.getcwd())\n"
+    ours = Tokenizer.from_hf_dir(path.parent)
+    assert ours.special["fim_prefix"] == 67 and ours.bos_id == 2 and ours.eos_id == 1
+    assert ours.encode(text) == tok.encode(text).ids
+    hf = AutoTokenizer.from_pretrained(path.parent)
+    assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text).ids
+    assert hf.decode(hf(text)["input_ids"]) == text
+
+
+def test_too_small_vocabulary_is_an_error():
+    with pytest.raises(CodegemmaError, match="too small"):
+        tokenizer_train.train(["x"], vocab_size=300)

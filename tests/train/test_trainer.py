@@ -1,0 +1,120 @@
+"""The training loop: learning, accumulation equivalence, checkpoints, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from codegemma.train import build, checkpoint, metrics, objectives
+from codegemma.train import recipe as recipe_mod
+from codegemma.train.distributed import DistEnv
+from codegemma.train.trainer import Trainer
+
+from .conftest import recipe_toml, write_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_recipe(tmp_path: Path, shards: Path, **train) -> recipe_mod.Recipe:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "r.toml"
+    path.write_text(recipe_toml(tmp_path / "run", shards))
+    return recipe_mod.load(path, [f"train.{k}={v}" for k, v in train.items()])
+
+
+def train(recipe, steps_callback=None):
+    torch.manual_seed(recipe.seed)
+    model, _, _ = build.build_model(recipe, None)
+    data = build.shard_reader(recipe.data.train, recipe, DistEnv())
+    trainer = Trainer(recipe, model, objectives.LanguageModeling(), data)
+    return trainer, trainer.fit(on_step=steps_callback)
+
+
+def test_loss_falls_and_everything_is_logged(tmp_path, shards):
+    recipe = make_recipe(tmp_path, shards, steps=30)
+    trainer, history = train(recipe)
+    losses = [h["loss"] for h in history]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5
+    records = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 31))
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+        assert all(key in r for r in records), key
+    assert records[0]["lr"] < records[2]["lr"]  # warmup
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step_00000030.pt"
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
+    one = make_recipe(tmp_path / "a", shards, steps=4, batch_size=8, grad_accum=1)
+    two = make_recipe(tmp_path / "b", shards, steps=4, batch_size=4, grad_accum=2)
+    _, h1 = train(one)
+    _, h2 = train(two)
+    for a, b in zip(h1, h2):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_resume_from_checkpoint_in_process(tmp_path, shards):
+    full = make_recipe(tmp_path / "full", shards, steps=8)
+    _, reference = train(full)
+    part = make_recipe(tmp_path / "part", shards, steps=8)
+    part.checkpoint.every = 3
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_5(step, out):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(part, stop_after_5)
+    _, resumed = train(part)  # continues from step 3
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
+
+
+def _cli(recipe_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "codegemma", "train", "run", str(recipe_path), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_losses(tmp_path):
+    shards = write_shards(tmp_path / "shards", n=64)
+    steps = 200
+    extra = "[checkpoint]\nevery = 10\nkeep = 2\n"
+    for name in ("reference", "killed"):
+        (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, steps, extra))
+
+    reference = _cli(tmp_path / "reference.toml")
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err.decode()[-2000:]
+
+    killed = _cli(tmp_path / "killed.toml")
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpts / "step_00000030.pt").exists():
+        assert killed.poll() is None, "run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    last = checkpoint.latest(ckpts)
+    assert last is not None and checkpoint.load(last)["step"] < steps
+
+    resumed = _cli(tmp_path / "killed.toml")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+
+    want = [r["loss"] for r in metrics.read(tmp_path / "reference" / "metrics.jsonl")]
+    got = [r["loss"] for r in metrics.read(tmp_path / "killed" / "metrics.jsonl")]
+    assert len(want) == len(got) == steps
+    assert got == want  # exactly, not approximately
