@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -63,8 +64,10 @@ def cmd_generate(args) -> int:
     if args.echo:
         out.write(prompt)
     emitted = ""
-    for token in engine.stream(ids, params):
-        piece = decoder.push(token)
+    pieces = (decoder.push(token) for token in engine.stream(ids, params))
+    for piece in itertools.chain(pieces, [None]):
+        if piece is None:  # generation ended: print what the decoder still holds
+            piece = decoder.flush()
         emitted += piece
         hit = next((s for s in params.stop_strings if s in emitted), None)
         if hit is not None:  # print up to the stop string, not past it

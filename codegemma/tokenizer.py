@@ -182,3 +182,10 @@ class StreamDecoder:
         new = text[self.emitted:]
         self.emitted = len(text)
         return new
+
+    def flush(self) -> str:
+        """Whatever is left at the end of generation, incomplete characters included."""
+        text = self.tokenizer.decode(self.ids, skip_special=self.skip_special)
+        new = text[self.emitted:]
+        self.emitted = len(text)
+        return new

@@ -399,7 +399,7 @@ def run(argv: list[str], files: dict[str, str | bytes] | None = None, timeout: f
     exe = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
     if exe is None:
         raise FileNotFoundError(f"sandbox: program {argv[0]!r} not found on {path}")
-    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix, dir=workdir_base()))
     try:
         plan = _make_plan(frozenset(layers), str(workdir), limits, timeout,
                           (*expose, os.path.dirname(os.path.realpath(exe))))
@@ -423,13 +423,26 @@ _bases: dict[str, str] = {}
 _bases_lock = threading.Lock()
 
 
+BASE_PREFIX = "codegemma-sandbox-root-"
+
+
+def _remove_orphaned_bases(tmp: str) -> None:
+    """Base directories of processes that died without cleaning up (killed, not interrupted)."""
+    for entry in os.scandir(tmp):
+        if entry.name.startswith(BASE_PREFIX):
+            pid = entry.name[len(BASE_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def workdir_base() -> str:
-    """This process's directory for run_python working directories (one per temporary root)."""
+    """This process's directory for working directories (one per temporary root)."""
     tmp = tempfile.gettempdir()
     with _bases_lock:
         base = _bases.get(tmp)
         if base is None or not os.path.isdir(base):
-            base = tempfile.mkdtemp(prefix="codegemma-sandbox-root-", dir=tmp)
+            _remove_orphaned_bases(tmp)
+            base = tempfile.mkdtemp(prefix=f"{BASE_PREFIX}{os.getpid()}-", dir=tmp)
             os.chmod(base, 0o711)  # the per-run uids must traverse it, not list it
             _bases[tmp] = base
     return base

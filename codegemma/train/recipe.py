@@ -99,13 +99,11 @@ class LoraSection:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    merge_on_export: bool = True
 
 
 @dataclass
 class DpoSection:
     beta: float = 0.1
-    max_prompt_tokens: int = 512
 
 
 @dataclass

@@ -50,8 +50,8 @@ def host_stays_clean(monkeypatch):
     yield token
     monkeypatch.undo()
     # run_python keeps one (empty) base directory per temporary root for the life of the process.
-    leftovers = [p for p in root.iterdir() if not p.name.startswith("codegemma-sandbox-root-")]
-    leftovers += [p for base in root.glob("codegemma-sandbox-root-*") for p in base.iterdir()]
+    leftovers = [p for p in root.iterdir() if not p.name.startswith(sandbox.BASE_PREFIX)]
+    leftovers += [p for base in root.glob(sandbox.BASE_PREFIX + "*") for p in base.iterdir()]
     shutil.rmtree(root, ignore_errors=True)
     assert leftovers == [], "sandbox working directory left behind"
     assert processes_with(token) == [], "sandboxed process outlived its run"
@@ -276,3 +276,13 @@ def test_python_runs_do_not_see_each_others_temporary_files(host_stays_clean):
     second = sandbox.run_python({"main.py": f"import os; print(os.path.exists('/tmp/{host_stays_clean}'))"})
     assert first.status == "ok" and second.stdout == "False\n"
     assert not Path("/tmp", host_stays_clean).exists()
+
+
+def test_base_directory_of_a_dead_process_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{sandbox.BASE_PREFIX}999999999-abc"
+    (dead / "codegemma-sandbox-left").mkdir(parents=True)
+    alive = tmp_path / f"{sandbox.BASE_PREFIX}{os.getpid()}-other"
+    alive.mkdir()
+    base = sandbox.workdir_base()
+    assert not dead.exists() and alive.exists() and Path(base).parent == tmp_path

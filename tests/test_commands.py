@@ -1,0 +1,58 @@
+"""`codegemma generate`, `info` and `convert` end to end on a tiny checkpoint with a real tokenizer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from codegemma.checkpoints import load, save_hf
+from codegemma.cli import main
+from codegemma.engine import Engine, SamplingParams
+
+from .test_tokenizer import gemma_style_spm  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(gemma_style_spm, tmp_path_factory):  # noqa: F811
+    from codegemma.tokenizer import Tokenizer
+
+    src = load("tiny-gemma3")
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_hf(src.model, src.config, Tokenizer.from_file(gemma_style_spm), out)
+    return out
+
+
+def test_generate_streams_the_engine_output(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "-n", "12", "def f(x):"]) == 0
+    printed = capsys.readouterr().out
+    loaded = load(tiny_dir)
+    tok = loaded.tokenizer
+    ids = Engine(loaded.model).generate(tok.encode("def f(x):", add_bos=True),
+                                        SamplingParams(max_new_tokens=12, stop_ids={tok.eos_id})).ids
+    assert printed == tok.decode(ids, skip_special=True) + "\n"
+
+
+def test_generate_with_sampling_flags_is_reproducible(tiny_dir, capsys):
+    args = ["generate", "--model", str(tiny_dir), "-n", "10", "-t", "0.8", "--top-p", "0.9", "--seed", "3", "x ="]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first
+
+
+def test_info_prints_config_and_special_tokens(tiny_dir, capsys):
+    assert main(["info", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "family:        gemma3" in out and "bos=2" in out and "parameters:" in out
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "codegemma", "generate", "--model", str(tmp_path / "x.gguf"), "hi"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"codegemma generate: error: model file not found: {tmp_path / 'x.gguf'}"]
+    run = subprocess.run([sys.executable, "-m", "codegemma", "generate", "--model", "tiny-gemma", "hi"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "has no tokenizer" in run.stderr and "Traceback" not in run.stderr
