@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--profile", default=None, help="model profile override (e.g. codegemma)")
     p.add_argument("--fim-order", default="psm", choices=["psm", "spm"], help="FIM prompt order for infilling")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--out", default=None, help="run directory (default: eval-runs/<model>/<task>)")
+    p.add_argument("--out", default=None, help="run directory (default: eval-runs/<model>/<task>); with "
+                   "--validate-only, where validation-<task>.json is written")
     p.add_argument("--validate-only", action="store_true",
                    help="only check that canonical solutions pass and wrong ones fail; no model")
     p.add_argument("--no-progress", action="store_true")
@@ -57,7 +58,8 @@ def _task_options(args) -> dict:
 
 def run_command(args) -> int:
     from codegemma.eval.report import write_report
-    from codegemma.eval.runner import GenerationSettings, default_workers, require_valid, run_eval, validate
+    from codegemma.eval.runner import (GenerationSettings, default_workers, require_valid, run_eval, validate,
+                                       write_json)
     from codegemma.eval.task import INFILLING, get_task
 
     task = get_task(args.task, **_task_options(args))
@@ -65,6 +67,9 @@ def run_command(args) -> int:
     if args.validate_only:
         report = validate(task, task.problems(args.limit), workers)
         print(json.dumps(report, indent=2))
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            write_json(Path(args.out) / f"validation-{task.name}.json", {"task": task.name, **report})
         require_valid(report, task.name)
         print(f"{task.name}: {report['canonical_passed']}/{report['canonical_checked']} canonical solutions pass, "
               f"{len(report['wrong_passed'])}/{report['wrong_checked']} wrong ones pass, {report['seconds']:.1f} s")

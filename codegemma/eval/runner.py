@@ -70,7 +70,7 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -134,7 +134,7 @@ def validated(task: Task, problems: Sequence[Problem], workers: int, out_dir: Pa
         if cached.get("key") == key:
             return cached
     report = {"key": key, **validate(task, problems, workers)}
-    _write_json(path, report)
+    write_json(path, report)
     return report
 
 
@@ -185,7 +185,7 @@ def _check_run_settings(out_dir: Path, run_info: dict) -> None:
             if previous.get(key) != run_info.get(key):
                 raise CodegemmaError(f"{out_dir} holds a run with a different {key} ({previous.get(key)!r}); "
                                      "resume with the same options or choose another --out")
-    _write_json(path, run_info)
+    write_json(path, run_info)
 
 
 def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out_dir: str | os.PathLike,
@@ -265,7 +265,7 @@ def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out
                     "wall_seconds_this_run": round(time.perf_counter() - start, 2),
                     "generate_seconds_this_run": round(generate_s, 2), "workers": workers,
                     "resumed_samples": len(done)})
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 
