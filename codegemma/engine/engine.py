@@ -55,7 +55,7 @@ class Engine:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.compute_dtype
 
     # ---- single sequence ----------------------------------------------------------------
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams, result: Result | None = None,
@@ -134,7 +134,7 @@ class Engine:
                 reuse = 0
         if reuse == 0:
             size = min(self.config.max_seq_len, -(-needed // self.cache_granularity) * self.cache_granularity)
-            cache = KVCache(self.config, 1, size, dtype=self.dtype, device=self.model.embed_tokens.weight.device,
+            cache = KVCache(self.config, 1, size, dtype=self.dtype, device=self.model.device,
                             slack=self.cache_slack)
         self._cache = cache
         self._cached_ids = prompt[:reuse]
@@ -186,7 +186,7 @@ class Engine:
         with torch.inference_mode():
             t0 = time.perf_counter()
             cache = KVCache(self.config, B, longest + params.max_new_tokens, dtype=self.dtype,
-                            device=self.model.embed_tokens.weight.device)
+                            device=self.model.device)
             logits = self.model(ids, positions=positions, cache=cache, last_only=True)[:, -1]
             prefill_s = time.perf_counter() - t0
             t1 = time.perf_counter()

@@ -160,7 +160,7 @@ def _record(task: Task, problem: Problem, index: int, prompt: str, raw: str, com
     record = {"task": task.name, "task_id": problem.task_id, "sample": index, "prompt": prompt,
               "raw": raw, "completion": completion, "passed": outcome.passed, "status": outcome.status,
               "error": outcome.error, "seconds": round(outcome.seconds, 4),
-              "generate_seconds": round(generate_seconds, 4)}
+              "generate_seconds": round(generate_seconds, 4), "isolation": outcome.isolation}
     reference = task.reference(problem)
     if reference is not None:
         record["exact_match"] = exact_match(completion, reference)

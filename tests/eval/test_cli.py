@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from codegemma.cli import main
 from codegemma.eval.runner import GenerationSettings, prompt_text, run_eval
 from codegemma.eval.task import get_task
@@ -18,6 +20,7 @@ def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     assert code == 1 and "not found" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # renders a matplotlib chart
 def test_eval_report_combines_runs_into_markdown_json_and_png(tmp_path, capsys):
     task = get_task("humaneval")
     answers = {prompt_text(task.prompt(p, FakeProfile())): (task.canonical(p) if i else task.wrong(p))

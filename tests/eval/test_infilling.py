@@ -40,8 +40,8 @@ def test_single_line_completion_keeps_one_line(infilling_dir):
 def test_wrong_middles_fail_where_upstream_would_pass_everything(infilling_dir):
     for variant in FILES:
         task = get_task(f"humaneval-infill-{variant}", data_path=infilling_dir)
-        report = validate(task, task.problems(5), workers=2)
-        assert report["canonical_passed"] == 5 and report["wrong_passed"] == [], variant
+        report = validate(task, task.problems(3), workers=2)
+        assert report["canonical_passed"] == 3 and report["wrong_passed"] == [], variant
 
 
 @pytest.mark.slow

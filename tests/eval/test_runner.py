@@ -33,7 +33,8 @@ def test_humaneval_pipeline_scores_canned_completions(tmp_path):
     records = read_samples(tmp_path / "samples.jsonl")
     assert len(records) == LIMIT
     for r in records:
-        assert {"task", "prompt", "completion", "passed", "error", "seconds"} <= set(r)
+        assert {"task", "prompt", "completion", "passed", "error", "seconds", "isolation"} <= set(r)
+        assert "session" in r["isolation"]
         assert "unrelated" not in r["completion"] and "file_separator" not in r["completion"]
     assert sum(r["passed"] for r in records) == 3
     failed = [r for r in records if not r["passed"]]

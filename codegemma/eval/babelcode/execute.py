@@ -11,7 +11,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from codegemma.eval import sandbox
 from codegemma.eval.babelcode.build import KOTLIN_STDLIB, Build, Builder
@@ -29,6 +29,7 @@ class Verdict:
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
     cached: bool = False
+    isolation: list[str] = field(default_factory=list)  # the sandbox layers the run had
 
     @property
     def passed(self) -> bool:
@@ -72,7 +73,7 @@ def run_build(language: Language, build: Build, n_tests: int, timeout: float = R
     start = time.perf_counter()
     result = sandbox.run(["sh", "-c", cmd], files=build.files, timeout=timeout, limits=run_limits(language))
     status, detail = classify(result, n_tests)
-    return Verdict(status, detail, build.seconds, time.perf_counter() - start, build.cached)
+    return Verdict(status, detail, build.seconds, time.perf_counter() - start, build.cached, result.isolation)
 
 
 def evaluate_programs(builder: Builder, programs: list[str], n_tests: list[int], timeout: float = RUN_TIMEOUT,

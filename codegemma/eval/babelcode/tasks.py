@@ -11,7 +11,6 @@ model's own stop tokens come from its profile through the runner.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ def outcome(verdict: Verdict) -> Outcome:
     status = {"passed": "passed", "failed": "failed", "timeout": "timeout"}.get(verdict.status, "error")
     error = verdict.detail if verdict.status in ("passed", "failed", "timeout") else \
         f"{verdict.status.replace('_', ' ')}: {verdict.detail}"
-    return Outcome(verdict.passed, status, error.strip()[:500], verdict.compile_seconds + verdict.run_seconds)
+    return Outcome(verdict.passed, status, error.strip()[:500], verdict.compile_seconds + verdict.run_seconds,
+                   verdict.isolation)
 
 
 class BabelCodeTask(Task):

@@ -80,3 +80,23 @@ def test_prompt_ends_in_the_signature_and_stops_close_the_function(name):
     completion_end = program[len(prompt) + len(lang.stub(MEAN)):]
     # The harness re-supplies the text the stop sequence cut off.
     assert any(completion_end.startswith(stop.rstrip("\n")) for stop in lang.stop_strings) or name == "python"
+
+
+@pytest.mark.slow
+def test_cpp_calls_the_problems_function_not_a_std_namesake():
+    lang = LANGUAGES["cpp"]
+    gcd = Question("T/gcd", "test", "gcd", (("x", T.INT), ("y", T.INT)), T.INT, "Greatest common divisor.",
+                   (TestCase((12, 17), 1), TestCase((4, 6), 2)), "", "")
+    literals = Question("T/lit", "test", "string_literals", (("text", T.STR),), T.STR, "Echo.",
+                        (TestCase(("a",), "b"),), "", "")
+    builds = Builder(lang).build_many([lang.program(gcd, lang.stub(gcd)), lang.program(literals, lang.stub(literals))])
+    assert [run_build(lang, b, 2).status for b in builds] == ["failed", "failed"], [b.log[-300:] for b in builds]
+
+
+def test_csharp_harness_survives_a_method_named_like_a_system_class():
+    lang = LANGUAGES["csharp"]
+    q = Question("T/convert", "test", "convert", (("x", T.INT),), T.list_of(T.FLOAT), "Split a number.",
+                 (TestCase((1,), [1.0, 0.0]),), "", "")
+    right = lang.indent_body("return new List<double> { x, 0.0 };")
+    builds = Builder(lang).build_many([lang.program(q, right), lang.program(q, lang.stub(q))])
+    assert [run_build(lang, b, 1).status for b in builds] == ["passed", "failed"], [b.log[-300:] for b in builds]

@@ -41,7 +41,7 @@ def test_python_translation_agrees_with_original_tests_everywhere_but_the_known_
     assert len(disagree) <= 4, disagree
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("dataset", ["humaneval", "mbpp"])
 @pytest.mark.parametrize("name", list(LANGUAGES))
 def test_every_harness_compiles_and_catches_a_wrong_stub(datasets, dataset, name):

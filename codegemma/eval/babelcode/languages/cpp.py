@@ -113,7 +113,9 @@ class Cpp(Language):
 
     def harness(self, q: Question) -> str:
         ret = self.type_name(q.returns)
-        fn = self.function_name(q.entry_point)
+        # Qualified, so `using namespace std` cannot put std::gcd or namespace std::string_literals
+        # in the way of the problem's own function.
+        fn = "::" + self.function_name(q.entry_point)
         blocks = []
         for i, case in enumerate(q.tests):
             blocks.append(f"""    {{

@@ -10,13 +10,14 @@ from codegemma.eval.babelcode.types import Type, UnsupportedType
 HEADER = ("using System;\nusing System.Collections.Generic;\nusing System.Linq;\nusing System.Text;\n\n"
           "class Problem {\n")
 
+# Fully qualified: a problem's own method (MBPP's `convert` becomes `Convert`) would shadow the class.
 EQ = r"""
     static bool BabelEq(object a, object b, double tol) {
         if (a == null || b == null) return a == null && b == null;
         if (a is double || b is double) {
             if (!(a is double || a is long) || !(b is double || b is long)) return false;
-            double x = Convert.ToDouble(a), y = Convert.ToDouble(b);
-            return Math.Abs(x - y) <= tol * Math.Max(1.0, Math.Abs(y));
+            double x = global::System.Convert.ToDouble(a), y = global::System.Convert.ToDouble(b);
+            return global::System.Math.Abs(x - y) <= tol * global::System.Math.Max(1.0, global::System.Math.Abs(y));
         }
         var la = a as System.Collections.IList;
         var lb = b as System.Collections.IList;
@@ -125,12 +126,12 @@ class CSharp(Language):
                 object got = {fn}({self.args(q, case.args)});
                 ok = BabelEq(got, {self.literal(case.expected, q.returns)}, {self.tolerance(q, case.tolerance)!r});
             }} catch (Exception) {{
-                Console.WriteLine("{RESULT_MARK} ERROR {i}");
-                Environment.Exit(1);
+                global::System.Console.WriteLine("{RESULT_MARK} ERROR {i}");
+                global::System.Environment.Exit(1);
                 return;
             }}
-            if (!ok) {{ Console.WriteLine("{RESULT_MARK} FAIL {i}"); Environment.Exit(1); }}
-            Console.WriteLine("{RESULT_MARK} PASS {i}");
+            if (!ok) {{ global::System.Console.WriteLine("{RESULT_MARK} FAIL {i}"); global::System.Environment.Exit(1); }}
+            global::System.Console.WriteLine("{RESULT_MARK} PASS {i}");
         }}
 """)
         return "\n    }\n" + EQ + "\n    public static void Main(string[] args) {\n" + "".join(blocks) + "    }\n}\n"
