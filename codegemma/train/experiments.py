@@ -217,16 +217,19 @@ def _curves(ax, runs: Path, key: str, kind: str = "train"):
 def _plot_fim(runs: Path, results: dict):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     _curves(axes[0], runs, "loss")
     axes[0].set_title("training loss (FIM-formatted data)")
     rates = list(results)
-    axes[1].bar(rates, [results[r]["l2r_loss"] for r in rates])
-    axes[1].set_title("held-out left-to-right loss (no FIM)")
-    axes[1].set_xlabel("FIM rate")
-    axes[2].bar(rates, [results[r]["infill_exact_match"] or 0 for r in rates])
-    axes[2].set_title("single-line infilling exact match")
-    axes[2].set_xlabel("FIM rate")
+    panels = [("l2r_loss", "held-out left-to-right loss (no FIM)"), ("fim_middle_loss", "held-out FIM-middle loss"),
+              ("infill_exact_match", "single-line infilling exact match")]
+    for ax, (key, title) in zip(axes[1:], panels):
+        values = [results[r][key] or 0.0 for r in rates]
+        ax.bar(rates, values)
+        for x, v in zip(rates, values):
+            ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom")
+        ax.set_title(title)
+        ax.set_xlabel("FIM rate")
     fig.tight_layout()
     return fig
 

@@ -156,6 +156,7 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
         os.replace(tmp, out_path)
     except BaseException:
         if os.path.exists(tmp):

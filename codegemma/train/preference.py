@@ -48,6 +48,7 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
     return path
 
