@@ -11,10 +11,15 @@ from pathlib import Path
 from codegemma.errors import CodegemmaError
 
 
+# Tasks that take --languages: one combined task whose problem ids carry the language
+# (`cpp/HumanEval/0`), so one run gives every row of Table 4.
+MULTILINGUAL_TASKS = ("babelcode-humaneval", "babelcode-mbpp")
+
+
 def register(subparsers) -> None:
     from codegemma.eval.task import task_names
 
-    p = subparsers.add_parser("eval", help="run a benchmark (HumanEval, MBPP, infilling) on a model",
+    p = subparsers.add_parser("eval", help="run a benchmark (HumanEval, MBPP, infilling, BabelCode) on a model",
                               description="Generate, execute in the sandbox, score (pass@k), and report. "
                                           "Resumable: rerun the same command to finish an interrupted run.")
     p.add_argument("task", choices=task_names(), help="benchmark to run")
@@ -30,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="benchmark data: a file, a directory (infilling) or a URL")
     p.add_argument("--profile", default=None, help="model profile override (e.g. codegemma)")
+    p.add_argument("--languages", default=None,
+                   help="BabelCode tasks (babelcode-humaneval, babelcode-mbpp): comma-separated languages out of "
+                        "cpp,csharp,go,java,javascript,kotlin,python,rust (default: all eight)")
     p.add_argument("--fim-order", default="psm", choices=["psm", "spm"], help="FIM prompt order for infilling")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", default=None, help="run directory (default: eval-runs/<model>/<task>); with "
@@ -53,6 +61,10 @@ def _task_options(args) -> dict:
         options["data_path"] = args.data
     if args.task.startswith("humaneval-infill"):
         options["fim_order"] = args.fim_order
+    if args.languages is not None:
+        if args.task not in MULTILINGUAL_TASKS:
+            raise CodegemmaError(f"--languages applies to {' and '.join(MULTILINGUAL_TASKS)}, not {args.task}")
+        options["languages"] = args.languages
     return options
 
 
@@ -90,6 +102,9 @@ def run_command(args) -> int:
     command = "codegemma " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = write_report([summary], out, command=command, stem="report")
     scores = ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items())
+    if summary.get("by_language"):
+        scores += "; pass@1 % by language: " + ", ".join(f"{lang} {row['pass@1']:.1f}"
+                                                         for lang, row in summary["by_language"].items())
     print(f"{task.name} on {generator.name}: {scores} ({summary['problems']} problems, n={settings.n}); "
           f"report: {paths['md']}")
     return 0

@@ -1,5 +1,6 @@
-"""Reports laid out like the CodeGemma paper's Table 2 (infilling) and Table 3 (Python pass@1),
-with the published numbers beside this run's: Markdown, JSON and a PNG bar chart.
+"""Reports laid out like the CodeGemma paper's Table 2 (infilling), Table 3 (Python pass@1) and
+Table 4 (BabelCode pass@1 per language), with the published numbers beside this run's: Markdown,
+JSON and PNG bar charts (Table 4's are drawn by codegemma.eval.babelcode.report, one per model).
 
     write_report(summaries, out_dir, command="codegemma eval humaneval")
 """
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
+
+from codegemma.errors import CodegemmaError
 
 # CodeGemma report (arXiv 2406.11409) Table 3: pass@1 in percent.
 PAPER_TABLE3 = {
@@ -50,14 +54,29 @@ def _pct(value: float | None) -> str:
 
 
 def build(summaries: Sequence[dict]) -> dict:
-    """This run's rows: model -> task -> pass@1 (fraction) plus timing, from runner summaries."""
+    """This run's rows: model -> task -> pass@1 (fraction) plus timing, from runner summaries; and
+    for multilingual runs, model -> dataset -> language -> pass@1 (percent, as Table 4 prints it).
+
+    A model's BabelCode languages may come from one combined run or from several per-language runs;
+    they are merged, and a language measured twice is an error rather than a silent choice."""
     runs: dict[str, dict] = {}
+    table4: dict[str, dict[str, dict]] = {}
     for s in summaries:
         row = runs.setdefault(s["model"], {})
         row[s["task"]] = {"pass@1": s["scores"].get("pass@1"), "scores": s["scores"], "problems": s["problems"],
                           "n": s["n"], "temperature": s["temperature"], "generate_seconds": s.get("generate_seconds"),
                           "statuses": s.get("statuses", {})}
-    return {"runs": runs, "paper_table3": PAPER_TABLE3, "paper_table2": PAPER_TABLE2}
+        if s.get("by_language"):
+            dataset = table4.setdefault(s["model"], {}).setdefault(s["dataset"], {})
+            for language, scores in s["by_language"].items():
+                if language in dataset:
+                    raise CodegemmaError(f"{s['model']}: BabelCode {s['dataset']} {language} appears in two runs "
+                                         f"(the second is {s['task']}); pass each run directory once")
+                dataset[language] = scores
+    from codegemma.eval.babelcode.report import PUBLISHED, PUBLISHED_COLUMNS
+
+    return {"runs": runs, "table4": table4, "paper_table3": PAPER_TABLE3, "paper_table2": PAPER_TABLE2,
+            "paper_table4": {"columns": PUBLISHED_COLUMNS, "pass@1": PUBLISHED}}
 
 
 def markdown(report: dict, command: str | None = None, notes: Sequence[str] = ()) -> str:
@@ -87,6 +106,16 @@ def markdown(report: dict, command: str | None = None, notes: Sequence[str] = ()
             lines.append(f"| {model} | {row['time single (s)']} | {row['time multi (s)']} | {row['single-line']:.2f} "
                          f"| {row['multi-line']:.2f} | paper |")
         lines.append("")
+    if report.get("table4"):
+        from codegemma.eval.babelcode.report import table4
+
+        lines += ["## BabelCode pass@1 per language (paper Table 4)", "",
+                  "Published CodeGemma columns, then this run's pass@1 (%) with the number of problems kept "
+                  "in that language.", ""]
+        for model, results in report["table4"].items():
+            if len(report["table4"]) > 1:
+                lines += [f"### {model}", ""]
+            lines += [table4(results, model).rstrip("\n"), ""]
     lines += ["## Details of this run", "", "| Model | Task | Problems | n | T | Scores | Statuses | Generation (s) |",
               "|---|---|---|---|---|---|---|---|"]
     for model, row in runs.items():
@@ -99,8 +128,9 @@ def markdown(report: dict, command: str | None = None, notes: Sequence[str] = ()
     return "\n".join(lines) + "\n"
 
 
-def chart(report: dict, path: Path) -> None:
-    """Horizontal bars: the paper's pass@1 for each model beside this run's, one panel per table."""
+def chart(report: dict, path: Path) -> bool:
+    """Horizontal bars: the paper's pass@1 for each model beside this run's, one panel per table
+    (Tables 2 and 3); False when there is nothing of theirs to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +147,7 @@ def chart(report: dict, path: Path) -> None:
         if ours:
             panels.append((f"Infilling {label} pass (%)", ours, {m: v[label] for m, v in PAPER_TABLE2.items()}))
     if not panels:
-        return
+        return False
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (title, ours, paper) in zip(axes[0], panels):
         names = [f"{m} (this run)" for m in ours] + list(paper)
@@ -133,6 +163,19 @@ def chart(report: dict, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+    return True
+
+
+def table4_chart_paths(report: dict, out: Path, stem: str) -> dict[str, Path]:
+    """Where each model's Table 4 chart goes: <stem>-table4.png, or one file per model when several."""
+    models = list(report.get("table4", {}))
+    if len(models) == 1:
+        return {models[0]: out / f"{stem}-table4.png"}
+    return {m: out / f"{stem}-table4-{_slug(m)}.png" for m in models}
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name).strip("-")
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -143,7 +186,8 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def write_report(summaries: Sequence[dict], out_dir: str | os.PathLike, command: str | None = None,
                  notes: Sequence[str] = (), stem: str = "results") -> dict[str, Path]:
-    """Write <stem>.md, <stem>.json and <stem>.png into out_dir; returns their paths."""
+    """Write <stem>.md, <stem>.json, <stem>.png (Tables 2 and 3) and <stem>-table4*.png (BabelCode)
+    into out_dir; returns the paths written, keyed md, json, png, table4_png[:<model>]."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build(summaries)
@@ -151,5 +195,13 @@ def write_report(summaries: Sequence[dict], out_dir: str | os.PathLike, command:
     _atomic_text(paths["md"], markdown(report, command, notes))
     _atomic_text(paths["json"], json.dumps({"command": command, "summaries": list(summaries), **report}, indent=2,
                                            ensure_ascii=False) + "\n")
-    chart(report, paths["png"])
+    if not chart(report, paths["png"]):
+        del paths["png"]
+    table4_paths = table4_chart_paths(report, out, stem)
+    if table4_paths:
+        from codegemma.eval.babelcode.report import plot_table4
+
+        for model, path in table4_paths.items():
+            plot_table4(report["table4"][model], model, path)
+            paths["table4_png" if len(table4_paths) == 1 else f"table4_png:{model}"] = path
     return paths

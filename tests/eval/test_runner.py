@@ -132,3 +132,43 @@ def test_infilling_pipeline_scores_exact_match_and_execution(tmp_path, infilling
     assert 0 < summary["scores"]["edit_similarity"] < 1
     first = read_samples(tmp_path / "samples.jsonl")[0]
     assert first["prompt"].startswith("<|fim_prefix|>") and first["prompt"].endswith("<|fim_middle|>")
+
+
+class BatchJudging:
+    """A task that judges in batches (as BabelCode does to batch javac/kotlinc) and must never be
+    asked one sample at a time."""
+
+    def __init__(self, task):
+        self.task = task
+        self.batches: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def check(self, problem, completion):
+        raise AssertionError("check() called although the task offers check_many()")
+
+    def check_many(self, problems, completions):
+        self.batches.append([p.task_id for p in problems])
+        return [self.task.check(p, c) for p, c in zip(problems, completions)]
+
+
+def test_runner_hands_whole_batches_to_check_many(tmp_path):
+    task = BatchJudging(get_task("humaneval"))
+    generator, canned = fake_generator(humaneval_answers(task.task, right={1, 4}))
+    summary = run_eval(task, generator, GenerationSettings(batch_size=4), tmp_path, limit=LIMIT, progress=False)
+    validation, *evaluation = task.batches
+    assert len(validation) == 2 * LIMIT  # every canonical and every wrong completion in one call
+    assert summary["validation"]["canonical_passed"] == LIMIT and summary["validation"]["wrong_passed"] == []
+    assert [len(b) for b in evaluation] == [len(c) for c in canned.calls] == [4, 2]  # one call per generation batch
+    assert summary["scores"]["pass@1"] == pytest.approx(2 / 6)
+    records = read_samples(tmp_path / "samples.jsonl")
+    assert sorted(r["task_id"] for r in records if r["passed"]) == ["HumanEval/1", "HumanEval/4"]
+
+
+def test_check_many_returning_too_few_outcomes_is_an_error(tmp_path):
+    task = BatchJudging(get_task("humaneval"))
+    task.check_many = lambda problems, completions: []
+    generator, _ = fake_generator(humaneval_answers(task.task, right=set()))
+    with pytest.raises(RuntimeError, match="check_many returned 0 outcomes"):
+        run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)

@@ -2,6 +2,7 @@
 published CodeGemma numbers beside this run's, and a bar chart.
 
     rows = scores_from_samples(path_to_samples_jsonl)        # {language: {"pass@1": .., "problems": ..}}
+    rows = scores_from_records(records)                      # the same from records already read
     markdown = table4({"humaneval": he_rows, "mbpp": mbpp_rows}, model="gemma3-270m")
     plot_table4(..., "docs/results/babelcode.png")
 """
@@ -32,13 +33,21 @@ DATASET_LABELS = {"humaneval": "HE", "mbpp": "MBPP"}
 
 def scores_from_samples(path: str | os.PathLike) -> dict[str, dict]:
     """Per-language pass@1 (and statuses) from a runner's samples.jsonl of a babelcode task."""
-    by_problem: dict[str, list[bool]] = {}
-    statuses: dict[str, dict[str, int]] = {}
+    records = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut short by an interrupt
+    return scores_from_records(records)
+
+
+def scores_from_records(records: list[dict]) -> dict[str, dict]:
+    """Per-language pass@1 in percent, problem count and statuses from sample records
+    (`task_id` `<language>/<dataset id>`, `passed`, `status`, `error`)."""
+    by_problem: dict[str, list[bool]] = {}
+    statuses: dict[str, dict[str, int]] = {}
+    for record in records:
         language = record["task_id"].split("/", 1)[0]
         by_problem.setdefault(record["task_id"], []).append(bool(record["passed"]))
         kind = record["status"] if record["status"] != "error" else \

@@ -16,10 +16,11 @@ from typing import Any
 
 from codegemma.eval.babelcode.build import Builder
 from codegemma.eval.babelcode.datasets import load
-from codegemma.eval.babelcode.execute import RUN_TIMEOUT, Verdict, run_build
+from codegemma.eval.babelcode.execute import RUN_TIMEOUT, Verdict, evaluate_programs
 from codegemma.eval.babelcode.languages import LANGUAGES, parse_languages
 from codegemma.eval.babelcode.languages.base import Language
 from codegemma.eval.babelcode.languages.python import reference_completion
+from codegemma.eval.babelcode.report import scores_from_records
 from codegemma.eval.babelcode.schema import Question
 from codegemma.eval.babelcode.verify import agreeing
 from codegemma.eval.babelcode.translate import Translation, translate
@@ -113,11 +114,15 @@ class BabelCodeTask(Task):
         for name, idx in by_language.items():
             lang = LANGUAGES[name]
             programs = [lang.program(problems[i].data["question"], completions[i]) for i in idx]
-            builds = self.builder(lang).build_many(programs)
-            for i, build in zip(idx, builds):
-                q = problems[i].data["question"]
-                results[i] = outcome(run_build(lang, build, len(q.tests), self.timeout))
+            n_tests = [len(problems[i].data["question"].tests) for i in idx]
+            verdicts = evaluate_programs(self.builder(lang), programs, n_tests, self.timeout)
+            for i, verdict in zip(idx, verdicts):
+                results[i] = outcome(verdict)
         return results  # type: ignore[return-value]
+
+    def scores_by_language(self, records: list[dict]) -> dict[str, dict]:
+        """Table 4 rows (pass@1 in percent per language) from the runner's sample records."""
+        return scores_from_records(records)
 
     def _build_stubs_once(self, names: set[str]) -> None:
         # Self-validation checks every problem's wrong stub one by one; for compilers that pay
