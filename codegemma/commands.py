@@ -9,13 +9,15 @@ from pathlib import Path
 
 from codegemma.errors import CodegemmaError
 
+DTYPE_CHOICES = ["float32", "bfloat16", "float16", "int8", "int4"]
 MODEL_HELP = "a .gguf file, a Hugging Face directory or a preset name (default: the bundled Gemma 3 270M)"
 
 
 def add_model_args(parser: argparse.ArgumentParser):
     parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="weight and activation dtype (default float32)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+                        help="weight and activation dtype (default float32); int8/int4: weight-only "
+                             "quantized for fast CPU inference (see docs/inference.md)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 128):
@@ -88,7 +90,7 @@ def cmd_info(args) -> int:
     print(f"source:        {loaded.source}")
     print(f"family:        {cfg.family}")
     print(f"parameters:    {model.num_params():,} ({model.num_params(False):,} without the embedding)")
-    print(f"dtype:         {model.embed_tokens.weight.dtype}".replace("torch.", ""))
+    print(f"dtype:         {model.dtype_name}")
     print(f"layers:        {cfg.n_layers} ({cfg.layer_types.count('local')} sliding-window, window {cfg.sliding_window})")
     print(f"d_model:       {cfg.d_model}, d_ff {cfg.d_ff}, heads {cfg.n_heads} (kv {cfg.n_kv_heads}), head_dim {cfg.head_dim}")
     print(f"context:       {cfg.max_seq_len}")
@@ -124,7 +126,7 @@ def register(sub):
 
     p = sub.add_parser("info", help="print a model's config, parameter counts, dtype, tokenizer and special tokens")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="convert a GGUF file or checkpoint to a Hugging Face safetensors directory")

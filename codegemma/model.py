@@ -173,7 +173,11 @@ class Gemma(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        if torch.empty(0).is_meta:  # a shell for loading: normal_ on meta imports the compiler (seconds)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model,
+                                             _weight=torch.empty(config.vocab_size, config.d_model))
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, t) for t in config.layer_types)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.register_buffer("inv_freq_global", torch.empty(config.head_dim // 2), persistent=False)

