@@ -1,3 +1,10 @@
 """codegemma: CodeGemma end to end, from data to evaluation."""
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads made a
+# 2-thread decode step take 1-2 s instead of 40 ms (bench/NOTES-inference.md). Must be set
+# before torch is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
