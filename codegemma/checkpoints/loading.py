@@ -210,6 +210,9 @@ def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tok
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    except OSError:
+        return
+    try:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer.json")
         meta = {"format": CACHE_FORMAT, "source": str(source), "config": config.to_dict(),
@@ -219,7 +222,7 @@ def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tok
             shutil.rmtree(cached)
         os.replace(tmp, cached)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_cache(cached: Path, dtype: torch.dtype, source: str) -> Loaded:
