@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codegemma import head_screen
 from codegemma.config import ModelConfig
 from codegemma.kv_cache import KVCache
 
@@ -185,6 +186,7 @@ class Gemma(nn.Module):
         self.reset_buffers()
         self.gradient_checkpointing = False
         self.lm_head = None  # set by codegemma.quant; None: the tied float embedding
+        self._head_screen = None  # (screen, weight version) from attach_head_screen
         self.quantized: str | None = None  # "int8" | "int4" once quantized (inference only)
 
     @property
@@ -262,6 +264,30 @@ class Gemma(nn.Module):
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def attach_head_screen(self, screen):
+        """Use `screen` (codegemma.head_screen) for `argmax_logits` while the head's weight stays as it is now."""
+        weight = self.embed_tokens.weight
+        self._head_screen = (screen, weight.data_ptr(), weight._version)
+
+    def argmax_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits whose argmax is exactly that of `logits(hidden)`; for greedy decoding only.
+
+        With a head screen attached (float32 default model), only the rows that could win are
+        computed in float32 and the other entries hold lower estimates: a third of the bytes read
+        per token."""
+        if self._head_screen is None or self.lm_head is not None:
+            return self.logits(hidden)
+        screen, ptr, version = self._head_screen
+        weight = self.embed_tokens.weight
+        if weight.data_ptr() != ptr or weight._version != version or weight.dtype != torch.float32:
+            self._head_screen = None  # trained, moved or cast since: the screen no longer matches
+            return self.logits(hidden)
+        if hidden.numel() // hidden.shape[-1] > head_screen.MAX_ROWS:
+            return self.logits(hidden)
+        logits = screen(hidden, weight)
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap  # monotonic: the argmax stays
 
     @staticmethod
     def _default_positions(input_ids, cache, segment_ids):

@@ -234,5 +234,11 @@ def weight_bytes_per_token(model) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     layers = sum(size(m) for m in model.layers.modules() if isinstance(m, (GroupLinear, nn.Linear)))
-    head = size(model.lm_head.coarse) if model.lm_head is not None else size(model.embed_tokens)
+    if model.lm_head is not None:
+        head = size(model.lm_head.coarse)
+    elif model._head_screen is not None:  # greedy decoding reads the 8-bit screen (codegemma.head_screen)
+        screen = model._head_screen[0]
+        head = screen.packed.numel() + screen.scales_and_zeros.numel() * 2 + screen.error_norm.numel() * 8
+    else:
+        head = size(model.embed_tokens)
     return layers + head

@@ -83,6 +83,21 @@ def test_teacher_forced_argmax_agreement(ours, reference):
     assert agree / total >= 0.99, f"{agree}/{total}"
 
 
+def test_head_screen_gives_the_full_heads_argmax(ours):
+    """Greedy decoding of the float32 default model screens the head (codegemma.head_screen);
+    its argmax must be the full float32 head's at every teacher-forced position."""
+    assert ours.model._head_screen is not None
+    positions = 0
+    with torch.no_grad():
+        for ids in teacher_forced_prompts(ours.tokenizer):
+            hidden = ours.model(torch.tensor([ids]), return_hidden=True)[0]
+            for start in range(0, len(hidden), 16):
+                rows = hidden[start:start + 16]
+                assert torch.equal(ours.model.argmax_logits(rows).argmax(-1), ours.model.logits(rows).argmax(-1))
+            positions += len(hidden)
+    assert positions >= 2000
+
+
 def test_greedy_continuations_identical(ours, reference):
     _, hf = reference
     engine = Engine(ours.model)

@@ -2,6 +2,7 @@
 
 GGUF files are dequantized once and cached as float32 safetensors beside the tokenizer
 (`$CODEGEMMA_CACHE`, default ~/.cache/codegemma), so later loads memory-map instead of converting.
+Float32 loads also cache the head screen that greedy decoding uses (codegemma.head_screen).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from codegemma import head_screen
 from codegemma.checkpoints import gguf_file, hf_dir
 from codegemma.config import PRESETS, ModelConfig, preset
 from codegemma.errors import CodegemmaError
@@ -157,6 +160,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         else:
             if quant:
                 _write_quantized_cache(cached, quantize_model(loaded.model, quant), quant)
+            else:
+                _attach_head_screen(cached, loaded.model)
             return loaded
     reader = gguf_file.open_gguf(path)
     config = gguf_file.config_from_gguf(reader, path)
@@ -177,20 +182,45 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
     if quant:
         _write_quantized_cache(cached, quantize_model(model, quant), quant)
         return Loaded(model, tokenizer, config, str(path))
-    return Loaded(model.to(dtype), tokenizer, config, str(path))
+    model = model.to(dtype)
+    _attach_head_screen(cached, model)
+    return Loaded(model, tokenizer, config, str(path))
+
+
+def _attach_head_screen(cached: Path, model: Gemma):
+    """Float32 greedy decoding reads an 8-bit screen of the head instead of all of it
+    (codegemma.head_screen). Built once (seconds for a 262k vocabulary) and cached beside the
+    converted weights; memory-mapped afterwards."""
+    weight = model.embed_tokens.weight
+    if model.lm_head is not None or not head_screen.supports(weight):
+        return
+    target = cached / head_screen.FILE
+    try:
+        screen = head_screen.HeadScreen.from_tensors(load_file(str(target)))
+        if screen.error_norm.shape[0] != weight.shape[0]:
+            raise ValueError("stale head screen")
+    except (OSError, ValueError, KeyError, SafetensorError):
+        screen = head_screen.HeadScreen.from_weight(weight.detach())
+        _save_atomically(screen.tensors(), target)
+    model.attach_head_screen(screen)
+
+
+def _save_atomically(tensors: dict[str, torch.Tensor], target: Path):
+    """Best effort: written under a temporary name, then renamed; a read-only or full disk only
+    costs the next load the time to rebuild."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _write_quantized_cache(cached: Path, model: Gemma, quant: str):
-    """Best effort, like `_write_cache`: written under a temporary name, then renamed."""
-    target = cached / f"model-{quant}.safetensors"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=cached)
-        os.close(fd)
-        save_file(quantized_tensors(model), tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if "tmp" in locals():
-            Path(tmp).unlink(missing_ok=True)
+    _save_atomically(quantized_tensors(model), cached / f"model-{quant}.safetensors")
 
 
 def _load_quantized_cache(cached: Path, quant: str, source: str) -> Loaded:

@@ -66,7 +66,7 @@ class Engine:
         with torch.inference_mode():
             t0 = time.perf_counter()
             try:
-                logits = self._prefill(prompt, params.max_new_tokens, result)
+                logits = self._prefill(prompt, params, result)
             except BaseException:
                 self.reset()
                 raise
@@ -95,7 +95,7 @@ class Engine:
                         return
                     if len(result.ids) == params.max_new_tokens:
                         break
-                    logits = self._step(token)
+                    logits = self._step(token, params)
                 result.finish_reason = "length"
             except GeneratorExit:
                 result.finish_reason = "cancelled"
@@ -122,8 +122,22 @@ class Engine:
                                  f"the model's context of {self.config.max_seq_len} tokens")
         return prompt
 
-    def _prefill(self, prompt: list[int], max_new: int, result: Result) -> torch.Tensor:
-        needed = len(prompt) + max_new
+    def _head(self, params: SamplingParams) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Hidden states -> logits. Plain greedy decoding needs only the argmax, which the model
+        may compute from a fraction of the head (Gemma.argmax_logits); a repetition penalty
+        rescales logits before the argmax, so it needs them all."""
+        if params.greedy and params.repetition_penalty == 1.0:
+            return self.model.argmax_logits
+        return self.model.logits
+
+    def _forward(self, ids: torch.Tensor, params: SamplingParams, cache: KVCache,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] of the last position of each row."""
+        hidden = self.model(ids, positions=positions, cache=cache, last_only=True, return_hidden=True)
+        return self._head(params)(hidden[:, -1])
+
+    def _prefill(self, prompt: list[int], params: SamplingParams, result: Result) -> torch.Tensor:
+        needed = len(prompt) + params.max_new_tokens
         reuse = 0
         cache = self._cache
         if self.reuse_prefix and cache is not None and cache.max_len >= needed:
@@ -142,13 +156,13 @@ class Engine:
         logits = None
         for start in range(reuse, len(prompt), self.prefill_chunk):
             chunk = prompt[start:start + self.prefill_chunk]
-            logits = self.model(torch.tensor([chunk]), cache=cache, last_only=True)
+            logits = self._forward(torch.tensor([chunk]), params, cache)
             self._cached_ids += chunk
-        return logits[0, -1]
+        return logits[0]
 
-    def _step(self, token: int) -> torch.Tensor:
+    def _step(self, token: int, params: SamplingParams) -> torch.Tensor:
         self._cached_ids.append(token)  # the cache holds exactly the tokens fed so far
-        return self.model(torch.tensor([[token]]), cache=self._cache, last_only=True)[0, -1]
+        return self._forward(torch.tensor([[token]]), params, self._cache)[0]
 
     def _hit_stop_string(self, result: Result, params: SamplingParams) -> bool:
         if not params.stop_strings or self.detokenize is None:
@@ -187,7 +201,7 @@ class Engine:
             t0 = time.perf_counter()
             cache = KVCache(self.config, B, longest + params.max_new_tokens, dtype=self.dtype,
                             device=self.model.device)
-            logits = self.model(ids, positions=positions, cache=cache, last_only=True)[:, -1]
+            logits = self._forward(ids, params, cache, positions)
             prefill_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             next_pos = torch.tensor([len(p) for p in checked])
@@ -217,7 +231,7 @@ class Engine:
                         done[row] = True
                 if all(done):
                     break
-                logits = self.model(tokens, positions=next_pos[:, None].clone(), cache=cache, last_only=True)[:, -1]
+                logits = self._forward(tokens, params, cache, next_pos[:, None].clone())
                 next_pos += 1
             decode_s = time.perf_counter() - t1
         for res in results:
