@@ -162,11 +162,16 @@ def run_llama_cpp(args) -> dict:
     load_s = time.perf_counter() - t1
     ids = prompt_ids(Tokenizer.from_gguf(path), args.prompt_tokens)
 
+    import numpy as np
+
+    def last_logits():  # the raw logits of the last evaluated token: greedy is their argmax, as for us
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
     def tokens():
         llm.reset()  # no prompt cache: every run prefills the whole prompt
         llm.eval(ids)
         for i in range(args.new_tokens):
-            token = int(llm._scores[-1].argmax()) if llm.context_params.logits_all else llm.sample(temp=0.0)
+            token = int(last_logits().argmax())
             yield token
             if i + 1 < args.new_tokens:
                 llm.eval([token])

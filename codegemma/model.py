@@ -49,9 +49,11 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # In the activation dtype, as transformers does (cos/sin are computed in float32 and cast):
+    # bfloat16 models stay close to the reference and skip four float32 copies per layer.
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
@@ -234,9 +236,9 @@ class Gemma(nn.Module):
             positions = self._default_positions(input_ids, cache, segment_ids)
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
-        rope = {
-            "global": rope_cos_sin(positions, self.inv_freq_global),
-            "local": rope_cos_sin(positions, self.inv_freq_local),
+        rope = {  # computed in float32, used in the activation dtype (see apply_rope)
+            "global": [t.to(x.dtype) for t in rope_cos_sin(positions, self.inv_freq_global)],
+            "local": [t.to(x.dtype) for t in rope_cos_sin(positions, self.inv_freq_local)],
         }
         masks: dict = {}
         for i, block in enumerate(self.layers):
