@@ -7,7 +7,7 @@ trimmed to the context budget). Measures end-to-end latency of `Completer.run` (
 prefill, decoding, filters) on the default model, once with the engine's prefix reuse and once
 without. Where llama-cpp-python is installed, llama.cpp with prompt caching runs the same prompts.
 
-    python bench/completion_latency.py [--model M] [--bursts 40] [--context 1500] [--json out.json]
+    python bench/completion_latency.py [--model M] [--dtype int8] [--bursts 40] [--context 1500] [--json out.json]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_llama_cpp(gguf: str, prompts: list[str], max_new: int, context: int):
         from llama_cpp import Llama, LlamaRAMCache
     except ImportError:
         return None
-    llm = Llama(model_path=gguf, n_ctx=context + max_new + 64, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(gguf), n_ctx=context + max_new + 64, n_threads=2, verbose=False)
     llm.set_cache(LlamaRAMCache())
     rows = []
     for i, prompt in enumerate([prompts[0]] + prompts):
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bursts", type=int, default=40)
     parser.add_argument("--context", type=int, default=1500, help="prompt budget in tokens")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, int8 or int4")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     source = Path(args.file) if args.file else Path(inspect.getfile(argparse))
     text = source.read_text(encoding="utf-8")
-    loaded = load(args.model)
+    loaded = load(args.model, dtype=args.dtype, progress=False)
     tok = loaded.tokenizer
     # start typing at a line start once the text before it fills the context budget
     start = 0
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
             start = line_start
             break
     cursors = typing_bursts(text, start, args.bursts)
-    results = {"model": args.model or "gemma3-270m (default)", "file": source.name, "bursts": args.bursts,
+    results = {"model": args.model or "gemma3-270m (default)", "dtype": args.dtype, "file": source.name,
+               "bursts": args.bursts,
                "context_tokens": args.context, "max_new_tokens": args.max_new_tokens,
                "threads": torch.get_num_threads()}
     for reuse in (True, False):

@@ -98,9 +98,15 @@ def plot_table4(results: dict[str, dict[str, dict]], model: str, out: str | os.P
     for ax, d in zip(axes[0], datasets):
         bars = [(f"CodeGemma {c} (published)", [PUBLISHED[d][n][PUBLISHED_COLUMNS.index(c)] for n in names])
                 for c in published_columns]
-        bars.append((f"{model} (this run)", [results[d].get(n, {}).get("pass@1", 0.0) for n in names]))
+        # a language this run did not evaluate gets no bar and a "not run" mark, never a 0 bar
+        bars.append((f"{model} (this run)", [results[d].get(n, {}).get("pass@1") for n in names]))
         for i, (label, values) in enumerate(bars):
-            ax.bar([x + i * width for x in range(len(names))], values, width, label=label)
+            ran = [(x, v) for x, v in enumerate(values) if v is not None]
+            ax.bar([x + i * width for x, _ in ran], [v for _, v in ran], width, label=label)
+        for x, v in enumerate(bars[-1][1]):
+            if v is None:
+                ax.text(x + width * len(published_columns), 0.5, "not run", rotation=90, ha="center",
+                        va="bottom", fontsize=7, color="gray")
         ax.set_xticks([x + width * len(published_columns) / 2 for x in range(len(names))])
         ax.set_xticklabels([LANGUAGES[n].display for n in names], rotation=30)
         ax.set_ylabel("pass@1 (%)")

@@ -25,3 +25,20 @@ def test_table_has_published_and_own_columns_and_chart_is_written(tmp_path):
     assert len(lines) == 2 + len(PUBLISHED["humaneval"])
     png = plot_table4(results, "tiny", tmp_path / "chart.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chart_draws_no_bar_for_a_language_that_was_not_run(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    original = matplotlib.axes.Axes.bar
+
+    def recording_bar(self, x, height, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(height)))
+        return original(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recording_bar)
+    plot_table4({"humaneval": {"cpp": {"pass@1": 12.5, "problems": 8}}}, "tiny", tmp_path / "chart.png")
+    ours = [heights for label, heights in drawn if label == "tiny (this run)"]
+    assert ours == [[12.5]]  # C++ only: the seven languages not run are not drawn as zeros
+    assert all(len(heights) == len(PUBLISHED["humaneval"]) for label, heights in drawn if "published" in label)
