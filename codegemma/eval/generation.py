@@ -15,6 +15,7 @@ from codegemma.fim import encode_pieces
 def model_generator(spec: str | None = None, dtype: str = "float32", profile_name: str | None = None,
                     fim_order: str | None = None) -> Generator:
     from codegemma.checkpoints import load
+    from codegemma.checkpoints.loading import DEFAULT_MODEL
     from codegemma.engine import Engine, SamplingParams
     from codegemma.profiles import resolve_profile
 
@@ -40,7 +41,8 @@ def model_generator(spec: str | None = None, dtype: str = "float32", profile_nam
                                 stop_ids=profile.stop_ids, stop_strings=settings.stop_strings)
         return [tokenizer.decode(r.ids, skip_special=False) for r in engine.generate_batch(prompts, params)]
 
-    info = {"source": loaded.source, "profile": profile.name, "dtype": dtype,
+    source = DEFAULT_MODEL if spec in (None, "", "default") else loaded.source  # no machine path in reports
+    info = {"source": source, "profile": profile.name, "dtype": dtype,
             "fim_order": profile.fim_order if profile.fim_supported else None}
     return Generator(name=_display_name(spec, loaded.source), profile=profile, encode=encode, generate=generate,
                      info=info)
