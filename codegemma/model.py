@@ -188,7 +188,7 @@ class Gemma(nn.Module):
         self.reset_buffers()
         self.gradient_checkpointing = False
         self.lm_head = None  # set by codegemma.quant; None: the tied float embedding
-        self._head_screen = None  # (screen, weight version) from attach_head_screen
+        self._head_screen = None  # (screen, weight data_ptr, weight version) from attach_head_screen
         self.quantized: str | None = None  # "int8" | "int4" once quantized (inference only)
 
     @property
