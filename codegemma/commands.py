@@ -9,6 +9,8 @@ from pathlib import Path
 
 from codegemma.errors import CodegemmaError
 
+# The names checkpoints.loading.DTYPE_NAMES accepts, spelled out so that building the parser needs
+# no torch import (tests/test_commands.py checks they agree).
 DTYPE_CHOICES = ["float32", "bfloat16", "float16", "int8", "int4"]
 MODEL_HELP = "a .gguf file, a Hugging Face directory or a preset name (default: the bundled Gemma 3 270M)"
 

@@ -62,6 +62,10 @@ class HeadScreen:
         return {"packed": self.packed, "scales_and_zeros": self.scales_and_zeros, "error_norm": self.error_norm,
                 "coarse_norm": self.coarse_norm}
 
+    def nbytes(self) -> int:
+        """What one screened head pass reads."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] whose argmax is the float32 argmax of `hidden @ weight.T`.
 

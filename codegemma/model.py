@@ -272,6 +272,11 @@ class Gemma(nn.Module):
         weight = self.embed_tokens.weight
         self._head_screen = (screen, weight.data_ptr(), weight._version)
 
+    @property
+    def attached_head_screen(self):
+        """The head screen `argmax_logits` uses, or None."""
+        return None if self._head_screen is None else self._head_screen[0]
+
     def argmax_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits whose argmax is exactly that of `logits(hidden)`; for greedy decoding only.
 

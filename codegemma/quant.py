@@ -238,9 +238,8 @@ def weight_bytes_per_token(model) -> int:
     layers = sum(size(m) for m in model.layers.modules() if isinstance(m, (GroupLinear, nn.Linear)))
     if model.lm_head is not None:
         head = size(model.lm_head.coarse)
-    elif model._head_screen is not None:  # greedy decoding reads the 8-bit screen (codegemma.head_screen)
-        screen = model._head_screen[0]
-        head = screen.packed.numel() + screen.scales_and_zeros.numel() * 2 + screen.error_norm.numel() * 8
+    elif model.attached_head_screen is not None:  # greedy decoding reads the 8-bit screen (codegemma.head_screen)
+        head = model.attached_head_screen.nbytes()
     else:
         head = size(model.embed_tokens)
     return layers + head

@@ -61,3 +61,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "codegemma", "generate", "--model", "tiny-gemma", "hi"],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "has no tokenizer" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cli_dtype_choices_are_the_loaders():
+    from codegemma.checkpoints.loading import DTYPE_NAMES
+    from codegemma.commands import DTYPE_CHOICES
+
+    assert sorted(DTYPE_CHOICES) == sorted(DTYPE_NAMES)

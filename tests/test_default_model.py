@@ -86,7 +86,7 @@ def test_teacher_forced_argmax_agreement(ours, reference):
 def test_head_screen_gives_the_full_heads_argmax(ours):
     """Greedy decoding of the float32 default model screens the head (codegemma.head_screen);
     its argmax must be the full float32 head's at every teacher-forced position."""
-    assert ours.model._head_screen is not None
+    assert ours.model.attached_head_screen is not None
     positions = 0
     with torch.no_grad():
         for ids in teacher_forced_prompts(ours.tokenizer):

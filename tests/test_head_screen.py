@@ -68,4 +68,4 @@ def test_a_changed_head_drops_the_screen():
     with torch.no_grad():
         model.embed_tokens.weight.mul_(-1.0)  # e.g. an optimizer step
     assert torch.equal(model.argmax_logits(hidden), model.logits(hidden))
-    assert model._head_screen is None
+    assert model.attached_head_screen is None
