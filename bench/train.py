@@ -1,17 +1,22 @@
-"""Training throughput on CPU: this project's Gemma and training step vs Hugging Face `transformers`.
+"""Training throughput: this project's Gemma and training step vs Hugging Face `transformers`.
 
-Both models get the same config (the tiny-cpu recipe's model), the same batch and sequence length,
-the same loss (next-token cross-entropy), AdamW and gradient clipping, in the same process, with
-interleaved timing rounds so machine load affects both alike. Reported: training tokens per second
-(median over rounds) and the ratio.
+Both models get the same config, the same weights, the same batch and sequence length, the same loss
+(next-token cross-entropy in float32), AdamW and gradient clipping, in the same process. On a CPU
+the timing rounds interleave so that machine load affects both alike; on a GPU, where two large
+models may not fit together, `--sequential` times one model at a time. Reported: training tokens
+per second (median over rounds), model FLOPs utilisation, and the ratio.
 
-    python bench/train.py [--recipe recipes/tiny-cpu.toml] [--batch 8] [--seq-len 256] [--rounds 5]
-                          [--steps 3] [--threads 0] [--json docs/experiments/train-speed.json]
+    python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
+                          [--seq-len 256] [--rounds 5] [--steps 3] [--threads 0]
+                          [--device cpu|cuda] [--precision float32|bf16] [--compile] [--sequential]
+                          [--runners ours,transformers] [--json docs/experiments/train-speed.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
@@ -23,22 +28,25 @@ import torch
 import torch.nn.functional as F
 
 from codegemma.checkpoints.hf_config import config_to_hf
+from codegemma.config import ModelConfig, preset
+from codegemma.model import Gemma
+from codegemma.train import metrics
 from codegemma.train import recipe as recipe_mod
 from codegemma.train.build import model_config
-from codegemma.model import Gemma
+
+RUNNERS = ("ours", "transformers")
 
 
-def ours(cfg):
+def ours(cfg: ModelConfig, state: dict | None):
     model = Gemma(cfg)
-    model.init_weights()
+    if state is None:
+        model.init_weights()
+    else:
+        model.load_state_dict(state)
+    return model, lambda m, ids: m(ids[:, :-1])
 
-    def logits(ids):
-        return model(ids[:, :-1])
 
-    return model, logits
-
-
-def theirs(cfg, state):
+def theirs(cfg: ModelConfig, state: dict):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_cfg = config_to_hf(cfg)
@@ -47,71 +55,139 @@ def theirs(cfg, state):
     config._attn_implementation = "sdpa"
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=False)
-
-    def logits(ids):
-        return model(input_ids=ids[:, :-1], use_cache=False).logits
-
-    return model, logits
+    return model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits
 
 
-def step_time(model, logits, batch, opt, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = logits(batch)
-        loss = F.cross_entropy(out.float().flatten(0, 1), batch[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
+class Runner:
+    """One implementation's model, optimizer and (optionally compiled) training step on a device."""
+
+    def __init__(self, name: str, cfg: ModelConfig, state: dict | None, args):
+        with torch.device(args.device):
+            self.model, self.logits = (ours if name == "ours" else theirs)(cfg, state)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.device = torch.device(args.device)
+        self.bf16 = args.precision == "bf16"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def probe(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float32 logits without autocast, to check both models compute the same function."""
+        with torch.no_grad():
+            return self.logits(self.model, ids).float().cpu()
+
+    def step_time(self, batch: torch.Tensor, steps: int) -> float:
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            with self.autocast():
+                out = self.logits(self.forward, batch)
+            loss = F.cross_entropy(out.float().flatten(0, 1), batch[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        self._sync()
+        return (time.perf_counter() - start) / steps
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def time_runners(names, cfg, batch, args) -> tuple[dict, float | None]:
+    """Median seconds per step of each runner, and the max |logit difference| between them."""
+    probe_ids = batch[:1, : min(batch.shape[1], 129)]
+    state = None
+    times: dict[str, list[float]] = {name: [] for name in names}
+    probes = {}
+    if args.sequential:
+        for name in names:
+            runner = Runner(name, cfg, state, args)
+            if state is None:
+                state = {k: v.detach().cpu().clone() for k, v in runner.model.state_dict().items()}
+            probes[name] = runner.probe(probe_ids)
+            runner.step_time(batch, 1)  # warm-up (and compilation)
+            times[name] = [runner.step_time(batch, args.steps) for _ in range(args.rounds)]
+            del runner
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    else:
+        runners = {}
+        for name in names:
+            runners[name] = Runner(name, cfg, state, args)
+            if state is None:
+                state = runners[name].model.state_dict()
+            probes[name] = runners[name].probe(probe_ids)
+        for runner in runners.values():
+            runner.step_time(batch, 1)
+        for _ in range(args.rounds):
+            for name, runner in runners.items():
+                times[name].append(runner.step_time(batch, args.steps))
+    diff = (probes["ours"] - probes["transformers"]).abs().max().item() if len(probes) == 2 else None
+    return {name: statistics.median(t) for name, t in times.items()}, diff
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/tiny-cpu.toml")
+    parser.add_argument("--recipe", default="recipes/tiny-cpu.toml", help="take the model from this recipe")
+    parser.add_argument("--preset", default=None, help="or from a model preset (e.g. gemma3-270m)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="the recipe's tokenizer size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                        help="bf16: autocast over float32 weights, as the trainer does on GPUs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--sequential", action="store_true", help="time one model at a time (large models)")
+    parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    names = [n for n in args.runners.split(",") if n]
+    if not names or any(n not in RUNNERS for n in names):
+        parser.error(f"--runners: choose from {', '.join(RUNNERS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    recipe = recipe_mod.load(args.recipe, [f"model.overrides.vocab_size={args.vocab_size}"])
-    cfg = model_config(recipe, None)
-    a, a_logits = ours(cfg)
-    b, b_logits = theirs(cfg, a.state_dict())
-    batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1))
-    with torch.no_grad():  # same weights, same function: the comparison is like for like
-        diff = (a_logits(batch) - b_logits(batch)).abs().max().item()
-    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("ours", a), ("transformers", b))}
-    runs = {"ours": (a, a_logits), "transformers": (b, b_logits)}
-    for name, (model, fn) in runs.items():  # warm-up
-        step_time(model, fn, batch, opts[name], 1)
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, (model, fn) in runs.items():
-            times[name].append(step_time(model, fn, batch, opts[name], args.steps))
+    if args.preset:
+        cfg = preset(args.preset)
+    else:
+        cfg = model_config(recipe_mod.load(args.recipe, [f"model.overrides.vocab_size={args.vocab_size}"]), None)
+    batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device=args.device)
+    seconds, diff = time_runners(names, cfg, batch, args)
+
     tokens = args.batch * args.seq_len
-    result = {name: tokens / statistics.median(t) for name, t in times.items()}
-    ratio = result["ours"] / result["transformers"]
-    print(f"model: {sum(p.numel() for p in a.parameters()) / 1e6:.1f}M params ({cfg.family}), batch {args.batch} x "
-          f"{args.seq_len}, {torch.get_num_threads()} threads, max |logit diff| {diff:.2e}")
-    print(f"{'':14}{'tokens/s':>10}")
+    flops = metrics.flops_per_token(cfg, args.seq_len)
+    peak = metrics.peak_flops(torch.device(args.device))
+    result = {name: tokens / s for name, s in seconds.items()}
+    mfu = {name: tps * flops / peak for name, tps in result.items()} if peak else {}
+    ratio = result["ours"] / result["transformers"] if len(result) == 2 else None
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"model: {args.preset or args.recipe} ({cfg.family}, {cfg.num_params() / 1e6:.1f}M params), batch {args.batch} x {args.seq_len}, {device}, "
+          f"{args.precision}{', compiled' if args.compile else ''}"
+          + (f", max |logit diff| {diff:.2e}" if diff is not None else ""))
+    print(f"{'':14}{'tokens/s':>10}{'MFU':>8}")
     for name, value in result.items():
-        print(f"{name:14}{value:10.0f}")
-    print(f"ratio (ours / transformers): {ratio:.2f}x")
+        print(f"{name:14}{value:10.0f}{mfu.get(name, 0.0):8.1%}")
+    if ratio is not None:
+        print(f"ratio (ours / transformers): {ratio:.2f}x")
     if args.json:
-        out = {"tokens_per_s": result, "ratio": ratio, "batch": args.batch, "seq_len": args.seq_len,
+        out = {"tokens_per_s": result, "mfu": mfu, "ratio": ratio, "batch": args.batch, "seq_len": args.seq_len,
+               "device": device, "precision": args.precision, "compile": args.compile,
                "threads": torch.get_num_threads(), "rounds": args.rounds, "steps_per_round": args.steps,
-               "config": cfg.to_dict(), "logit_max_abs_diff": diff, "torch": torch.__version__,
-               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load_average": os.getloadavg()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+               "flops_per_token": flops, "peak_flops": peak, "config": cfg.to_dict(), "logit_max_abs_diff": diff,
+               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "params": cfg.num_params()}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=1) + "\n")
+        tmp.replace(path)
     return 0
 
 

@@ -117,10 +117,14 @@ class Attention(nn.Module):
         return mask[:, None]
 
     def _attend(self, q, k, v, mask):
+        """Attention of q over k, v; `mask` None means plain causal (query i sees keys 0..i)."""
         groups = self.n_heads // self.n_kv_heads
         scale = self.cfg.query_scale
         if self.cfg.attn_softcap is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                                  enable_gqa=groups > 1)
+        if mask is None:
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
@@ -232,7 +236,8 @@ class Gemma(nn.Module):
         segment_ids: [B, T] document ids of packed sequences; attention stays inside a document.
         """
         B, T = input_ids.shape
-        if positions is None:
+        positions_default = positions is None
+        if positions_default:
             positions = self._default_positions(input_ids, cache, segment_ids)
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
@@ -241,6 +246,13 @@ class Gemma(nn.Module):
             "local": [t.to(x.dtype) for t in rope_cos_sin(positions, self.inv_freq_local)],
         }
         masks: dict = {}
+        if positions_default and cache is None and segment_ids is None and attn_mask is None:
+            # Plain causal attention: no mask tensor, so SDPA may take its fused causal kernels
+            # (flash attention on GPUs); a sliding window narrower than the sequence still needs one.
+            masks["global"] = None
+            window = self.config.sliding_window
+            if window is None or T <= window:
+                masks["local"] = None
         for i, block in enumerate(self.layers):
             cos, sin = rope[block.layer_type]
             args = (x, cos, sin, positions, segment_ids, cache, i, attn_mask, masks)

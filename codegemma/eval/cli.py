@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
@@ -16,13 +17,27 @@ from codegemma.errors import CodegemmaError
 MULTILINGUAL_TASKS = ("babelcode-humaneval", "babelcode-mbpp")
 
 
-def register(subparsers) -> None:
-    from codegemma.eval.task import task_names
+class _TaskNames(Sequence):
+    """The registered task names, looked up only when argparse checks or shows them: importing the
+    task modules (and their evaluation dependencies) must not burden every other subcommand."""
 
+    def _names(self) -> list[str]:
+        from codegemma.eval.task import task_names
+
+        return task_names()
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="run a benchmark (HumanEval, MBPP, infilling, BabelCode) on a model",
                               description="Generate, execute in the sandbox, score (pass@k), and report. "
                                           "Resumable: rerun the same command to finish an interrupted run.")
-    p.add_argument("task", choices=task_names(), help="benchmark to run")
+    p.add_argument("task", metavar="TASK", choices=_TaskNames(), help="benchmark to run: %(choices)s")
     p.add_argument("--model", default=None, help="GGUF file, Hugging Face directory or preset (default: Gemma 3 270M)")
     p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k for k <= n)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

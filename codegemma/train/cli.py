@@ -52,9 +52,10 @@ def register(subparsers) -> None:
         p.add_argument(f"--{name}", type=int, default=None)
     p.set_defaults(func=_experiment)
 
-    p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl (several runs: overlaid)")
+    p.add_argument("run_dirs", nargs="+", metavar="run_dir", help="run directory; LABEL=DIR names a run")
+    p.add_argument("--out", default=None, help="default: RUN_DIR/curves.png (required for several runs)")
+    p.add_argument("--title", default=None)
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("dpo-pairs", help="preference pairs from execution-checked samples (pass vs fail)")
@@ -128,12 +129,23 @@ def _experiment(args) -> int:
 
 
 def _plot(args) -> int:
-    from codegemma.train.plots import plot_run
+    from codegemma.train.plots import plot_run, plot_runs
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise CodegemmaError(f"{run_dir}: no metrics.jsonl")
-    print(plot_run(run_dir / "metrics.jsonl", args.out or run_dir / "curves.png", run_dir.name))
+    labels, paths = [], []
+    for item in args.run_dirs:
+        label, _, path = item.rpartition("=")
+        run_dir = Path(path)
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise CodegemmaError(f"{run_dir}: no metrics.jsonl")
+        labels.append(label or run_dir.name)
+        paths.append(run_dir / "metrics.jsonl")
+    if len(paths) == 1:
+        out = args.out or paths[0].parent / "curves.png"
+        print(plot_run(paths[0], out, args.title or labels[0]))
+        return 0
+    if args.out is None:
+        raise CodegemmaError("several runs: name the output with --out")
+    print(plot_runs(paths, labels, args.out, args.title or ""))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Data parallelism under `torchrun`: process-group setup, DDP or FSDP2 wrapping, and reductions.
 
 Without torchrun (no WORLD_SIZE in the environment) everything here degrades to a single process,
-so the same training code runs on a laptop and on a cluster. The backend is NCCL on GPUs and gloo
-on CPUs.
+so the same training code runs on a laptop and on a cluster. Under torchrun a process group is
+formed even for one process, so that `--nproc_per_node=1` runs the real DDP/FSDP2 code path (on
+one GPU, say). The backend is NCCL on GPUs and gloo on CPUs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun, so a process group exists
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +30,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
@@ -42,15 +44,16 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
 
 def init(preference: str = "auto") -> DistEnv:
     """Join the process group torchrun describes in the environment, if any."""
+    launched = "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank, world_size, local_rank, device)
+    return DistEnv(rank, world_size, local_rank, device, launched)
 
 
 def shutdown(env: DistEnv) -> None:

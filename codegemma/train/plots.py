@@ -38,6 +38,29 @@ def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") ->
     return save(fig, out_path)
 
 
+def plot_runs(metrics_paths: list[Path], labels: list[str], out_path: str | Path, title: str = "") -> Path:
+    """Several runs on shared axes: training loss (left) and held-out evaluation losses (right)."""
+    fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for path, label in zip(metrics_paths, labels):
+        train = [(r["step"], r["loss"]) for r in metrics.read(path, "train") if "loss" in r]
+        if train:
+            train_ax.plot(*zip(*train), label=label, linewidth=1)
+        evals = metrics.read(path, "eval")
+        for key, style in (("loss", "o-"), ("fim_middle_loss", "s--")):
+            pts = [(r["step"], r[key]) for r in evals if key in r]
+            if pts:
+                eval_ax.plot(*zip(*pts), style, label=f"{label}: {key}")
+    for ax, name in ((train_ax, "training loss"), (eval_ax, "held-out loss")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out_path)
+
+
 def save(fig, out_path: str | Path) -> Path:
     """Write a figure atomically (temporary name, then rename) and close it."""
     out_path = Path(out_path)

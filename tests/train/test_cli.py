@@ -25,6 +25,11 @@ def test_run_plot_and_export(tmp_path, shards, capsys):
     assert summary["step"] == 3 and Path(summary["final"], "model.safetensors").is_file()
     assert main(["train", "plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    # several runs overlaid need a named output
+    assert main(["train", "plot", f"a={tmp_path / 'run'}", f"b={tmp_path / 'run'}"]) == 1
+    assert main(["train", "plot", f"a={tmp_path / 'run'}", f"b={tmp_path / 'run'}", "--out",
+                 str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").stat().st_size > 1000
     # a finished run is not trained again
     assert main(["train", "run", str(recipe)]) == 0
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3

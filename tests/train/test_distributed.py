@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) under torchrun follow the single-process loss trajectory."""
+"""CPU processes (gloo) under torchrun follow the single-process loss trajectory."""
 
 from __future__ import annotations
 
@@ -23,18 +23,19 @@ def _run(args: list[str]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, strategy):
+@pytest.mark.parametrize("strategy, procs", [("ddp", 2), ("fsdp", 2), ("fsdp", 1)])
+def test_processes_match_one(tmp_path, strategy, procs):
+    """`procs` processes (1: torchrun still forms a process group and wraps the model) match a plain run."""
     shards = write_shards(tmp_path / "shards", n=64)
     steps = 6
     extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\n"
     (tmp_path / "one.toml").write_text(recipe_toml(tmp_path / "one", shards, steps, extra))
     (tmp_path / "two.toml").write_text(recipe_toml(tmp_path / "two", shards, steps, extra))
     cli = ["-m", "codegemma", "train", "run"]
-    # the same global batch: 1 x 8 sequences vs 2 processes x 4
+    # the same global batch: 1 x 8 sequences vs `procs` processes x 8 / procs
     _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          *cli, str(tmp_path / "two.toml"), "--set", "train.batch_size=4"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+          *cli, str(tmp_path / "two.toml"), "--set", f"train.batch_size={8 // procs}"])
     one = metrics.read(tmp_path / "one" / "metrics.jsonl")
     two = metrics.read(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == steps
