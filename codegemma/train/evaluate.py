@@ -1,7 +1,8 @@
 """Evaluation during training: held-out loss, loss on FIM middles, single-line infilling exact match.
 
 The FIM metrics use held-out source files, not shards: each example masks one whole, non-blank
-line of a file, builds the same PSM prompt the completion server sends (`codegemma.fim`), and
+line of a file, builds a PSM or SPM prompt as the completion server does (`codegemma.fim`; the
+server sends SPM to FIM models by default), and
   - scores the teacher-forced loss of the middle tokens given prefix and suffix, and
   - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codegemma.fim import CODEGEMMA_SENTINELS, sentinel_ids
+from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
 from codegemma.kv_cache import KVCache
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
@@ -64,9 +65,13 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
 
 
 class InfillScorer:
-    """Tokenizes FIM examples into PSM prompts within a token budget (prefix and suffix trimmed)."""
+    """Tokenizes FIM examples into PSM or SPM prompts within a token budget (prefix and suffix trimmed)."""
 
-    def __init__(self, tokenizer, examples: list[InfillExample], max_prompt_tokens: int, add_bos: bool = True):
+    def __init__(self, tokenizer, examples: list[InfillExample], max_prompt_tokens: int, add_bos: bool = True,
+                 order: str = PSM):
+        if order not in ORDERS:
+            raise ValueError(f"unknown FIM order {order!r}; expected one of {ORDERS}")
+        self.order = order
         self.tokenizer = tokenizer
         self.ids = sentinel_ids(tokenizer)
         self.examples = examples
@@ -82,9 +87,11 @@ class InfillScorer:
         keep_suf = min(len(suf), room // 2)
         keep_pre = min(len(pre), room - keep_suf)
         keep_suf = min(len(suf), room - keep_pre)  # give the suffix what the prefix did not need
-        # the layout of codegemma.fim.fim_prompt(prefix, suffix, PSM, path), trimmed token-wise
-        return (head + [self.ids[s.prefix]] + pre[len(pre) - keep_pre:] + [self.ids[s.suffix]] + suf[:keep_suf]
-                + [self.ids[s.middle]])
+        pre, suf = pre[len(pre) - keep_pre:], suf[:keep_suf]
+        # the layout of codegemma.fim.fim_prompt(prefix, suffix, order, path), trimmed token-wise
+        if self.order == PSM:
+            return head + [self.ids[s.prefix]] + pre + [self.ids[s.suffix]] + suf + [self.ids[s.middle]]
+        return head + [self.ids[s.prefix], self.ids[s.suffix]] + suf + [self.ids[s.middle]] + pre
 
     @torch.no_grad()
     def middle_loss(self, model: nn.Module, device: torch.device) -> tuple[float, int]:
@@ -132,12 +139,12 @@ def _config(model: nn.Module):
 class Evaluator:
     """Called by the trainer with the model in eval mode under no_grad."""
 
-    def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8, scorer: InfillScorer | None = None,
-                 max_new_tokens: int = 48):
+    def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
+                 scorers: list[InfillScorer] = (), max_new_tokens: int = 48):
         self.env = env
         self.eval_reader_factory = eval_reader_factory
         self.batches = batches
-        self.scorer = scorer
+        self.scorers = list(scorers)
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, model: nn.Module) -> dict:
@@ -155,13 +162,14 @@ class Evaluator:
             total = distributed.all_reduce_sum(total, self.env)
             count = distributed.all_reduce_sum(count, self.env)
             result["loss"] = (total / count.clamp(min=1)).item()
-        if self.scorer is not None:
-            # every process scores the same examples: a sharded (FSDP) model needs all of them
-            inner = getattr(model, "module", model)
-            s, n = self.scorer.middle_loss(inner, device)
-            result["fim_middle_loss"] = s / max(n, 1)
-            hits, total = self.scorer.exact_match(inner, device, self.max_new_tokens)
-            result["infill_exact_match"] = hits / max(total, 1)
+        # every process scores the same examples: a sharded (FSDP) model needs all of them
+        inner = getattr(model, "module", model)
+        for scorer in self.scorers:
+            tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
+            s, n = scorer.middle_loss(inner, device)
+            result[f"fim_middle_loss{tag}"] = s / max(n, 1)
+            hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
+            result[f"infill_exact_match{tag}"] = hits / max(total, 1)
         return result
 
 

@@ -68,7 +68,7 @@ def make_evaluator(recipe: Recipe, env, tokenizer):
             if recipe.objective == "sft" else Path(recipe.data.eval)
         factory = lambda: build.shard_reader(eval_path, recipe, env, shuffle=False)  # noqa: E731
         factory()  # fail now, not at the first evaluation
-    scorer = None
+    scorers = []
     if recipe.eval.infill_files:
         if tokenizer is None:
             raise CodegemmaError("eval.infill_files needs a tokenizer")
@@ -76,11 +76,11 @@ def make_evaluator(recipe: Recipe, env, tokenizer):
         if not files:
             raise CodegemmaError(f"eval.infill_files: no source files under {recipe.eval.infill_files}")
         examples = single_line_examples(files, recipe.eval.infill_examples)
-        scorer = InfillScorer(tokenizer, examples, recipe.eval.infill_max_prompt_tokens,
-                              add_bos=tokenizer.add_bos_default)
-    if factory is None and scorer is None:
+        scorers = [InfillScorer(tokenizer, examples, recipe.eval.infill_max_prompt_tokens,
+                                add_bos=tokenizer.add_bos_default, order=order) for order in recipe.eval.infill_orders]
+    if factory is None and not scorers:
         return None
-    return Evaluator(env, factory, recipe.eval.batches, scorer, recipe.eval.infill_max_new_tokens)
+    return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens)
 
 
 def make_objective(recipe: Recipe, model):

@@ -1,11 +1,12 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from codegemma.config import ModelConfig, preset
 from codegemma.data.shards import ShardWriter
-from codegemma.fim import PSM, encode_pieces, fim_prompt, sentinel_ids
+from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
 from codegemma.model import Gemma
 from codegemma.train.evaluate import InfillScorer, read_files, single_line_examples, unigram_baseline
 
@@ -22,12 +23,25 @@ def test_examples_mask_whole_non_blank_lines():
     assert examples == single_line_examples(FILES, 20, seed=0)
 
 
-def test_prompt_is_the_served_psm_layout(small_tokenizer):
+@pytest.mark.parametrize("order", [PSM, SPM])
+def test_prompt_is_the_served_layout(small_tokenizer, order):
     tok = small_tokenizer
     ex = single_line_examples(FILES, 1, seed=3)[0]
-    scorer = InfillScorer(tok, [ex], max_prompt_tokens=512)
-    pieces = fim_prompt(ex.prefix, ex.suffix, PSM, ex.path)
+    scorer = InfillScorer(tok, [ex], max_prompt_tokens=512, order=order)
+    pieces = fim_prompt(ex.prefix, ex.suffix, order, ex.path)
     assert scorer.prompt(ex) == [tok.bos_id] + encode_pieces(tok, pieces, sentinel_ids(tok))
+
+
+def test_spm_prompt_trimmed_keeps_the_prefix_last(small_tokenizer):
+    tok = small_tokenizer
+    long = "".join(f"line_{i} = {i}\n" for i in range(200))
+    ex = single_line_examples([("big.py", long)], 1, seed=1)[0]
+    ids = InfillScorer(tok, [ex], max_prompt_tokens=64, order=SPM).prompt(ex)
+    assert len(ids) <= 64
+    text = tok.decode(ids)
+    assert "<|fim_prefix|><|fim_suffix|>" in text and text.endswith(ex.prefix[-12:])
+    with pytest.raises(ValueError):
+        InfillScorer(tok, [ex], max_prompt_tokens=64, order="pms")
 
 
 def test_prompt_is_trimmed_around_the_hole(small_tokenizer):
