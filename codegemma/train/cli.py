@@ -133,7 +133,7 @@ def _plot(args) -> int:
 
     labels, paths = [], []
     for item in args.run_dirs:
-        label, _, path = item.rpartition("=")
+        label, path = item.split("=", 1) if "=" in item and not Path(item).exists() else ("", item)
         run_dir = Path(path)
         if not (run_dir / "metrics.jsonl").is_file():
             raise CodegemmaError(f"{run_dir}: no metrics.jsonl")
