@@ -129,9 +129,10 @@ def repository_samples(key: str, dropped_files: list[str], recipe: DataRecipe, w
             ids = encoder.encode_file(file_pieces)
             encoded.append(ids)
             stats["languages_tokens"][by_path[path].language or "unknown"] += len(ids)
-            if CODEGEMMA_SENTINELS.prefix in file_pieces:
-                after = file_pieces[file_pieces.index(CODEGEMMA_SENTINELS.prefix) + 1]
-                stats["fim_spm" if after == CODEGEMMA_SENTINELS.suffix else "fim_psm"] += 1
+            for i, piece in enumerate(file_pieces):  # a chunked file holds several FIM examples
+                if piece == CODEGEMMA_SENTINELS.prefix:
+                    after = file_pieces[i + 1]
+                    stats["fim_spm" if after == CODEGEMMA_SENTINELS.suffix else "fim_psm"] += 1
         samples = encoder.repository(encoded, recipe.seq_len)
         included = order
     else:

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--root", default="runs/demo", help="where the corpus and tokenizer live (built if missing)")
     p.add_argument("--out", default=None, help="shard output directory (default: <root>/shards)")
     p.add_argument("--fim-rate", type=float, default=0.5)
+    p.add_argument("--fim-chunk-chars", type=int, default=0,
+                   help="FIM each piece of at most this many characters of a file, not whole files (0)")
     p.add_argument("--order", default="codegemma", help="file order: codegemma | deepseek | random | alphabetical")
     p.add_argument("--seq-len", type=int, default=256)
     p.set_defaults(func=_demo_data)
@@ -112,7 +114,8 @@ def _demo_data(args) -> int:
     from codegemma.train.experiments import demo_shards
 
     root = Path(args.root)
-    out = demo_shards(root, args.fim_rate, args.order, args.seq_len, out=Path(args.out) if args.out else root / "shards")
+    out = demo_shards(root, args.fim_rate, args.order, args.seq_len, out=Path(args.out) if args.out else root / "shards",
+                      fim_chunk_chars=args.fim_chunk_chars)
     print(f"shards in {out}/train and {out}/eval, held-out files in {out}/heldout")
     return 0
 

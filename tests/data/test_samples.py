@@ -2,7 +2,10 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from codegemma.data.samples import FimConfig, SampleEncoder, repository_pieces, sample_rng
+import pytest
+
+from codegemma.data.samples import FimConfig, SampleEncoder, line_chunks, repository_pieces, sample_rng
+from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS, undo_fim
 from codegemma.tokenizer import Tokenizer
 
@@ -22,6 +25,38 @@ def test_undoing_fim_gives_back_every_file(files, seed, rate):
             assert (got_path, got_text) == (path, text)
             # the path line is never split: it is one whole piece before the prefix sentinel
             assert file_pieces[0] == path + "\n" and file_pieces[1] == CODEGEMMA_SENTINELS.prefix
+
+
+@settings(max_examples=80, deadline=None)
+@given(texts, st.integers(1, 60))
+def test_line_chunks_cut_at_line_ends_and_keep_everything(text, max_chars):
+    chunks = line_chunks(text, max_chars)
+    assert "".join(chunks) == text
+    assert all(chunks) or chunks == [""]
+    for chunk in chunks[:-1]:  # every cut is at a line end
+        assert chunk.splitlines(keepends=True)[-1] != chunk.splitlines()[-1]
+    for chunk in chunks:  # only a single line may exceed the limit
+        assert len(chunk) <= max_chars or len(chunk.splitlines(keepends=True)) == 1
+
+
+def test_chunked_fim_makes_each_piece_of_a_long_file_a_candidate():
+    text = "".join(f"value_{i} = {i}\n" for i in range(300))  # ~4.5k characters
+    [pieces] = repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=1.0, chunk_chars=500))
+    separator = CODEGEMMA_SENTINELS.file_separator
+    chunks, current = [], []
+    for piece in pieces + [separator]:
+        if piece == separator:
+            chunks.append(current)
+            current = []
+        else:
+            current.append(piece)
+    assert len(chunks) == len(line_chunks(text, 500)) >= 9
+    restored = [undo_fim(c) for c in chunks]
+    assert all(path == "big.py" for path, _ in restored)  # every chunk carries the path line
+    assert "".join(part for _, part in restored) == text
+    assert repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=1.0)) != [pieces]
+    with pytest.raises(CodegemmaError):
+        FimConfig(chunk_chars=-1)
 
 
 def test_fim_rate_and_psm_spm_balance():
