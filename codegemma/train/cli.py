@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("experiment", choices=("fim-rate", "packing"))
     p.add_argument("--root", default="runs/demo", help="demo corpus, tokenizer and shard cache")
     p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
-    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples"):
+    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples", "fim-chunk-chars"):
         p.add_argument(f"--{name}", type=int, default=None)
     p.set_defaults(func=_experiment)
 

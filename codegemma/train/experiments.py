@@ -35,6 +35,7 @@ class Scale:
     steps: int = 400
     lr: float = 3e-3
     infill_examples: int = 64
+    fim_chunk_chars: int = 0  # > 0: FIM per line-aligned piece of a file (see data.samples.FimConfig)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -89,7 +90,7 @@ def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale
         "train": {"steps": scale.steps, "batch_size": scale.batch_size},
         "eval": {"every": eval_every, "infill_files": str(infill_dir) if infill_dir else "",
                  "infill_examples": scale.infill_examples, "infill_max_prompt_tokens": scale.seq_len,
-                 "infill_max_new_tokens": 32},
+                 "infill_max_new_tokens": 32, "infill_orders": ["psm", "spm"]},
         "log": {"every": 10, "tensorboard": False, "plots": True, "progress": False},
         "checkpoint": {"every": max(50, scale.steps // 4)},
     })
@@ -148,7 +149,7 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
     plain = demo_shards(root, 0.0, seq_len=scale.seq_len)
     results = {}
     for rate in rates:
-        shards = demo_shards(root, rate, seq_len=scale.seq_len)
+        shards = demo_shards(root, rate, seq_len=scale.seq_len, fim_chunk_chars=scale.fim_chunk_chars)
         run_dir = root / "experiments" / "fim-rate" / f"fim{rate:g}"
         recipe = _recipe(f"fim{rate:g}", run_dir, tokenizer, shards / "train", scale, scale.steps // 4,
                          plain / "heldout")
@@ -161,6 +162,8 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
         results[f"{rate:g}"] = {"fim_rate": rate, "l2r_loss": l2r["all_loss"], "l2r_tokens": l2r["all_tokens"],
                                 "fim_middle_loss": final.get("fim_middle_loss"),
                                 "infill_exact_match": final.get("infill_exact_match"),
+                                "fim_middle_loss_spm": final.get("fim_middle_loss_spm"),
+                                "infill_exact_match_spm": final.get("infill_exact_match_spm"),
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
     _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / "fim-rate")
     return results
@@ -225,11 +228,18 @@ def _plot_fim(runs: Path, results: dict):
     rates = list(results)
     panels = [("l2r_loss", "held-out left-to-right loss (no FIM)"), ("fim_middle_loss", "held-out FIM-middle loss"),
               ("infill_exact_match", "single-line infilling exact match")]
+    width = 0.4
     for ax, (key, title) in zip(axes[1:], panels):
-        values = [results[r][key] or 0.0 for r in rates]
-        ax.bar(rates, values)
-        for x, v in zip(rates, values):
-            ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom")
+        orders = [("", "PSM"), ("_spm", "SPM")] if key != "l2r_loss" else [("", None)]
+        for i, (tag, label) in enumerate(orders):
+            xs = [j + (i - (len(orders) - 1) / 2) * width for j in range(len(rates))]
+            values = [results[r].get(key + tag) or 0.0 for r in rates]
+            ax.bar(xs, values, width, label=label)
+            for x, v in zip(xs, values):
+                ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(rates)), rates)
+        if len(orders) > 1:
+            ax.legend()
         ax.set_title(title)
         ax.set_xlabel("FIM rate")
     fig.tight_layout()
@@ -257,7 +267,7 @@ def _plot_packing(runs: Path, results: dict):
 
 def scale_from(args) -> Scale:
     scale = Scale() if args.experiment == "fim-rate" else Scale(seq_len=1024, batch_size=2)
-    for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "infill_examples"):
+    for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "infill_examples", "fim_chunk_chars"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(scale, key, value)
