@@ -59,7 +59,7 @@ step recipe-tiny $PY -m codegemma train run recipes/tiny-cpu.toml --no-resume --
 cp "$RUNS/tiny/metrics.jsonl" "$OUT/tiny-metrics.jsonl" 2>/dev/null
 
 # 3. FSDP2 (one process still forms an NCCL group and shards) + compile + activation checkpointing,
-#    then DDP, on a ~170M-parameter model.
+#    then DDP, on a 187M-parameter model.
 common="--no-resume --set train.device=$DEVICE $(wide_overrides) --set train.batch_size=$WIDE_BATCH
         --set train.steps=$WIDE_STEPS --set eval.every=0 --set eval.infill_examples=16 --set log.every=10
         --set checkpoint.every=$((WIDE_STEPS / 2))"
