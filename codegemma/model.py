@@ -193,6 +193,7 @@ class Gemma(nn.Module):
         self.gradient_checkpointing = False
         self.lm_head = None  # set by codegemma.quant; None: the tied float embedding
         self._head_screen = None  # (screen, weight data_ptr, weight version) from attach_head_screen
+        self._head_blocks = None  # codegemma.block_weights.BlockWeight of the tied head, if attached
         self.quantized: str | None = None  # "int8" | "int4" once quantized (inference only)
 
     @property
@@ -272,6 +273,8 @@ class Gemma(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
             logits = self.lm_head(hidden)
+        elif self._head_blocks is not None and self._head_blocks.usable(hidden, self.embed_tokens.weight):
+            logits = self._head_blocks.matmul(hidden)  # the same float32 head, read as GGUF blocks
         else:
             logits = F.linear(hidden, self.embed_tokens.weight).float()  # tied embeddings
         cap = self.config.final_softcap
@@ -283,6 +286,14 @@ class Gemma(nn.Module):
         """Use `screen` (codegemma.head_screen) for `argmax_logits` while the head's weight stays as it is now."""
         weight = self.embed_tokens.weight
         self._head_screen = (screen, weight.data_ptr(), weight._version)
+
+    def attach_head_blocks(self, blocks):
+        """Compute the tied head's logits from its block form (codegemma.block_weights) when decoding."""
+        self._head_blocks = blocks
+
+    @property
+    def attached_head_blocks(self):
+        return self._head_blocks
 
     @property
     def attached_head_screen(self):
@@ -297,6 +308,8 @@ class Gemma(nn.Module):
         per token."""
         if self._head_screen is None or self.lm_head is not None:
             return self.logits(hidden)
+        if self._head_blocks is not None and self._head_blocks.usable(hidden, self.embed_tokens.weight):
+            return self.logits(hidden)  # exact logits, fewer bytes read than the screen's
         screen, ptr, version = self._head_screen
         weight = self.embed_tokens.weight
         if weight.data_ptr() != ptr or weight._version != version or weight.dtype != torch.float32:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codegemma import kernels
 from codegemma.errors import CodegemmaError
 
 QUANT_DTYPES = ("int8", "int4")
@@ -235,9 +236,15 @@ def weight_bytes_per_token(model) -> int:
         tensors = [*module.buffers(recurse=False), *module.parameters(recurse=False)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    layers = sum(size(m) for m in model.layers.modules() if isinstance(m, (GroupLinear, nn.Linear)))
+    def layer_size(module):  # float32 layers with a block form read only that (codegemma.block_weights)
+        blocks = getattr(module, "blocks", None)
+        return blocks.nbytes() if blocks is not None and kernels.available() else size(module)
+
+    layers = sum(layer_size(m) for m in model.layers.modules() if isinstance(m, (GroupLinear, nn.Linear)))
     if model.lm_head is not None:
         head = size(model.lm_head.coarse)
+    elif model.attached_head_blocks is not None and kernels.available():
+        head = model.attached_head_blocks.nbytes()
     elif model.attached_head_screen is not None:  # greedy decoding reads the 8-bit screen (codegemma.head_screen)
         head = model.attached_head_screen.nbytes()
     else:

@@ -83,18 +83,53 @@ def test_teacher_forced_argmax_agreement(ours, reference):
     assert agree / total >= 0.99, f"{agree}/{total}"
 
 
-def test_head_screen_gives_the_full_heads_argmax(ours):
-    """Greedy decoding of the float32 default model screens the head (codegemma.head_screen);
-    its argmax must be the full float32 head's at every teacher-forced position."""
-    assert ours.model.attached_head_screen is not None
+def test_decoding_reads_the_gguf_blocks(ours):
+    """Every linear layer and the tied head of the float32 default model carry their GGUF block
+    form (codegemma.block_weights), which gives the float32 head's argmax at every teacher-forced
+    position, with logits within float32 summation error of the plain float32 product."""
+    from codegemma import kernels
+    from codegemma.block_weights import BlockLinear
+
+    if not kernels.available():
+        pytest.skip("no C compiler for the block kernel")
+    model = ours.model
+    assert model.attached_head_blocks is not None
+    assert all(isinstance(m, BlockLinear) for m in model.layers.modules() if isinstance(m, torch.nn.Linear))
     positions = 0
+    weight = model.embed_tokens.weight
     with torch.no_grad():
         for ids in teacher_forced_prompts(ours.tokenizer):
-            hidden = ours.model(torch.tensor([ids]), return_hidden=True)[0]
+            hidden = model(torch.tensor([ids]), return_hidden=True)[0]
             for start in range(0, len(hidden), 16):
                 rows = hidden[start:start + 16]
-                assert torch.equal(ours.model.argmax_logits(rows).argmax(-1), ours.model.logits(rows).argmax(-1))
+                got, want = model.logits(rows), rows @ weight.T
+                assert torch.equal(got.argmax(-1), want.argmax(-1))
+                assert (got - want).abs().max() <= 1e-5 * want.abs().max()
             positions += len(hidden)
+    assert positions >= 2000
+
+
+def test_head_screen_gives_the_full_heads_argmax(ours):
+    """Where the block kernel cannot be built, greedy decoding screens the head instead
+    (codegemma.head_screen); its argmax must be the full float32 head's at every position."""
+    from codegemma.head_screen import HeadScreen
+
+    model = ours.model
+    weight = model.embed_tokens.weight
+    blocks = model.attached_head_blocks
+    model.attach_head_blocks(None)
+    model.attach_head_screen(HeadScreen.from_weight(weight.detach()))
+    positions = 0
+    try:
+        with torch.no_grad():
+            for ids in teacher_forced_prompts(ours.tokenizer):
+                hidden = model(torch.tensor([ids]), return_hidden=True)[0]
+                for start in range(0, len(hidden), 16):
+                    rows = hidden[start:start + 16]
+                    assert torch.equal(model.argmax_logits(rows).argmax(-1), (rows @ weight.T).argmax(-1))
+                positions += len(hidden)
+    finally:
+        model.attach_head_blocks(blocks)
     assert positions >= 2000
 
 

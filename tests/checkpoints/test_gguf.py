@@ -50,7 +50,10 @@ def test_every_tensor_type_loads_to_its_dequantized_values(tmp_path, kind):
                                for k, v in expected.items()})
     ids = torch.tensor([[2, 270, 280, 290, 5, 6, 7, 8, 9, 10, 11, 12]])
     with torch.no_grad():
-        assert torch.allclose(loaded.model(ids), reference(ids), atol=1e-5)
+        got_logits, want = loaded.model(ids), reference(ids)
+    # block-quantized types run through the block kernel (the same weights, summed in another
+    # order): float32 rounding relative to the largest logit (these random weights give ~1e5)
+    assert (got_logits - want).abs().max() <= 1e-6 * want.abs().max() + 1e-5
     # a second load comes from the converted cache and is identical
     again = load(path)
     assert all(torch.equal(again.model.state_dict()[k], v) for k, v in got.items())

@@ -1,0 +1,111 @@
+"""C kernels for what PyTorch has no operator for, compiled on first use.
+
+`block_gemv.c` multiplies float32 activations by float32 weights that are stored as GGUF-style
+blocks: one integer code per weight plus a scale (and offset) per group (see the file). It is
+built once with the machine's C compiler into `$CODEGEMMA_CACHE/kernels` and loaded through
+ctypes, which releases the GIL during the call. Where no compiler works, `available()` is False and
+callers keep using plain float32 weights; `CODEGEMMA_KERNELS=0` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("block_gemv.c")
+MAX_ROWS = 16  # up to this many rows of x the kernel beats a float32 GEMM reading 4x the bytes
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_flags() -> str:
+    """What -march=native depends on: a library built for one CPU may not run on another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(compiler: str, target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+        subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+        os.replace(tmp, target)  # a concurrent build of the same source writes the same bytes
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library, building it on first use; None where that is impossible."""
+    global _library, _tried
+    with _lock:
+        if _tried:
+            return _library
+        _tried = True
+        if os.environ.get("CODEGEMMA_KERNELS", "1") == "0":
+            return None
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            return None
+        from codegemma.checkpoints.loading import cache_root
+
+        key = hashlib.sha1(SOURCE.read_bytes() + f"{compiler}|{platform.machine()}|{_cpu_flags()}".encode())
+        target = cache_root() / "kernels" / f"block_gemv-{key.hexdigest()[:16]}.so"
+        try:
+            if not target.is_file():
+                _build(compiler, target)
+            lib = ctypes.CDLL(str(target))
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", None) or str(exc)
+            warnings.warn(f"codegemma: C kernels unavailable, float32 decoding reads plain weights "
+                          f"({detail.strip().splitlines()[-1] if detail.strip() else type(exc).__name__})")
+            return None
+        lib.block_gemv.restype = None
+        lib.block_gemv.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                   ctypes.c_int]
+        _library = lib
+        return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def block_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                 offset: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W.T in float32 for W[n, k] = scale[n, k // G] * codes[n, k] - offset[n, k // G].
+
+    codes: int8 [N, K]; scale, offset: float32 [N, K // G], G a multiple of 16; all contiguous.
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the block kernel is not available (see codegemma.kernels)")
+    N, K = codes.shape
+    group = K // scale.shape[1]
+    shape = x.shape
+    x = x.reshape(-1, K).to(torch.float32).contiguous()
+    M = x.shape[0]
+    xsum = x.view(M, -1, group).sum(-1) if offset is not None else x
+    y = torch.empty(M, N, dtype=torch.float32)
+    lib.block_gemv(x.data_ptr(), xsum.data_ptr(), M, K, codes.data_ptr(), scale.data_ptr(),
+                   None if offset is None else offset.data_ptr(), N, group, y.data_ptr(), torch.get_num_threads())
+    return y.view(*shape[:-1], N)
