@@ -22,7 +22,8 @@ def blocked_model():
     tensors = {}
     for i, (name, p) in enumerate(model.named_parameters()):
         if p.dim() == 2 and p.shape[1] % 32 == 0:
-            codes, scale, offset, dense = block_weight(*p.shape, 32, i % 2 == 1, seed=i)
+            # offsets (as in Q4_K) for the MLP, none (as in Q5_0) for attention and the head
+            codes, scale, offset, dense = block_weight(*p.shape, 32, "mlp" in name, seed=i)
             with torch.no_grad():
                 p.copy_(dense)
             tensors.update({f"{name}.codes": codes, f"{name}.scale": scale})
@@ -51,7 +52,9 @@ def test_attached_model_computes_what_the_plain_model_computes(monkeypatch):
     assert attached == len(linears) + 1  # every linear layer and the tied head
     assert all(isinstance(m, block_weights.BlockLinear) for m in linears)
     assert set(model.state_dict()) == keys  # same parameters, same names
-    assert len(calls) == attached  # one call per layer and one for the head
+    # one call for q/k/v, o, gate/up and down in each layer, and one for the head
+    assert all(isinstance(b.self_attn.qkv_proj, block_weights.FusedBlocks) for b in model.layers)
+    assert len(calls) == 4 * len(model.layers) + 1
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
@@ -84,6 +87,22 @@ def test_a_changed_weight_drops_its_blocks(monkeypatch):
     with torch.no_grad():
         model(torch.tensor([[2, 5]]))
     assert calls == []
+
+
+def test_fused_layers_fall_back_to_each_layer(monkeypatch):
+    model, tensors = blocked_model()
+    block_weights.attach(model, tensors)
+    attn = model.layers[0].self_attn
+    x = torch.randn(1, 1, attn.q_proj.in_features)
+    with torch.no_grad():
+        fused = attn.qkv_proj(x)
+        attn.k_proj.weight.add_(1.0)  # k changed: its blocks are stale, so the fused call is too
+        calls = count_kernel_calls(monkeypatch)
+        after = attn.qkv_proj(x)
+    assert len(calls) == 2  # q and v still through the kernel, k in float32
+    q_width = attn.q_proj.out_features
+    assert torch.equal(after[..., :q_width], fused[..., :q_width])
+    assert torch.allclose(after[..., q_width:q_width + attn.k_proj.out_features], x @ attn.k_proj.weight.T)
 
 
 def test_mismatched_blocks_are_refused():
