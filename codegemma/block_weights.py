@@ -122,4 +122,7 @@ def attach(model, tensors: dict[str, torch.Tensor]) -> int:
         model.attach_head_blocks(BlockWeight(model.embed_tokens.weight, tensors[f"{head}.codes"],
                                              tensors[f"{head}.scale"], tensors.get(f"{head}.offset")))
         attached += 1
+    from codegemma.decode_step import DecodeStep  # it builds on this module's classes
+
+    model._decode_step = DecodeStep.build(model)
     return attached

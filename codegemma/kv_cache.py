@@ -71,6 +71,19 @@ class KVCache:
         vb[:, :, slots] = v[:, :, T - keep:]
         return keys, values, key_pos
 
+    def decode_slot(self, layer: int, positions: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """For one new token in a batch of one: (column its key and value go to, number of columns
+        to attend over, their position table). `update`'s bookkeeping for callers that write the
+        buffers themselves (codegemma.decode_step); `advance` follows as usual."""
+        n = self.sizes[layer]
+        start = self.length
+        if start + 1 > self.max_len:
+            raise ValueError(f"KV cache full: {start + 1} tokens > max_len {self.max_len}")
+        table = self._stage_positions(n, positions, start, 1)
+        if n == self.max_len:
+            return start, start + 1, table
+        return start % n, min(start + 1, n), table
+
     def _stage_positions(self, n: int, positions: torch.Tensor, start: int, T: int) -> torch.Tensor:
         """The position table of buffer size n once this step is written; staged until `advance`.
 

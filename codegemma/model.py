@@ -194,6 +194,7 @@ class Gemma(nn.Module):
         self.lm_head = None  # set by codegemma.quant; None: the tied float embedding
         self._head_screen = None  # (screen, weight data_ptr, weight version) from attach_head_screen
         self._head_blocks = None  # codegemma.block_weights.BlockWeight of the tied head, if attached
+        self._decode_step = None  # codegemma.decode_step.DecodeStep, set with the block weights
         self.quantized: str | None = None  # "int8" | "int4" once quantized (inference only)
 
     @property
@@ -236,6 +237,20 @@ class Gemma(nn.Module):
         attn_mask: [B, T] bool, False for padding tokens that no query may attend to (no cache).
         segment_ids: [B, T] document ids of packed sequences; attention stays inside a document.
         """
+        step = self._decode_step
+        if step is not None and step.usable(input_ids, positions, cache, attn_mask, segment_ids):
+            x = step(input_ids, self._default_positions(input_ids, cache, None), cache)  # one token: C layers
+        else:
+            x = self._layers(input_ids, positions, cache, attn_mask, segment_ids)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        return self.logits(x)
+
+    def _layers(self, input_ids, positions, cache, attn_mask, segment_ids) -> torch.Tensor:
+        """The residual stream after every layer (before the final norm)."""
         B, T = input_ids.shape
         positions_default = positions is None
         if positions_default:
@@ -263,12 +278,7 @@ class Gemma(nn.Module):
                 x = block(*args)
         if cache is not None:
             cache.advance(positions)
-        if last_only:
-            x = x[:, -1:]
-        x = self.norm(x)
-        if return_hidden:
-            return x
-        return self.logits(x)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:

@@ -15,10 +15,10 @@ from .test_kernels import block_weight
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the block kernel")
 
 
-def blocked_model():
-    """A tiny model whose weights are exactly block values, with the blocks attached."""
+def blocked_model(name: str = "tiny-gemma3"):
+    """A tiny model whose weights are exactly block values, and those blocks (not yet attached)."""
     torch.manual_seed(0)
-    model = Gemma(preset("tiny-gemma3")).eval()
+    model = Gemma(preset(name)).eval()
     tensors = {}
     for i, (name, p) in enumerate(model.named_parameters()):
         if p.dim() == 2 and p.shape[1] % 32 == 0:

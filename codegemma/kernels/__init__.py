@@ -1,10 +1,11 @@
 """C kernels for what PyTorch has no operator for, compiled on first use.
 
 `block_gemv.c` multiplies float32 activations by float32 weights that are stored as GGUF-style
-blocks: one integer code per weight plus a scale (and offset) per group (see the file). It is
-built once with the machine's C compiler into `$CODEGEMMA_CACHE/kernels` and loaded through
-ctypes, which releases the GIL during the call. Where no compiler works, `available()` is False and
-callers keep using plain float32 weights; `CODEGEMMA_KERNELS=0` turns the kernels off.
+blocks: one integer code per weight plus a scale (and offset) per group (see the file).
+`decode_step.c` runs a whole decoder layer for one new token on those weights. Both are built once
+with the machine's C compiler into `$CODEGEMMA_CACHE/kernels` and loaded through ctypes, which
+releases the GIL during a call. Where no compiler works, `available()` is False and callers keep
+using plain float32 weights and PyTorch; `CODEGEMMA_KERNELS=0` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("block_gemv.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("block_gemv.c", "decode_step.c")]
 MAX_ROWS = 16  # up to this many rows of x the kernel beats a float32 GEMM reading 4x the bytes
 
 _lock = threading.Lock()
@@ -46,7 +47,7 @@ def _build(compiler: str, target: Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+        cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp, "-lm"]
         subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
         os.replace(tmp, target)  # a concurrent build of the same source writes the same bytes
     finally:
@@ -67,8 +68,9 @@ def library() -> ctypes.CDLL | None:
             return None
         from codegemma.checkpoints.loading import cache_root
 
-        key = hashlib.sha1(SOURCE.read_bytes() + f"{compiler}|{platform.machine()}|{_cpu_flags()}".encode())
-        target = cache_root() / "kernels" / f"block_gemv-{key.hexdigest()[:16]}.so"
+        key = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES) +
+                           f"{compiler}|{platform.machine()}|{_cpu_flags()}".encode())
+        target = cache_root() / "kernels" / f"codegemma-kernels-{key.hexdigest()[:16]}.so"
         try:
             if not target.is_file():
                 _build(compiler, target)
@@ -82,8 +84,28 @@ def library() -> ctypes.CDLL | None:
         lib.block_gemv.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                    ctypes.c_int]
+        lib.decode_layer.restype = None
+        lib.decode_layer.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
         _library = lib
         return lib
+
+
+class Blocks(ctypes.Structure):
+    """decode_step.c's view of one block weight: codes, scale, offset (or NULL), rows, columns, group."""
+    _fields_ = [("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p),
+                ("n", ctypes.c_int), ("k", ctypes.c_int), ("group", ctypes.c_int)]
+
+
+class Layer(ctypes.Structure):
+    """decode_step.c's `Layer`: sizes, switches and pointers to one decoder layer's weights."""
+    _fields_ = [(name, ctypes.c_int) for name in ("d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "qk_norm",
+                                                  "post_norms", "window")]
+    _fields_ += [(name, ctypes.c_float) for name in ("eps", "query_scale", "softcap")]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("input_norm", "post_attn_norm", "pre_ff_norm", "post_ff_norm",
+                                                      "q_norm", "k_norm")]
+    _fields_ += [(name, Blocks) for name in ("qkv", "o", "gate_up", "down")]
 
 
 def available() -> bool:

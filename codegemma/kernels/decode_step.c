@@ -1,0 +1,136 @@
+/* One decoder layer for one new token (batch 1), in float32, reading the layer's block weights
+ * (block_gemv.c). The same arithmetic as codegemma.model.Block for a decode step with a KV cache,
+ * without the ~60 PyTorch calls a layer costs there (half of a decode step's time on two cores).
+ * Covers the three Gemma families: optional QK-norm, optional pre+post norms, optional attention
+ * soft-capping, sliding-window or global attention, GQA/MQA/MHA. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+void block_gemv(const float *x, const float *xsum, int M, int K, const int8_t *codes, const float *scale,
+                const float *offset, int N, int G, float *y, int threads);
+
+typedef struct {
+    const int8_t *codes;
+    const float *scale, *offset; /* offset may be NULL */
+    int n, k, group;
+} Blocks;
+
+typedef struct {
+    int d_model, n_heads, n_kv_heads, head_dim, d_ff, qk_norm, post_norms, window; /* window 0: global */
+    float eps, query_scale, softcap;                                              /* softcap 0: none */
+    /* zero-centred RMSNorm weights (the scale is 1 + w); post_attn and post_ff only with post_norms,
+     * and then pre_ff is the norm before the MLP; without post_norms, pre_ff is Gemma 1's
+     * post_attention_layernorm */
+    const float *input_norm, *post_attn_norm, *pre_ff_norm, *post_ff_norm, *q_norm, *k_norm;
+    Blocks qkv, o, gate_up, down; /* q|k|v and gate|up concatenated by output rows */
+} Layer;
+
+static void rms_norm(const float *x, const float *w, int n, float eps, float *out) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    const float r = 1.f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * r * (1.f + w[i]);
+}
+
+static void matmul(const Blocks *b, const float *x, float *y, float *xsum, int threads) {
+    if (b->offset) {
+        const int groups = b->k / b->group;
+        for (int g = 0; g < groups; g++) {
+            float s = 0.f;
+            for (int i = 0; i < b->group; i++) s += x[g * b->group + i];
+            xsum[g] = s;
+        }
+    }
+    block_gemv(x, xsum, 1, b->k, b->codes, b->scale, b->offset, b->n, b->group, y, threads);
+}
+
+static void rope(float *x, const float *cos, const float *sin, int d) {
+    const int half = d / 2;
+    for (int i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+static float gelu_tanh(float x) {
+    return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* x [d_model]: the residual stream, updated in place. k_cache, v_cache: this layer's buffers,
+ * [n_kv_heads, cols, head_dim]; the new key and value go to column `slot`, and attention runs over
+ * columns [0, used) whose positions (key_pos, -1 for empty) are valid for query position q_pos.
+ * scratch: at least (n_heads + 2 n_kv_heads) head_dim + n_heads head_dim + 2 d_ff + 2 d_model
+ * + n_heads used + d_ff / 16 floats. */
+void decode_layer(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                  int cols, int slot, int used, const int64_t *key_pos, int64_t q_pos, float *scratch, int threads) {
+    const int D = L->d_model, H = L->n_heads, KV = L->n_kv_heads, hd = L->head_dim, F = L->d_ff;
+    float *qkv = scratch, *attn = qkv + (H + 2 * KV) * hd, *h = attn + H * hd, *mlp = h + D;
+    float *tmp = mlp + 2 * F, *scores_all = tmp + D, *xsum = scores_all + (int64_t)H * used;
+
+    rms_norm(x, L->input_norm, D, L->eps, h);
+    matmul(&L->qkv, h, qkv, xsum, threads);
+    float *q = qkv, *k = qkv + H * hd, *v = k + KV * hd;
+    for (int i = 0; i < H + KV; i++) { /* q and k heads: QK-norm, then rotary embedding */
+        float *head = qkv + i * hd;
+        if (L->qk_norm) rms_norm(head, i < H ? L->q_norm : L->k_norm, hd, L->eps, head);
+        rope(head, cos, sin, hd);
+    }
+    for (int j = 0; j < KV; j++) {
+        memcpy(k_cache + ((int64_t)j * cols + slot) * hd, k + j * hd, hd * sizeof(float));
+        memcpy(v_cache + ((int64_t)j * cols + slot) * hd, v + j * hd, hd * sizeof(float));
+    }
+    const int group = H / KV;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < H; i++) {
+        float *scores = scores_all + (int64_t)i * used;
+        const float *qi = q + i * hd;
+        const float *keys = k_cache + (int64_t)(i / group) * cols * hd, *values = v_cache + (int64_t)(i / group) * cols * hd;
+        float best = -INFINITY;
+        for (int c = 0; c < used; c++) {
+            const int64_t p = key_pos[c];
+            if (p < 0 || p > q_pos || (L->window && q_pos - p >= L->window)) {
+                scores[c] = -INFINITY;
+                continue;
+            }
+            float s = 0.f;
+            const float *kc = keys + (int64_t)c * hd;
+#pragma omp simd reduction(+ : s)
+            for (int d = 0; d < hd; d++) s += qi[d] * kc[d];
+            s *= L->query_scale;
+            if (L->softcap > 0.f) s = tanhf(s / L->softcap) * L->softcap;
+            scores[c] = s;
+            if (s > best) best = s;
+        }
+        float total = 0.f;
+        for (int c = 0; c < used; c++) {
+            scores[c] = scores[c] == -INFINITY ? 0.f : expf(scores[c] - best);
+            total += scores[c];
+        }
+        float *out = attn + i * hd;
+        memset(out, 0, hd * sizeof(float));
+        for (int c = 0; c < used; c++) {
+            if (scores[c] == 0.f) continue;
+            const float p = scores[c] / total, *vc = values + (int64_t)c * hd;
+            for (int d = 0; d < hd; d++) out[d] += p * vc[d];
+        }
+    }
+    matmul(&L->o, attn, h, xsum, threads);
+    if (L->post_norms) {
+        rms_norm(h, L->post_attn_norm, D, L->eps, tmp);
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+    } else {
+        for (int i = 0; i < D; i++) x[i] += h[i];
+    }
+    rms_norm(x, L->pre_ff_norm, D, L->eps, h);
+    matmul(&L->gate_up, h, mlp, xsum, threads);
+    for (int i = 0; i < F; i++) mlp[i] = gelu_tanh(mlp[i]) * mlp[F + i];
+    matmul(&L->down, mlp, h, xsum, threads);
+    if (L->post_norms) {
+        rms_norm(h, L->post_ff_norm, D, L->eps, tmp);
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+    } else {
+        for (int i = 0; i < D; i++) x[i] += h[i];
+    }
+}
