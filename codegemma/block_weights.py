@@ -69,36 +69,42 @@ class FusedBlocks:
     on their concatenated codes, or by each layer's own forward when the kernel does not apply.
     Not an nn.Module: the layers keep their parameters and names, this only holds a copy of codes."""
 
-    def __init__(self, layers: list[BlockLinear]):
-        self.layers = layers
+    def __init__(self, parent: nn.Module, names: list[str]):
+        self.parent, self.names = parent, names
+        self.layers = layers = [getattr(parent, name) for name in names]
         parts = [layer.blocks for layer in layers]
         self.codes = torch.cat([b.codes for b in parts])
         self.scale = torch.cat([b.scale for b in parts])
         self.offset = None if parts[0].offset is None else torch.cat([b.offset for b in parts])
 
     @staticmethod
-    def fusable(layers) -> bool:
+    def fusable(parent: nn.Module, names: list[str]) -> bool:
         """Same input width, same group size, all with or all without offsets."""
+        layers = [getattr(parent, name) for name in names]
         if not all(isinstance(m, BlockLinear) and m.blocks is not None and m.bias is None for m in layers):
             return False
         first = layers[0].blocks
         return all(m.blocks.codes.shape[1] == first.codes.shape[1] and m.blocks.scale.shape[1] == first.scale.shape[1]
                    and (m.blocks.offset is None) == (first.offset is None) for m in layers)
 
+    def intact(self) -> bool:
+        """False once a layer was replaced, e.g. wrapped by a LoRA adapter: its output then differs."""
+        return all(getattr(self.parent, name) is layer for name, layer in zip(self.names, self.layers))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if all(m.blocks.usable(x, m.weight) for m in self.layers):
+        if self.intact() and all(m.blocks.usable(x, m.weight) for m in self.layers):
             return kernels.block_matmul(x, self.codes, self.scale, self.offset)
-        return torch.cat([m(x) for m in self.layers], dim=-1)
+        return torch.cat([getattr(self.parent, name)(x) for name in self.names], dim=-1)
 
 
 def _fuse(model):
     """One kernel call for q/k/v and one for gate/up per layer: fewer calls per decoded token."""
     for block in model.layers:
         attn, mlp = block.self_attn, block.mlp
-        if attn.qkv_proj is None and FusedBlocks.fusable([attn.q_proj, attn.k_proj, attn.v_proj]):
-            attn.qkv_proj = FusedBlocks([attn.q_proj, attn.k_proj, attn.v_proj])
-        if mlp.gate_up_proj is None and FusedBlocks.fusable([mlp.gate_proj, mlp.up_proj]):
-            mlp.gate_up_proj = FusedBlocks([mlp.gate_proj, mlp.up_proj])
+        if attn.qkv_proj is None and FusedBlocks.fusable(attn, ["q_proj", "k_proj", "v_proj"]):
+            attn.qkv_proj = FusedBlocks(attn, ["q_proj", "k_proj", "v_proj"])
+        if mlp.gate_up_proj is None and FusedBlocks.fusable(mlp, ["gate_proj", "up_proj"]):
+            mlp.gate_up_proj = FusedBlocks(mlp, ["gate_proj", "up_proj"])
 
 
 def attach(model, tensors: dict[str, torch.Tensor]) -> int:

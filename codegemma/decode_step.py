@@ -31,6 +31,7 @@ class DecodeStep:
         self.model = model
         self.structs: list[kernels.Layer] = []
         self.watched: list[torch.Tensor] = []  # every tensor the C layers read through a pointer
+        self.modules: list[tuple] = []  # (parent, name, layer): a replaced layer (LoRA) has other outputs
         for block in model.layers:
             attn, mlp = block.self_attn, block.mlp
             norms = {"input_norm": block.input_layernorm, "q_norm": getattr(attn, "q_norm", None),
@@ -56,6 +57,8 @@ class DecodeStep:
             self.structs.append(layer)
             self.watched += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
                              mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+            self.modules += [(attn, name, getattr(attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            self.modules += [(mlp, name, getattr(mlp, name)) for name in ("gate_proj", "up_proj", "down_proj")]
         self.stamps = [self._stamp(t) for t in self.watched]
         self.scratch = torch.empty(0)
 
@@ -82,6 +85,8 @@ class DecodeStep:
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in self.watched):
             return False  # training: autograd needs the PyTorch layers
+        if not all(getattr(parent, name) is layer for parent, name, layer in self.modules):
+            return False
         return all(self._stamp(t) == s for t, s in zip(self.watched, self.stamps))
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:

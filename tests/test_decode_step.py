@@ -42,8 +42,8 @@ def test_c_layers_compute_what_the_pytorch_layers_compute(name, monkeypatch):
     want, want_cache = decode(model, ids, 5)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     for layer in range(model.config.n_layers):  # the same keys and values in the same columns
-        assert torch.allclose(got_cache.k[layer], want_cache.k[layer], rtol=1e-5, atol=1e-5)
-        assert torch.allclose(got_cache.v[layer], want_cache.v[layer], rtol=1e-5, atol=1e-5)
+        for got_kv, want_kv in ((got_cache.k[layer], want_cache.k[layer]), (got_cache.v[layer], want_cache.v[layer])):
+            assert (got_kv - want_kv).abs().max() <= 1e-4 * want_kv.abs().max(), (layer, (got_kv - want_kv).abs().max())
     assert torch.equal(got_cache.pos[got_cache.sizes[0]], want_cache.pos[want_cache.sizes[0]])
 
 
@@ -72,3 +72,26 @@ def test_batches_training_and_changed_weights_use_the_pytorch_layers(monkeypatch
         assert not step.usable(token, None, None, None, None)  # no cache
         model.layers[0].input_layernorm.weight.add_(0.5)  # e.g. an optimizer step
         assert not step.usable(token, None, one, None, None)
+
+
+def test_lora_adapters_are_not_bypassed():
+    """peft wraps q_proj etc.; the fused kernel calls and the C layers must then step aside."""
+    from codegemma.train.lora import apply_lora
+    from codegemma.train.recipe import LoraSection
+
+    ids = [2, 5, 9, 14, 3, 7, 11]
+    model, tensors = blocked_model("tiny-gemma3")
+    block_weights.attach(model, tensors)
+    base, _ = decode(model, ids, 3)
+    model = apply_lora(model, LoraSection(enabled=True, r=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    got, _ = decode(model, ids, 3)
+    plain, _ = blocked_model("tiny-gemma3")  # the same weights, no blocks attached
+    plain = apply_lora(plain, LoraSection(enabled=True, r=4))
+    plain.load_state_dict(model.state_dict())
+    want, _ = decode(plain, ids, 3)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (got - base).abs().max() > 1e-2 * base.abs().max()  # the adapters do change the output
