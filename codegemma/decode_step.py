@@ -62,6 +62,12 @@ class DecodeStep:
         self.stamps = [self._stamp(t) for t in self.watched]
         self.scratch = torch.empty(0)
 
+    def __deepcopy__(self, memo):
+        return None  # its pointers belong to the original; a copy (a DPO reference model) runs in PyTorch
+
+    def __reduce__(self):
+        return _no_step, ()
+
     @staticmethod
     def build(model) -> "DecodeStep | None":
         """A decode step for a float32 model whose every layer has its block form, else None."""
@@ -114,3 +120,7 @@ class DecodeStep:
                              self.scratch.data_ptr(), threads)
         cache.advance(positions)
         return x
+
+
+def _no_step():
+    return None

@@ -95,3 +95,17 @@ def test_lora_adapters_are_not_bypassed():
     want, _ = decode(plain, ids, 3)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert (got - base).abs().max() > 1e-2 * base.abs().max()  # the adapters do change the output
+
+
+def test_a_copied_model_runs_without_the_original_pointers():
+    import copy
+    import pickle
+
+    model, tensors = blocked_model("tiny-gemma3")
+    block_weights.attach(model, tensors)
+    ids = [2, 5, 9, 14, 3]
+    want, _ = decode(model, ids, 2)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone._decode_step is None
+        got, _ = decode(clone, ids, 2)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
