@@ -186,15 +186,15 @@ def summary(runs, **extra) -> dict:
             "generated": runs[0][2], "peak_rss_mb": peak_rss_mb(), **extra}
 
 
-DECODE_ROWS = 16  # rows per forward when measuring agreement: what decoding computes
+DECODE_ROWS = 1  # tokens per forward when measuring agreement: what decoding computes
 
 
 def agreement(dtype: str) -> dict:
     """Teacher-forced argmax agreement of `dtype` with float32 on the agreement set.
 
     The reference runs each prompt in one float32 forward (plain float32 weights). The measured
-    model runs it through its KV cache 16 tokens at a time, so its layers take the paths decoding
-    takes (block or quantized kernels), not the ones a long prompt takes."""
+    model runs it through its KV cache one token at a time, so it takes the paths decoding takes
+    (block kernels and C decoder layers, quantized kernels), not the ones a long prompt takes."""
     import importlib
 
     import torch

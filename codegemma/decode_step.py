@@ -107,7 +107,7 @@ class DecodeStep:
         rope = {"global": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_global)],
                 "local": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_local)]}
         need = (cfg.n_heads * 2 + cfg.n_kv_heads * 2) * cfg.head_dim + 2 * cfg.d_model + 2 * cfg.d_ff \
-            + cfg.n_heads * cache.max_len + cfg.d_ff // 16 + 16
+            + cfg.n_heads * cache.max_len + max(cfg.d_ff, cfg.d_model, cfg.n_heads * cfg.head_dim) // 16 + 16
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
         q_pos = int(positions[0, 0])

@@ -62,7 +62,7 @@ static float gelu_tanh(float x) {
  * [n_kv_heads, cols, head_dim]; the new key and value go to column `slot`, and attention runs over
  * columns [0, used) whose positions (key_pos, -1 for empty) are valid for query position q_pos.
  * scratch: at least (n_heads + 2 n_kv_heads) head_dim + n_heads head_dim + 2 d_ff + 2 d_model
- * + n_heads used + d_ff / 16 floats. */
+ * + n_heads used + max(d_ff, d_model, n_heads head_dim) / 16 floats. */
 void decode_layer(const Layer *L, float *x, const float *cos, const float *sin, float *k_cache, float *v_cache,
                   int cols, int slot, int used, const int64_t *key_pos, int64_t q_pos, float *scratch, int threads) {
     const int D = L->d_model, H = L->n_heads, KV = L->n_kv_heads, hd = L->head_dim, F = L->d_ff;
