@@ -54,6 +54,15 @@ static void rope(float *x, const float *cos, const float *sin, int d) {
     }
 }
 
+/* x += post_norm(h), or x += h without a post-norm (Gemma 1) */
+static void add_residual(float *x, const float *h, const float *post_norm, int n, float eps, float *tmp) {
+    if (post_norm) {
+        rms_norm(h, post_norm, n, eps, tmp);
+        h = tmp;
+    }
+    for (int i = 0; i < n; i++) x[i] += h[i];
+}
+
 static float gelu_tanh(float x) {
     return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
@@ -117,20 +126,10 @@ void decode_layer(const Layer *L, float *x, const float *cos, const float *sin, 
         }
     }
     matmul(&L->o, attn, h, xsum, threads);
-    if (L->post_norms) {
-        rms_norm(h, L->post_attn_norm, D, L->eps, tmp);
-        for (int i = 0; i < D; i++) x[i] += tmp[i];
-    } else {
-        for (int i = 0; i < D; i++) x[i] += h[i];
-    }
+    add_residual(x, h, L->post_norms ? L->post_attn_norm : 0, D, L->eps, tmp);
     rms_norm(x, L->pre_ff_norm, D, L->eps, h);
     matmul(&L->gate_up, h, mlp, xsum, threads);
     for (int i = 0; i < F; i++) mlp[i] = gelu_tanh(mlp[i]) * mlp[F + i];
     matmul(&L->down, mlp, h, xsum, threads);
-    if (L->post_norms) {
-        rms_norm(h, L->post_ff_norm, D, L->eps, tmp);
-        for (int i = 0; i < D; i++) x[i] += tmp[i];
-    } else {
-        for (int i = 0; i < D; i++) x[i] += h[i];
-    }
+    add_residual(x, h, L->post_norms ? L->post_ff_norm : 0, D, L->eps, tmp);
 }
