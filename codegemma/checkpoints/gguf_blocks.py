@@ -35,7 +35,7 @@ def _codes(blocks: np.ndarray, kind, edit) -> np.ndarray:
 
 
 def _simple(blocks, kind, with_min: bool):
-    """Q4_0/Q5_0/Q8_0 (value = d * code) and Q4_1/Q5_1 (value = d * code + m): one group per block."""
+    """Q4_0/Q5_0 (value = d * code) and Q4_1/Q5_1 (value = d * code + m): one group per block."""
     d = _f16(blocks, 0)
     m = _f16(blocks, 2) if with_min else None
 
@@ -74,11 +74,17 @@ def _q6_k(blocks, kind):
     return _codes(blocks, kind, edit), d[:, None] * sc, None
 
 
+def _q8_0(blocks, kind):
+    """Q8_0: value = d * code with the codes stored as plain bytes (the default model's 168 M-weight
+    embedding: reading them directly saves seconds over the dequantizer)."""
+    return blocks[:, 2:].copy().view(np.int8), _f16(blocks, 0)[:, None], None
+
+
 def _readers():
     from gguf import GGMLQuantizationType as T
 
     return {
-        T.Q8_0: lambda b, k: _simple(b, k, False), T.Q4_0: lambda b, k: _simple(b, k, False),
+        T.Q8_0: _q8_0, T.Q4_0: lambda b, k: _simple(b, k, False),
         T.Q5_0: lambda b, k: _simple(b, k, False), T.Q4_1: lambda b, k: _simple(b, k, True),
         T.Q5_1: lambda b, k: _simple(b, k, True), T.Q4_K: _k_quant, T.Q5_K: _k_quant, T.Q6_K: _q6_k,
     }
