@@ -101,3 +101,31 @@ def test_model_trains():
     loss = torch.nn.functional.cross_entropy(model(ids)[:, :-1].reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_bf16_cpu_attention_by_hand_matches_sdpa(n_kv_heads):
+    """bfloat16 prompts on a CPU attend by hand (faster than SDPA's flash kernel there); the
+    result must be SDPA's, computed in float32, up to bfloat16 rounding."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from codegemma.model import Attention
+
+    cfg = dataclasses.replace(preset("tiny-gemma3"), n_kv_heads=n_kv_heads)
+    attn = Attention(cfg, "local")
+    g = torch.Generator().manual_seed(0)
+    T = 40
+    q = torch.randn(2, cfg.n_heads, T, cfg.head_dim, generator=g).bfloat16()
+    k = torch.randn(2, n_kv_heads, T, cfg.head_dim, generator=g).bfloat16()
+    v = torch.randn(2, n_kv_heads, T, cfg.head_dim, generator=g).bfloat16()
+    pos = torch.arange(T)[None].expand(2, T)
+    mask = attn._mask(pos, pos, None, None, None, None)  # causal with the sliding window of 8
+    assert Attention._by_hand_on_cpu(q, k, mask)
+    got = attn._attend(q, k, v, mask)
+    groups = cfg.n_heads // n_kv_heads
+    want = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(groups, 1),
+                                          v.float().repeat_interleave(groups, 1), attn_mask=mask, scale=cfg.query_scale)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert (got.float() - want).abs().max() <= 2e-2 * want.abs().max()
