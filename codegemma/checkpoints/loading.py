@@ -164,7 +164,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
             if quant:
                 _write_quantized_cache(cached, quantize_model(loaded.model, quant), quant)
             else:
-                _attach_decoding_aids(cached, loaded.model, path)
+                _attach_decoding_aids(cached, loaded.model, path, progress)
             return loaded
     reader = gguf_file.open_gguf(path)
     config = gguf_file.config_from_gguf(reader, path)
@@ -186,27 +186,27 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         _write_quantized_cache(cached, quantize_model(model, quant), quant)
         return Loaded(model, tokenizer, config, str(path))
     model = model.to(dtype)
-    _attach_decoding_aids(cached, model, path)
+    _attach_decoding_aids(cached, model, path, progress)
     return Loaded(model, tokenizer, config, str(path))
 
 
-def _attach_decoding_aids(cached: Path, model: Gemma, path: Path):
+def _attach_decoding_aids(cached: Path, model: Gemma, path: Path, progress: bool):
     """Float32 decoding reads the weights' block form where the C kernel runs, else the head screen."""
     if model.embed_tokens.weight.dtype != torch.float32:
         return
-    if kernels.available() and _attach_blocks(cached, model, path):
+    if kernels.available() and _attach_blocks(cached, model, path, progress):
         return
     _attach_head_screen(cached, model)
 
 
-def _attach_blocks(cached: Path, model: Gemma, path: Path) -> bool:
+def _attach_blocks(cached: Path, model: Gemma, path: Path, progress: bool) -> bool:
     """Attach the GGUF's block codes (codegemma.checkpoints.gguf_blocks), converted once (seconds)
     and cached beside the float32 weights; memory-mapped afterwards. False if the head has none."""
     target = cached / BLOCKS_FILE
     try:
         tensors = load_file(str(target))
     except (OSError, SafetensorError):
-        tensors = _block_tensors(path, model.config)
+        tensors = _block_tensors(path, model.config, progress)
         _save_atomically(tensors, target)
     try:
         block_weights.attach(model, tensors)
@@ -216,10 +216,11 @@ def _attach_blocks(cached: Path, model: Gemma, path: Path) -> bool:
     return model.attached_head_blocks is not None
 
 
-def _block_tensors(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+def _block_tensors(path: Path, config: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     reader = gguf_file.open_gguf(path)
     tensors = {}
-    for tensor in reader.tensors:
+    for tensor in tqdm(list(reader.tensors), desc=f"reading the blocks of {path.name}", unit="tensor",
+                       disable=not progress, leave=False):
         name = gguf_file.module_name(tensor.name, config.family)
         if name is None or len(tensor.shape) != 2:
             continue
