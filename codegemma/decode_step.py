@@ -2,10 +2,10 @@
 
 With block weights attached (codegemma.block_weights), the matrix products of a decode step take
 about half of its time; the other half is ~60 small PyTorch calls per layer (norms, RoPE, cache
-writes, attention over one query). For the commonest step, one new token of one sequence with
-the default positions, `Gemma.forward` hands each layer to one C call instead, which does the same
-float32 arithmetic on the same weights and the same KV cache. Every other call (prompts, batches,
-training, a changed weight) runs the PyTorch layers.
+writes, attention over one query). For a decode step, one new token in each row of the batch,
+`Gemma.forward` hands each layer to one C call instead, which does the same float32 arithmetic on
+the same weights and the same KV cache. Every other call (prompts, training, a changed weight)
+runs the PyTorch layers.
 """
 
 from __future__ import annotations
@@ -85,9 +85,14 @@ class DecodeStep:
         return t.data_ptr(), t._version, t.dtype, t.device
 
     def usable(self, input_ids, positions, cache, attn_mask, segment_ids) -> bool:
-        if cache is None or positions is not None or attn_mask is not None or segment_ids is not None:
+        if cache is None or attn_mask is not None or segment_ids is not None:
             return False
-        if input_ids.shape != (1, 1) or cache.k[0].dtype != torch.float32 or not kernels.available():
+        B, T = input_ids.shape
+        if T != 1 or B != cache.batch_size or B > kernels.MAX_ROWS:
+            return False
+        if positions is not None and (positions.shape != (B, 1) or bool((positions < 0).any())):
+            return False  # a padding query (position -1) attends by the PyTorch layers' rule
+        if cache.k[0].dtype != torch.float32 or input_ids.device.type != "cpu" or not kernels.available():
             return False
         if torch.is_grad_enabled() and any(t.requires_grad for t in self.watched):
             return False  # training: autograd needs the PyTorch layers
@@ -96,8 +101,8 @@ class DecodeStep:
         return all(self._stamp(t) == s for t, s in zip(self.watched, self.stamps))
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-        """The residual stream [1, 1, d_model] after every layer (before the final norm); writes
-        this token's keys and values into `cache`, like the PyTorch layers."""
+        """The residual stream [B, 1, d_model] after every layer (before the final norm); writes
+        this step's keys and values into `cache`, like the PyTorch layers."""
         from codegemma.model import rope_cos_sin
 
         model, cfg = self.model, self.model.config
@@ -106,18 +111,19 @@ class DecodeStep:
         x = (x * torch.tensor(math.sqrt(cfg.d_model), dtype=x.dtype)).contiguous()
         rope = {"global": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_global)],
                 "local": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_local)]}
-        need = (cfg.n_heads * 2 + cfg.n_kv_heads * 2) * cfg.head_dim + 2 * cfg.d_model + 2 * cfg.d_ff \
-            + cfg.n_heads * cache.max_len + max(cfg.d_ff, cfg.d_model, cfg.n_heads * cfg.head_dim) // 16 + 16
+        B = input_ids.shape[0]
+        need = B * ((cfg.n_heads * 2 + cfg.n_kv_heads * 2) * cfg.head_dim + 2 * cfg.d_model + 2 * cfg.d_ff
+                    + cfg.n_heads * cache.max_len + max(cfg.d_ff, cfg.d_model, cfg.n_heads * cfg.head_dim) // 16) + 16
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
-        q_pos = int(positions[0, 0])
+        q_pos = positions[:, 0].contiguous()
         threads = torch.get_num_threads()
         for i, (block, layer) in enumerate(zip(model.layers, self.structs)):
             slot, used, key_pos = cache.decode_slot(i, positions)
             cos, sin = rope[block.layer_type]
-            lib.decode_layer(ctypes.byref(layer), x.data_ptr(), cos.data_ptr(), sin.data_ptr(), cache.k[i].data_ptr(),
-                             cache.v[i].data_ptr(), cache.sizes[i], slot, used, key_pos.data_ptr(), q_pos,
-                             self.scratch.data_ptr(), threads)
+            lib.decode_layer(ctypes.byref(layer), B, x.data_ptr(), cos.data_ptr(), sin.data_ptr(), cache.k[i].data_ptr(),
+                             cache.v[i].data_ptr(), cache.sizes[i], slot, used, key_pos.contiguous().data_ptr(),
+                             q_pos.data_ptr(), self.scratch.data_ptr(), threads)
         cache.advance(positions)
         return x
 

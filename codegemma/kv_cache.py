@@ -72,9 +72,9 @@ class KVCache:
         return keys, values, key_pos
 
     def decode_slot(self, layer: int, positions: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-        """For one new token in a batch of one: (column its key and value go to, number of columns
-        to attend over, their position table). `update`'s bookkeeping for callers that write the
-        buffers themselves (codegemma.decode_step); `advance` follows as usual."""
+        """For one new token per row: (column the keys and values go to, number of columns to
+        attend over, their position table [B, columns]). `update`'s bookkeeping for callers that
+        write the buffers themselves (codegemma.decode_step); `advance` follows as usual."""
         n = self.sizes[layer]
         start = self.length
         if start + 1 > self.max_len:

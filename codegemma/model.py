@@ -259,7 +259,9 @@ class Gemma(nn.Module):
         """
         step = self._decode_step
         if step is not None and step.usable(input_ids, positions, cache, attn_mask, segment_ids):
-            x = step(input_ids, self._default_positions(input_ids, cache, None), cache)  # one token: C layers
+            if positions is None:
+                positions = self._default_positions(input_ids, cache, None)
+            x = step(input_ids, positions, cache)  # one token per row: the C decoder layers
         else:
             x = self._layers(input_ids, positions, cache, attn_mask, segment_ids)
         if last_only:

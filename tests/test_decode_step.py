@@ -47,6 +47,25 @@ def test_c_layers_compute_what_the_pytorch_layers_compute(name, monkeypatch):
     assert torch.equal(got_cache.pos[got_cache.sizes[0]], want_cache.pos[want_cache.sizes[0]])
 
 
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+def test_batched_decoding_with_left_padding(name, monkeypatch):
+    """Rows of different lengths, left-padded, decoded together: the same greedy tokens as the
+    PyTorch layers, and as each prompt alone."""
+    model, tensors = blocked_model(name)
+    prompts = [[2, 17, 99, 4, 250, 31, 7, 8, 9, 10, 11], [2, 5], [2, 300, 301, 302, 303, 6]]
+    params = SamplingParams(max_new_tokens=20)
+    want = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    block_weights.attach(model, tensors)
+    calls = []
+    step = model._decode_step
+    real = step.__call__
+    monkeypatch.setattr(type(step), "__call__", lambda self, *a: calls.append(a[0].shape[0]) or real(*a))
+    got = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    assert calls and set(calls) == {3}
+    assert got == want
+    assert got == [Engine(model).generate(p, params).ids for p in prompts]
+
+
 def test_greedy_generation_and_prefix_reuse_are_unchanged():
     model, tensors = blocked_model("tiny-gemma3")
     prompts = [[2, 17, 99, 4, 250, 31, 7], [2, 17, 99, 4, 250, 31, 8, 9]]  # the second reuses a prefix
@@ -67,8 +86,11 @@ def test_batches_training_and_changed_weights_use_the_pytorch_layers(monkeypatch
     assert not step.usable(token, None, one, None, None)  # gradients enabled: training
     with torch.no_grad():
         assert step.usable(token, None, one, None, None)
-        assert not step.usable(torch.tensor([[1], [2]]), None, KVCache(model.config, 2, 16), None, None)
-        assert not step.usable(token, torch.tensor([[3]]), one, None, None)  # explicit positions
+        assert step.usable(token, torch.tensor([[3]]), one, None, None)  # explicit positions
+        assert step.usable(torch.tensor([[1], [2]]), torch.tensor([[4], [7]]), KVCache(model.config, 2, 16), None, None)
+        assert not step.usable(torch.tensor([[1], [2]]), None, one, None, None)  # rows != the cache's
+        assert not step.usable(torch.tensor([[1, 2]]), None, one, None, None)  # two tokens: a prompt
+        assert not step.usable(token, torch.tensor([[-1]]), one, None, None)  # a padding query
         assert not step.usable(token, None, None, None, None)  # no cache
         model.layers[0].input_layernorm.weight.add_(0.5)  # e.g. an optimizer step
         assert not step.usable(token, None, one, None, None)
