@@ -26,6 +26,8 @@ def _blocks(codes, scale, offset) -> kernels.Blocks:
 
 
 class DecodeStep:
+    """Pointers to every layer's weights for decode_step.c, and the checks that they still hold."""
+
     def __init__(self, model):
         cfg = model.config
         self.model = model
