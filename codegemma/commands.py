@@ -84,6 +84,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def decoding_path(model) -> str:
+    """How a decode step computes, and the bytes of weights it reads."""
+    from codegemma.quant import weight_bytes_per_token
+
+    if model._decode_step is not None:
+        how = "GGUF block codes, C decoder layers (codegemma.decode_step)"
+    elif model.attached_head_blocks is not None:
+        how = "GGUF block codes (codegemma.block_weights)"
+    elif model.attached_head_screen is not None:
+        how = "float32 layers, screened head (codegemma.head_screen)"
+    else:
+        how = f"{model.dtype_name} layers"
+    return f"{how}; {weight_bytes_per_token(model) / 1e6:,.0f} MB of weights read per token"
+
+
 def cmd_info(args) -> int:
     from codegemma.profiles import resolve_profile
 
@@ -93,6 +108,7 @@ def cmd_info(args) -> int:
     print(f"family:        {cfg.family}")
     print(f"parameters:    {model.num_params():,} ({model.num_params(False):,} without the embedding)")
     print(f"dtype:         {model.dtype_name}")
+    print(f"decoding:      {decoding_path(model)}")
     print(f"layers:        {cfg.n_layers} ({cfg.layer_types.count('local')} sliding-window, window {cfg.sliding_window})")
     print(f"d_model:       {cfg.d_model}, d_ff {cfg.d_ff}, heads {cfg.n_heads} (kv {cfg.n_kv_heads}), head_dim {cfg.head_dim}")
     print(f"context:       {cfg.max_seq_len}")

@@ -51,6 +51,7 @@ def test_info_prints_config_and_special_tokens(tiny_dir, capsys):
     assert main(["info", str(tiny_dir)]) == 0
     out = capsys.readouterr().out
     assert "family:        gemma3" in out and "bos=2" in out and "parameters:" in out
+    assert "decoding:      float32 layers;" in out and "MB of weights read per token" in out  # a HF directory: no blocks
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
