@@ -2,7 +2,7 @@
 
 `block_gemv.c` multiplies float32 activations by float32 weights that are stored as GGUF-style
 blocks: one integer code per weight plus a scale (and offset) per group (see the file).
-`decode_step.c` runs a whole decoder layer for one new token on those weights. Both are built once
+`decode_step.c` runs a whole decoder layer for one new token per row on those weights. Both are built once
 with the machine's C compiler into `$CODEGEMMA_CACHE/kernels` and loaded through ctypes, which
 releases the GIL during a call. Where no compiler works, `available()` is False and callers keep
 using plain float32 weights and PyTorch; `CODEGEMMA_KERNELS=0` turns the kernels off.
