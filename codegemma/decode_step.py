@@ -11,7 +11,6 @@ runs the PyTorch layers.
 from __future__ import annotations
 
 import ctypes
-import math
 
 import torch
 
@@ -105,14 +104,10 @@ class DecodeStep:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """The residual stream [B, 1, d_model] after every layer (before the final norm); writes
         this step's keys and values into `cache`, like the PyTorch layers."""
-        from codegemma.model import rope_cos_sin
-
         model, cfg = self.model, self.model.config
         lib = kernels.library()
-        x = model.embed_tokens(input_ids)
-        x = (x * torch.tensor(math.sqrt(cfg.d_model), dtype=x.dtype)).contiguous()
-        rope = {"global": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_global)],
-                "local": [t.contiguous() for t in rope_cos_sin(positions, model.inv_freq_local)]}
+        x = model.embed(input_ids).contiguous()
+        rope = {kind: [t.contiguous() for t in tables] for kind, tables in model.rope_tables(positions, x.dtype).items()}
         B = input_ids.shape[0]
         need = B * ((cfg.n_heads * 2 + cfg.n_kv_heads * 2) * cfg.head_dim + 2 * cfg.d_model + 2 * cfg.d_ff
                     + cfg.n_heads * cache.max_len + max(cfg.d_ff, cfg.d_model, cfg.n_heads * cfg.head_dim) // 16) + 16

@@ -141,7 +141,6 @@ class Attention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return probs @ v
 
-
     @staticmethod
     def _by_hand_on_cpu(q, k, mask) -> bool:
         """bfloat16 prompts on a CPU: two bf16 GEMMs and a float32 softmax take ~5 ms a layer where
@@ -271,18 +270,24 @@ class Gemma(nn.Module):
             return x
         return self.logits(x)
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings scaled by sqrt(d_model) in the activation dtype."""
+        x = self.embed_tokens(input_ids)
+        return x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
+
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict:
+        """{layer type: [cos, sin]}, computed in float32, used in the activation dtype (see apply_rope)."""
+        return {"global": [t.to(dtype) for t in rope_cos_sin(positions, self.inv_freq_global)],
+                "local": [t.to(dtype) for t in rope_cos_sin(positions, self.inv_freq_local)]}
+
     def _layers(self, input_ids, positions, cache, attn_mask, segment_ids) -> torch.Tensor:
         """The residual stream after every layer (before the final norm)."""
         B, T = input_ids.shape
         positions_default = positions is None
         if positions_default:
             positions = self._default_positions(input_ids, cache, segment_ids)
-        x = self.embed_tokens(input_ids)
-        x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
-        rope = {  # computed in float32, used in the activation dtype (see apply_rope)
-            "global": [t.to(x.dtype) for t in rope_cos_sin(positions, self.inv_freq_global)],
-            "local": [t.to(x.dtype) for t in rope_cos_sin(positions, self.inv_freq_local)],
-        }
+        x = self.embed(input_ids)
+        rope = self.rope_tables(positions, x.dtype)
         masks: dict = {}
         if positions_default and cache is None and segment_ids is None and attn_mask is None:
             # Plain causal attention: no mask tensor, so SDPA may take its fused causal kernels
