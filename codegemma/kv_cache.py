@@ -112,6 +112,17 @@ class KVCache:
         self.length += T
         self.next_position = positions[:, -1] + 1
 
+    def keep_rows(self, rows: torch.Tensor):
+        """Drop every batch row not in `rows` (indices, in the order to keep), between steps: a
+        batch whose rows finished at different times goes on computing only the live ones."""
+        if self._pending:
+            raise RuntimeError("keep_rows between steps only")
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.pos = {n: table.index_select(0, rows) for n, table in self.pos.items()}
+        self.next_position = self.next_position.index_select(0, rows)
+        self.batch_size = len(rows)
+
     def can_truncate(self, length: int) -> bool:
         """Whether rolling back to `length` columns keeps every key a future token could need."""
         if length > self.length:

@@ -205,6 +205,7 @@ class Engine:
             prefill_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             next_pos = torch.tensor([len(p) for p in checked])
+            live = list(range(B))  # the original rows still in the batch, in batch order
             for _ in range(params.max_new_tokens):
                 if cancel is not None and cancel():
                     self._finish_all(results, done, "cancelled")
@@ -212,17 +213,15 @@ class Engine:
                 if deadline is not None and time.monotonic() > deadline:
                     self._finish_all(results, done, "time_limit")
                     break
-                tokens = torch.full((B, 1), self.config.pad_id, dtype=torch.long)
-                for row in range(B):
-                    if done[row]:
-                        continue
-                    token = choose(logits[row], params, generators[row], contexts[row])
+                tokens = torch.full((len(live), 1), self.config.pad_id, dtype=torch.long)
+                for i, row in enumerate(live):
+                    token = choose(logits[i], params, generators[row], contexts[row])
                     res = results[row]
                     if token in params.stop_ids:
                         res.finish_reason, res.stop_id, done[row] = "stop", token, True
                         continue
                     res.ids.append(token)
-                    tokens[row, 0] = token
+                    tokens[i, 0] = token
                     if contexts[row] is not None:
                         contexts[row] = torch.cat((contexts[row], torch.tensor([token])))
                     if self._hit_stop_string(res, params):
@@ -231,6 +230,12 @@ class Engine:
                         done[row] = True
                 if all(done):
                     break
+                if any(done[row] for row in live):  # finished rows leave the batch: later steps skip them
+                    keep = [i for i, row in enumerate(live) if not done[row]]
+                    index = torch.tensor(keep)
+                    cache.keep_rows(index)
+                    tokens, next_pos = tokens[index], next_pos[index]
+                    live = [live[i] for i in keep]
                 logits = self._forward(tokens, params, cache, next_pos[:, None].clone())
                 next_pos += 1
             decode_s = time.perf_counter() - t1

@@ -77,6 +77,21 @@ def test_batched_greedy_equals_one_at_a_time():
     assert [r.ids for r in batch] == single
 
 
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma3"])
+def test_batch_rows_that_finish_early_leave_it_and_the_rest_are_unchanged(name):
+    model = tiny(name, seed=1)
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 23, 11, 30)]
+    free = [Engine(model).generate(p, SamplingParams(max_new_tokens=40)).ids for p in prompts]
+    stop = free[1][6]  # row 1 stops at its 7th token; the others stop later, at it, or not at all
+    params = SamplingParams(max_new_tokens=40, stop_ids={stop})
+    single = [Engine(model).generate(p, params) for p in prompts]
+    batch = Engine(model).generate_batch(prompts, params)
+    assert [r.ids for r in batch] == [r.ids for r in single]
+    assert [r.finish_reason for r in batch] == [r.finish_reason for r in single]
+    lengths = sorted(len(r.ids) for r in batch)
+    assert lengths[0] < lengths[-1]  # rows really left the batch at different steps
+
+
 def test_seeded_sampling_is_reproducible_and_varies_with_seed():
     model = tiny()
     params = lambda seed: SamplingParams(max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.9, min_p=0.01,  # noqa: E731
