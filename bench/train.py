@@ -1,7 +1,9 @@
 """Training throughput: this project's Gemma and training step vs Hugging Face `transformers`.
 
 Both models get the same config, the same weights, the same batch and sequence length, the same loss
-(next-token cross-entropy in float32), AdamW and gradient clipping, in the same process. On a CPU
+(mean next-token cross-entropy in float32, each computed the library's own way: ours through the
+trainer's loss, where head and cross-entropy are fused (codegemma.head_loss), transformers through
+its `labels` argument), AdamW and gradient clipping, in the same process. On a CPU
 the timing rounds interleave so that machine load affects both alike; on a GPU, where two large
 models may not fit together, `--sequential` times one model at a time. Reported: training tokens
 per second (median over rounds), model FLOPs utilisation, and the ratio.
@@ -25,12 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from codegemma.checkpoints.hf_config import config_to_hf
 from codegemma.config import ModelConfig, preset
 from codegemma.model import Gemma
-from codegemma.train import metrics
+from codegemma.train import losses, metrics
 from codegemma.train import recipe as recipe_mod
 from codegemma.train.build import model_config
 
@@ -43,7 +44,14 @@ def ours(cfg: ModelConfig, state: dict | None):
         model.init_weights()
     else:
         model.load_state_dict(state)
-    return model, lambda m, ids: m(ids[:, :-1])
+    return model, lambda m, ids: m(ids[:, :-1]), _our_loss
+
+
+def _our_loss(m, ids):
+    """The trainer's loss (codegemma.train.losses) on a batch of one document per row."""
+    batch = {"tokens": ids, "segment_ids": torch.ones_like(ids), "loss_mask": torch.ones_like(ids, dtype=torch.bool)}
+    total, count = losses.lm_loss_sum(m, batch)
+    return total / count
 
 
 def theirs(cfg: ModelConfig, state: dict):
@@ -55,7 +63,9 @@ def theirs(cfg: ModelConfig, state: dict):
     config._attn_implementation = "sdpa"
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=False)
-    return model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits
+    return (model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits,
+            lambda m, ids: m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(),
+                                          use_cache=False).loss)
 
 
 class Runner:
@@ -63,7 +73,7 @@ class Runner:
 
     def __init__(self, name: str, cfg: ModelConfig, state: dict | None, args):
         with torch.device(args.device):
-            self.model, self.logits = (ours if name == "ours" else theirs)(cfg, state)
+            self.model, self.logits, self.loss = (ours if name == "ours" else theirs)(cfg, state)
         self.forward = torch.compile(self.model) if args.compile else self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.device = torch.device(args.device)
@@ -82,8 +92,7 @@ class Runner:
         start = time.perf_counter()
         for _ in range(steps):
             with self.autocast():
-                out = self.logits(self.forward, batch)
-            loss = F.cross_entropy(out.float().flatten(0, 1), batch[:, 1:].flatten())
+                loss = self.loss(self.forward, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()

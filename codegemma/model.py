@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codegemma import head_screen
+from codegemma import head_loss, head_screen
 from codegemma.config import ModelConfig
 from codegemma.kv_cache import KVCache
 
@@ -51,12 +51,21 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # In the activation dtype, as transformers does (cos/sin are computed in float32 and cast):
-    # bfloat16 models stay close to the reference and skip four float32 copies per layer.
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated, for apply_rope."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE: x * cos + (-x2, x1) * sin, written as x * cos + (x2, x1) * (-sin1, sin2).
+
+    The products are the same numbers (a sign flip is exact), but swapping the halves is one
+    roll, whose backward is a roll too, where slicing out the halves costs a zero-filled
+    gradient buffer per slice. In the activation dtype, as transformers does (cos/sin are
+    computed in float32 and cast): bfloat16 models stay close to the reference.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 class Attention(nn.Module):
@@ -89,7 +98,7 @@ class Attention(nn.Module):
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # sin: signed_sin of the table
 
         # The mask depends only on the layer type, so it is built once per forward and shared.
         key = "local" if self.window is not None else "global"
@@ -248,8 +257,14 @@ class Gemma(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 attn_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                last_only: bool = False, return_hidden: bool = False) -> torch.Tensor:
+                last_only: bool = False, return_hidden: bool = False, targets: torch.Tensor | None = None,
+                loss_weights: torch.Tensor | None = None):
         """Logits [B, T, V] (float32), or [B, 1, V] with `last_only`.
+
+        With `targets` [B, T] (and `loss_weights` [B, T], default 1) it returns the training loss
+        instead: (sum of weight x NLL of each target, per-position NLL [B, T]), computed by
+        codegemma.head_loss without materialising the logits. It is computed here, inside
+        forward, so that wrappers which gather weights around forward (FSDP) see the head's use.
 
         positions: [B, T] absolute positions (default: 0..T-1, restarting per segment when
             `segment_ids` is given; after the cached length when a cache is given).
@@ -266,9 +281,20 @@ class Gemma(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
+        if targets is not None:
+            return self._loss(x, targets, loss_weights)
         if return_hidden:
             return x
         return self.logits(x)
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None):
+        if self.lm_head is not None:
+            raise ValueError(f"a {self.quantized} model is for inference; train the float weights")
+        if weights is None:
+            weights = torch.ones_like(targets, dtype=torch.float32)
+        total, nll = head_loss.weighted_nll(hidden.flatten(0, 1), self.embed_tokens.weight, targets.flatten(),
+                                            weights.flatten(), self.config.final_softcap)
+        return total, nll.view(targets.shape)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings scaled by sqrt(d_model) in the activation dtype."""
@@ -287,7 +313,7 @@ class Gemma(nn.Module):
         if positions_default:
             positions = self._default_positions(input_ids, cache, segment_ids)
         x = self.embed(input_ids)
-        rope = self.rope_tables(positions, x.dtype)
+        rope = {kind: (cos, signed_sin(sin)) for kind, (cos, sin) in self.rope_tables(positions, x.dtype).items()}
         masks: dict = {}
         if positions_default and cache is None and segment_ids is None and attn_mask is None:
             # Plain causal attention: no mask tensor, so SDPA may take its fused causal kernels

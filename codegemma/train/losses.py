@@ -33,9 +33,8 @@ def lm_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     batch, so gradient accumulation and data parallelism give exactly the single-process gradient.
     """
     inputs, seg, targets, trained = shift(batch)
-    logits = model(inputs, segment_ids=seg)
-    nll = token_nll(logits, targets)
-    return (nll * trained).sum(), trained.sum()
+    total, _ = model(inputs, segment_ids=seg, targets=targets, loss_weights=trained)  # head + loss fused
+    return total, trained.sum()
 
 
 def sequence_logprob(model, tokens: torch.Tensor, segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

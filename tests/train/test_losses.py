@@ -1,5 +1,9 @@
+import pytest
 import torch
 
+from codegemma import head_loss
+from codegemma.config import preset
+from codegemma.model import Gemma
 from codegemma.train import losses
 
 
@@ -30,8 +34,9 @@ def test_lm_loss_sum_matches_manual_cross_entropy():
     vocab = 7
     table = torch.randn(vocab, vocab)
 
-    def model(ids, segment_ids=None):
-        return table[ids]
+    def model(ids, segment_ids=None, targets=None, loss_weights=None):  # a bigram table as the model
+        nll = torch.nn.functional.cross_entropy(table[ids].flatten(0, 1), targets.flatten(), reduction="none")
+        return (nll * loss_weights.flatten()).sum(), nll.view(targets.shape)
 
     batch = {"tokens": torch.tensor([[1, 2, 3, 4]]), "segment_ids": torch.tensor([[1, 1, 2, 2]]),
              "loss_mask": torch.ones(1, 4, dtype=torch.bool)}
@@ -39,6 +44,48 @@ def test_lm_loss_sum_matches_manual_cross_entropy():
     logp = torch.log_softmax(table, -1)
     assert count.item() == 2
     assert torch.allclose(total, -(logp[1, 2] + logp[3, 4]))
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
+def test_fused_head_loss_equals_cross_entropy_over_the_logits(name, monkeypatch):
+    """lm_loss_sum goes through codegemma.head_loss: same loss and same gradients as the logits."""
+    monkeypatch.setattr(head_loss, "CHUNK_ELEMENTS", 5 * preset(name).vocab_size)  # several chunks, one ragged
+    torch.manual_seed(0)
+    model = Gemma(preset(name))
+    model.init_weights(std=0.1)
+    tokens = torch.randint(0, model.config.vocab_size, (3, 9))
+    batch = {"tokens": tokens, "segment_ids": torch.tensor([[1] * 5 + [2] * 4, [1] * 9, [1] * 7 + [0] * 2]),
+             "loss_mask": torch.rand(3, 9) > 0.3}
+    total, count = losses.lm_loss_sum(model, batch)
+    (total / count).backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    inputs, seg, targets, trained = losses.shift(batch)
+    reference = (losses.token_nll(model(inputs, segment_ids=seg), targets) * trained).sum()
+    (reference / count).backward()
+    assert torch.allclose(total, reference, rtol=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(fused[n], p.grad, atol=1e-6, rtol=1e-4), n
+
+
+def test_head_loss_is_exact_in_float64_with_and_without_softcap():
+    torch.manual_seed(0)
+    for cap in (None, 30.0):
+        h = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+        targets, weights = torch.randint(0, 40, (50,)), torch.rand(50, dtype=torch.float64)
+        total, nll = head_loss.weighted_nll(h, w, targets, weights, cap)
+        (2 * total).backward()
+        got = (nll, h.grad, w.grad)
+        h.grad = w.grad = None
+        z = h @ w.t()
+        z = z if cap is None else torch.tanh(z / cap) * cap
+        ref = torch.nn.functional.cross_entropy(z, targets, reduction="none")
+        (2 * (ref * weights).sum()).backward()
+        for a, b in zip(got, (ref, h.grad, w.grad)):
+            assert torch.allclose(a, b, atol=1e-12)
+        with torch.no_grad():  # no gradient wanted: the same numbers, nothing saved
+            assert torch.allclose(head_loss.weighted_nll(h, w, targets, weights, cap)[1], ref, atol=1e-12)
 
 
 def test_dpo_loss():

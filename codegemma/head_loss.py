@@ -1,0 +1,118 @@
+"""The LM head and the next-token cross-entropy in one pass over row chunks, for training.
+
+The plain way computes the [tokens, vocab] logits, then a log-softmax, then, in backward, a
+gradient of the same size, each a full pass through memory (64 MB each for a 2,048 x 8,192
+batch; 2 GB for a 262k vocabulary). Here each chunk of rows goes through head, softmax and
+gradient while it is still in cache, and the full logits never exist.
+
+The loss this serves is linear in the per-position NLL: sum_i w_i * nll_i (pretraining and SFT
+weight trained positions by 1 and the rest by 0). Its gradient is then known in the forward pass,
+so it is computed there, chunk by chunk, and backward only scales it by the incoming scalar. No
+logit is computed twice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, which stays in cache
+
+
+def chunk_rows(vocab_size: int) -> int:
+    return max(16, CHUNK_ELEMENTS // vocab_size)
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None):
+    """Float32 logits of one chunk, and tanh(z / cap) when capped (its derivative needs it)."""
+    z = h @ weight.t()
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # softmax in float32 at least
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    return t * softcap, t
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: the autocast dtype where autocast is on (bf16 training on GPUs)."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+              softcap: float | None = None) -> torch.Tensor:
+    """Per-position NLL [N] of `targets` [N] under logits hidden [N, d] @ weight[V, d]^T, no gradient."""
+    dtype = _compute_dtype(weight)
+    h, w = hidden.to(dtype), weight.to(dtype)
+    out = torch.empty(h.shape[0], dtype=_accumulate_dtype(dtype), device=h.device)
+    step = chunk_rows(w.shape[0])
+    for r0 in range(0, h.shape[0], step):
+        z, _ = _chunk_logits(h[r0:r0 + step], w, softcap)
+        out[r0:r0 + step] = torch.logsumexp(z, -1) - z.gather(1, targets[r0:r0 + step, None])[:, 0]
+    return out
+
+
+class _WeightedNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, weights, softcap):
+        dtype = _compute_dtype(weight)
+        h, w = hidden.to(dtype), weight.to(dtype)
+        N = h.shape[0]
+        nll = torch.empty(N, dtype=_accumulate_dtype(dtype), device=h.device)
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = (torch.zeros(weight.shape, dtype=_accumulate_dtype(dtype), device=weight.device)
+                  if ctx.needs_input_grad[1] else None)
+        step = chunk_rows(w.shape[0])
+        rows = torch.arange(min(step, N), device=h.device)
+        for r0 in range(0, N, step):
+            hc, tc = h[r0:r0 + step], targets[r0:r0 + step]
+            z, t = _chunk_logits(hc, w, softcap)
+            target_z = z.gather(1, tc[:, None])[:, 0]
+            top = z.amax(-1)
+            g = z.sub_(top[:, None]).exp_()  # one exp per logit, in z's memory
+            total = g.sum(-1)
+            nll[r0:r0 + step] = top + total.log() - target_z
+            if grad_h is None and grad_w is None:
+                continue
+            # d(w_i * nll_i)/dz = w_i * (softmax(z) - onehot(target))
+            g.div_(total[:, None])
+            g[rows[:len(tc)], tc] -= 1.0
+            g.mul_(weights[r0:r0 + step, None])
+            if t is not None:
+                g.mul_(1.0 - t * t)  # through the soft-cap: d(cap * tanh(z / cap)) = 1 - tanh^2
+            g = g.to(dtype)
+            if grad_h is not None:
+                grad_h[r0:r0 + step] = g @ w
+            if grad_w is not None:
+                if g.dtype == grad_w.dtype:
+                    grad_w.addmm_(g.t(), hc)
+                else:  # accumulate low-precision products in float32
+                    grad_w += (g.t() @ hc).to(grad_w.dtype)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
+        ctx.mark_non_differentiable(nll)
+        return (nll * weights).sum(), nll
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_nll):
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
+                None if grad_w is None else grad_w * grad_total.to(grad_w.dtype), None, None, None)
+
+
+def weighted_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                 softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_i weights_i * nll_i, the per-position nll [N]) with logits hidden [N, d] @ weight[V, d]^T.
+
+    Differentiable in `hidden` and `weight` through the total only (the per-position NLL is for
+    reporting). Equal to cross-entropy over the materialised logits up to float rounding.
+    """
+    weights = weights.to(_accumulate_dtype(_compute_dtype(weight)))
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _WeightedNLL.apply(hidden, weight, targets, weights, softcap)
+    nll = token_nll(hidden, weight, targets, softcap)
+    return (nll * weights).sum(), nll
