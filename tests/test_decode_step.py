@@ -66,6 +66,31 @@ def test_batched_decoding_with_left_padding(name, monkeypatch):
     assert got == [Engine(model).generate(p, params).ids for p in prompts]
 
 
+def test_rows_that_stop_early_leave_the_c_batch(monkeypatch):
+    """Rows stop at different steps and leave the batch: the C layers then run on the rows left,
+    and every row's tokens are those of the PyTorch layers and of the prompt alone."""
+    model, tensors = blocked_model("tiny-gemma3")
+    prompts = [[2, 17, 99, 4, 250, 31, 7, 8, 9, 10, 11], [2, 5], [2, 300, 301, 302, 303, 6], [2, 40, 41]]
+    free = [r.ids for r in Engine(model).generate_batch(prompts, SamplingParams(max_new_tokens=30))]
+
+
+    def stop_lengths(token):  # how many tokens each row keeps when `token` stops it
+        return [row.index(token) if token in row else len(row) for row in free]
+
+    # a stop token that ends some rows after a few steps while others go on
+    stop = next(t for row in free for t in row if min(stop_lengths(t)) >= 1 and len(set(stop_lengths(t))) > 1)
+    params = SamplingParams(max_new_tokens=30, stop_ids={stop})
+    want = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    block_weights.attach(model, tensors)
+    rows = []
+    step = model._decode_step
+    real = step.__call__
+    monkeypatch.setattr(type(step), "__call__", lambda self, *a: rows.append(a[0].shape[0]) or real(*a))
+    got = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    assert len(set(rows)) > 1 and rows == sorted(rows, reverse=True)  # the batch shrank as rows stopped
+    assert got == want == [Engine(model).generate(p, params).ids for p in prompts]
+
+
 def test_greedy_generation_and_prefix_reuse_are_unchanged():
     model, tensors = blocked_model("tiny-gemma3")
     prompts = [[2, 17, 99, 4, 250, 31, 7], [2, 17, 99, 4, 250, 31, 8, 9]]  # the second reuses a prefix
