@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, which stays in cache
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk on a CPU: 8 MB in float32, which stays in cache
+GPU_CHUNK_ELEMENTS = 1 << 27  # on a GPU: 512 MB, so that each chunk's matmuls keep the GPU busy
 
 
-def chunk_rows(vocab_size: int) -> int:
-    return max(16, CHUNK_ELEMENTS // vocab_size)
+def chunk_rows(vocab_size: int, device: torch.device) -> int:
+    budget = CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    return max(16, budget // vocab_size)
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None):
@@ -50,7 +52,7 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     dtype = _compute_dtype(weight)
     h, w = hidden.to(dtype), weight.to(dtype)
     out = torch.empty(h.shape[0], dtype=_accumulate_dtype(dtype), device=h.device)
-    step = chunk_rows(w.shape[0])
+    step = chunk_rows(w.shape[0], h.device)
     for r0 in range(0, h.shape[0], step):
         z, _ = _chunk_logits(h[r0:r0 + step], w, softcap)
         out[r0:r0 + step] = torch.logsumexp(z, -1) - z.gather(1, targets[r0:r0 + step, None])[:, 0]
@@ -67,7 +69,7 @@ class _WeightedNLL(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = (torch.zeros(weight.shape, dtype=_accumulate_dtype(dtype), device=weight.device)
                   if ctx.needs_input_grad[1] else None)
-        step = chunk_rows(w.shape[0])
+        step = chunk_rows(w.shape[0], h.device)
         rows = torch.arange(min(step, N), device=h.device)
         for r0 in range(0, N, step):
             hc, tc = h[r0:r0 + step], targets[r0:r0 + step]
