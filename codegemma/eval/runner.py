@@ -146,12 +146,14 @@ def _problem_set_key(problems: Sequence[Problem]) -> str:
 
 
 def validated(task: Task, problems: Sequence[Problem], workers: int, out_dir: Path) -> dict:
-    """The self-check of this problem set, computed once per output directory."""
+    """The self-check of this problem set, computed once per output directory. A failed check is
+    not reused: it is run again, so that a passing fault (a timeout on a loaded machine) does not
+    block the directory for good."""
     path = out_dir / "validation.json"
     key = _problem_set_key(problems)
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
+        if cached.get("key") == key and not cached.get("canonical_failed") and not cached.get("wrong_passed"):
             return cached
     report = {"key": key, **validate(task, problems, workers)}
     write_json(path, report)

@@ -109,6 +109,21 @@ def test_harness_refuses_to_score_when_a_canonical_solution_fails(tmp_path):
         run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
 
 
+def test_a_failed_self_check_is_run_again_not_reused(tmp_path):
+    """A canonical solution that failed once (say, a timeout on a loaded machine) must not block
+    the output directory: the next run checks again instead of reading the cached failure."""
+    task = get_task("humaneval")
+    broken = task.problems(2)[1]
+    task.canonical = lambda p: "    return 'not the answer'\n" if p is broken else type(task).canonical(task, p)
+    generator, _ = fake_generator(humaneval_answers(task, right={0, 1}))
+    with pytest.raises(HarnessInvalid, match="HumanEval/1"):
+        run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+    assert json.loads((tmp_path / "validation.json").read_text())["canonical_failed"]
+    del task.canonical  # the fault has passed
+    run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+    assert json.loads((tmp_path / "validation.json").read_text())["canonical_failed"] == []
+
+
 def test_infilling_with_a_model_that_cannot_infill_is_reported(tmp_path, infilling_dir):
     task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
     generator, _ = fake_generator({}, profile=FakeProfile(name="gemma3", fim_supported=False, sentinels=None))
