@@ -63,9 +63,10 @@ def theirs(cfg: ModelConfig, state: dict):
     config._attn_implementation = "sdpa"
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=False)
-    return (model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits,
-            lambda m, ids: m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(),
-                                          use_cache=False).loss)
+    def loss(m, ids):  # transformers' own loss path; shift_labels: the targets as given, not re-shifted
+        return m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(), use_cache=False).loss
+
+    return model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits, loss
 
 
 class Runner:
