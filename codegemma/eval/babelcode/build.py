@@ -332,4 +332,4 @@ def _compile_log(res: sandbox.RunResult) -> str:
         return f"compile timeout: {res.reason}"
     text = (res.stderr + "\n" + res.stdout.split(ARTIFACT_MARK, 1)[0]).strip()
     text = re.sub(r"/tmp/codegemma-sandbox-[^/\s]+/", "", text)
-    return text[-4000:]
+    return text[:4000]  # the head: compilers report the first error first (the tail is often a summary)

@@ -1,5 +1,5 @@
 from codegemma.eval import sandbox
-from codegemma.eval.babelcode.build import Builder, _is_verdict, program_key
+from codegemma.eval.babelcode.build import Builder, _compile_log, _is_verdict, program_key
 from codegemma.eval.babelcode.languages import LANGUAGES
 from tests.eval.babelcode.test_languages import ADD
 
@@ -24,3 +24,11 @@ def test_failures_of_the_machine_are_not_cached():
     rejected = sandbox.RunResult("error", 1, "", "error CS1525", 0.0)
     slow = sandbox.RunResult("timeout", None, "", "", 60.0)
     assert not _is_verdict(missing_tool) and not _is_verdict(slow) and _is_verdict(rejected)
+
+
+def test_a_long_compile_log_keeps_its_first_error():
+    """rustc and g++ quote whole source lines; a runaway answer makes logs of many kilobytes, and
+    the first error, which says what is wrong, comes first."""
+    stderr = "error: expected `;`, found `}`\n" + " " * 9000 + "^ help: add `;` here\nerror: aborting due to 2 previous errors"
+    log = _compile_log(sandbox.RunResult("error", 1, "", stderr, 0.1))
+    assert log.startswith("error: expected `;`") and len(log) <= 4000
