@@ -47,6 +47,16 @@ def test_c_layers_compute_what_the_pytorch_layers_compute(name, monkeypatch):
     assert torch.equal(got_cache.pos[got_cache.sizes[0]], want_cache.pos[want_cache.sizes[0]])
 
 
+def batch_through_c_layers(model, tensors, prompts, params, monkeypatch):
+    """Attach the C layers and generate a batch: (tokens of each row, rows in each C-layer call)."""
+    block_weights.attach(model, tensors)
+    rows = []
+    step = model._decode_step
+    real = step.__call__
+    monkeypatch.setattr(type(step), "__call__", lambda self, *a: rows.append(a[0].shape[0]) or real(*a))
+    return [r.ids for r in Engine(model).generate_batch(prompts, params)], rows
+
+
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
 def test_batched_decoding_with_left_padding(name, monkeypatch):
     """Rows of different lengths, left-padded, decoded together: the same greedy tokens as the
@@ -55,12 +65,7 @@ def test_batched_decoding_with_left_padding(name, monkeypatch):
     prompts = [[2, 17, 99, 4, 250, 31, 7, 8, 9, 10, 11], [2, 5], [2, 300, 301, 302, 303, 6]]
     params = SamplingParams(max_new_tokens=20)
     want = [r.ids for r in Engine(model).generate_batch(prompts, params)]
-    block_weights.attach(model, tensors)
-    calls = []
-    step = model._decode_step
-    real = step.__call__
-    monkeypatch.setattr(type(step), "__call__", lambda self, *a: calls.append(a[0].shape[0]) or real(*a))
-    got = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    got, calls = batch_through_c_layers(model, tensors, prompts, params, monkeypatch)
     assert calls and set(calls) == {3}
     assert got == want
     assert got == [Engine(model).generate(p, params).ids for p in prompts]
@@ -73,7 +78,6 @@ def test_rows_that_stop_early_leave_the_c_batch(monkeypatch):
     prompts = [[2, 17, 99, 4, 250, 31, 7, 8, 9, 10, 11], [2, 5], [2, 300, 301, 302, 303, 6], [2, 40, 41]]
     free = [r.ids for r in Engine(model).generate_batch(prompts, SamplingParams(max_new_tokens=30))]
 
-
     def stop_lengths(token):  # how many tokens each row keeps when `token` stops it
         return [row.index(token) if token in row else len(row) for row in free]
 
@@ -81,12 +85,7 @@ def test_rows_that_stop_early_leave_the_c_batch(monkeypatch):
     stop = next(t for row in free for t in row if min(stop_lengths(t)) >= 1 and len(set(stop_lengths(t))) > 1)
     params = SamplingParams(max_new_tokens=30, stop_ids={stop})
     want = [r.ids for r in Engine(model).generate_batch(prompts, params)]
-    block_weights.attach(model, tensors)
-    rows = []
-    step = model._decode_step
-    real = step.__call__
-    monkeypatch.setattr(type(step), "__call__", lambda self, *a: rows.append(a[0].shape[0]) or real(*a))
-    got = [r.ids for r in Engine(model).generate_batch(prompts, params)]
+    got, rows = batch_through_c_layers(model, tensors, prompts, params, monkeypatch)
     assert len(set(rows)) > 1 and rows == sorted(rows, reverse=True)  # the batch shrank as rows stopped
     assert got == want == [Engine(model).generate(p, params).ids for p in prompts]
 
