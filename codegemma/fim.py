@@ -87,21 +87,37 @@ def fim_example(prefix: str, middle: str, suffix: str, order: str = PSM, path: s
     return pieces
 
 
-def split_points(text: str, rng: random.Random) -> tuple[str, str, str]:
-    """Character-level split into (prefix, middle, suffix) at two uniform points (empty pieces allowed)."""
+def split_points(text: str, rng: random.Random, suffix_line_rate: float = 0.0) -> tuple[str, str, str]:
+    """Character-level split into (prefix, middle, suffix) at two uniform points (empty pieces allowed).
+
+    With probability `suffix_line_rate` the suffix is moved to start at the next line start, the
+    "syntactically more natural" suffix of the CodeGemma report (its own rule is unpublished): the
+    middle then ends a line, as when a completion fills the rest of a line and lines below it. The
+    prefix edge stays character-level, so the cursor can still sit anywhere, inside a token too.
+    """
     a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    if suffix_line_rate and rng.random() < suffix_line_rate:
+        b = _line_start_at_or_after(text, b)
     return text[:a], text[a:b], text[b:]
 
 
+def _line_start_at_or_after(text: str, i: int) -> int:
+    """The first index >= i that starts a line (or the end of `text`)."""
+    if i == 0 or i >= len(text) or text[i - 1] == "\n":
+        return i
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end + 1
+
+
 def transform_file(text: str, rng: random.Random, fim_rate: float, spm_rate: float = 0.5, path: str | None = None,
-                   sentinels: FimSentinels = CODEGEMMA_SENTINELS) -> list[str]:
+                   sentinels: FimSentinels = CODEGEMMA_SENTINELS, suffix_line_rate: float = 0.0) -> list[str]:
     """One file of a training sample: with probability `fim_rate` FIM-formatted, else `path\\ntext`.
 
     The path line is never split: split points are drawn inside the file's text only.
     """
     if rng.random() >= fim_rate:
         return [f"{path}\n{text}" if path else text] if (path or text) else []
-    prefix, middle, suffix = split_points(text, rng)
+    prefix, middle, suffix = split_points(text, rng, suffix_line_rate)
     order = SPM if rng.random() < spm_rate else PSM
     return fim_example(prefix, middle, suffix, order, path, sentinels)
 

@@ -71,6 +71,38 @@ def test_transform_file_round_trips(tokenizer):
         assert restored == text or restored == "a.py\n" + text
 
 
+def test_suffix_line_rate_moves_the_suffix_to_a_line_start_and_keeps_the_prefix_edge():
+    text = "import os\n\n\ndef main():\n    print(os.getcwd())\n    return 0"
+    plain, snapped = random.Random(3), random.Random(3)
+    prefix_edges_mid_line = 0
+    for _ in range(200):
+        prefix, middle, suffix = split_points(text, snapped, suffix_line_rate=1.0)
+        assert prefix + middle + suffix == text
+        start = len(prefix) + len(middle)
+        assert start in (0, len(text)) or text[start - 1] == "\n", (prefix, middle, suffix)
+        prefix_edges_mid_line += bool(prefix) and not prefix.endswith("\n")
+        # the draws of the two points are those of the plain split; only the suffix edge moves
+        p_prefix, p_middle, _ = split_points(text, plain)
+        plain.random()  # the snapped stream's extra draw
+        assert p_prefix == prefix and (p_prefix + p_middle) == text[:len(p_prefix) + len(p_middle)]
+        assert len(prefix) + len(middle) >= len(p_prefix) + len(p_middle)
+    assert prefix_edges_mid_line > 50  # the cursor still lands inside lines
+
+
+def test_suffix_line_rate_zero_draws_exactly_the_character_level_splits():
+    text = "x = 1\ny = 2\n"
+    a, b = random.Random(5), random.Random(5)
+    assert [split_points(text, a) for _ in range(50)] == [split_points(text, b, 0.0) for _ in range(50)]
+
+
+def test_fim_config_rejects_a_suffix_line_rate_outside_zero_one():
+    from codegemma.data.samples import FimConfig
+    from codegemma.errors import CodegemmaError
+
+    with pytest.raises(CodegemmaError, match="suffix_line_rate=1.5"):
+        FimConfig(suffix_line_rate=1.5)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab <|>_fimprexsuodl\n\t€")), max_size=60))
 def test_literal_text_never_becomes_a_sentinel(tokenizer, text):

@@ -30,10 +30,15 @@ class FimConfig:
     # under 1% of rows hold prefix, suffix and middle together); pieces that fit give infilling
     # examples the model can learn from, the effect context-level FIM has (Bavarian et al. 2022).
     chunk_chars: int = 0
+    # Probability that a FIM example's suffix starts at a line start (`codegemma.fim.split_points`),
+    # CodeGemma's "more syntactically natural" suffix; 0 keeps both split points character-level.
+    suffix_line_rate: float = 0.0
 
     def __post_init__(self):
-        if not (0.0 <= self.rate <= 1.0 and 0.0 <= self.spm_rate <= 1.0):
-            raise CodegemmaError(f"FIM rates must be in [0, 1], got rate={self.rate} spm_rate={self.spm_rate}")
+        rates = {"rate": self.rate, "spm_rate": self.spm_rate, "suffix_line_rate": self.suffix_line_rate}
+        bad = {k: v for k, v in rates.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise CodegemmaError("FIM rates must be in [0, 1], got " + " ".join(f"{k}={v}" for k, v in bad.items()))
         if self.chunk_chars < 0:
             raise CodegemmaError(f"fim.chunk_chars must be 0 (whole files) or positive, got {self.chunk_chars}")
 
@@ -52,7 +57,8 @@ def repository_pieces(files: list[tuple[str, str]], rng: random.Random, fim: Fim
         for i, part in enumerate(line_chunks(text, fim.chunk_chars)):
             if i:
                 pieces.append(CODEGEMMA_SENTINELS.file_separator)
-            pieces += transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None)
+            pieces += transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None,
+                                     suffix_line_rate=fim.suffix_line_rate)
         out.append(pieces)
     return out
 

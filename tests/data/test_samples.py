@@ -59,6 +59,17 @@ def test_chunked_fim_makes_each_piece_of_a_long_file_a_candidate():
         FimConfig(chunk_chars=-1)
 
 
+def test_suffix_line_rate_reaches_every_fim_example_of_a_repository():
+    text = "".join(f"value_{i} = {i}\n" for i in range(40))
+    files = [(f"m{i}.py", text) for i in range(30)]
+    pieces = repository_pieces(files, random.Random(0), FimConfig(rate=1.0, suffix_line_rate=1.0))
+    S = CODEGEMMA_SENTINELS
+    for file_pieces in pieces:
+        suffix = file_pieces[file_pieces.index(S.suffix) + 1]  # PSM and SPM alike
+        if suffix not in (S.middle, ""):
+            assert text.endswith(suffix) and (len(suffix) == len(text) or text[-len(suffix) - 1] == "\n")
+
+
 def test_fim_rate_and_psm_spm_balance():
     files = [(f"f{i}.py", "x = 1\n" * 20) for i in range(2000)]
     pieces = repository_pieces(files, random.Random(0), FimConfig(rate=0.8))
