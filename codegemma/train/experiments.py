@@ -63,12 +63,14 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     from codegemma.data.pipeline import build
     from codegemma.data.recipe import recipe_from_dict
 
-    corpus, tokenizer = ensure_corpus(root)
     chunked = f"-chunk{fim_chunk_chars}" if fim_chunk_chars else ""
     chunked += f"-linesuffix{fim_suffix_line_rate:g}" if fim_suffix_line_rate else ""
     out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}"
-    if (out / "train" / "index.json").is_file():
+    settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
+                "fim_suffix_line_rate": fim_suffix_line_rate, "file_order": order, "seq_len": seq_len}
+    if _built_with(out, settings):
         return out
+    corpus, tokenizer = ensure_corpus(root)
     recipe = recipe_from_dict({
         "name": out.name, "out_dir": str(out), "tokenizer": str(tokenizer), "seed": seed, "seq_len": seq_len,
         "eval_fraction": 0.1, "workers": 1, "sources": [{"name": "stdlib", "path": str(corpus)}],
@@ -77,6 +79,21 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     }, "demo data")
     build(recipe, progress=False)
     return out
+
+
+def _built_with(out: Path, settings: dict) -> bool:
+    """Whether `out` already holds demo shards built with `settings` (False: none there yet).
+    Shards built otherwise are an error, not a silent reuse: a run would train on other data."""
+    index = out / "train" / "index.json"
+    if not index.is_file():
+        return False
+    meta = json.loads(index.read_text(encoding="utf-8")).get("meta", {})
+    # shards from before these settings were recorded used 0 for the FIM piece options
+    have = {k: meta.get(k, 0 if k.startswith("fim_") else None) for k in settings}
+    if have != settings:
+        differ = ", ".join(f"{k}={have[k]} (asked {settings[k]})" for k in settings if have[k] != settings[k])
+        raise CodegemmaError(f"{out} holds demo shards built with {differ}; choose another --out or remove it")
+    return True
 
 
 def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale, eval_every: int,

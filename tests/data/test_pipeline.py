@@ -74,6 +74,7 @@ def test_build_end_to_end(collection, tokenizer_path, tmp_path):
 
     ds = ShardDataset(tmp_path / "out" / "train")
     assert ds.meta["fim_rate"] == 0.8 and ds.seq_len == 1024
+    assert ds.meta["fim_chunk_chars"] == 0 and ds.meta["fim_suffix_line_rate"] == 0.0
     manifest = json.loads((tmp_path / "out" / "train.files.json").read_text())
     paths = [tuple(m) for m in manifest]
     assert len(paths) == len(set(paths)) == stages["files_out"]

@@ -1,8 +1,12 @@
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from codegemma.data.shards import ShardWriter
-from codegemma.train.experiments import Scale, _recipe, segment_losses
+from codegemma.errors import CodegemmaError
+from codegemma.train.experiments import Scale, _recipe, demo_shards, segment_losses
 
 
 def test_later_file_loss_counts_only_tokens_after_a_separator(tmp_path):
@@ -26,3 +30,28 @@ def test_experiment_recipes_are_valid(tmp_path):
     scale = Scale(steps=8)
     r = _recipe("x", tmp_path / "run", tmp_path / "tok.json", tmp_path / "train", scale, 4, tmp_path / "heldout")
     assert r.model.overrides["d_model"] == scale.d_model and r.train.steps == 8 and r.eval.every == 4
+
+
+def _fake_demo_shards(out, **meta):
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "index.json").write_text(json.dumps({"meta": meta}))
+
+
+def test_demo_shards_reuse_only_shards_built_with_the_same_settings(tmp_path):
+    # `ensure_corpus` (the slow part) is never reached: cached shards are checked first
+    out = tmp_path / "shards"
+    _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0,
+                      file_order="codegemma", seq_len=256)
+    assert demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500) == out
+    with pytest.raises(CodegemmaError, match=r"fim_suffix_line_rate=0.0 \(asked 0.5\)"):
+        demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, fim_suffix_line_rate=0.5)
+    with pytest.raises(CodegemmaError, match=r"fim_rate=0.5 \(asked 0.0\)"):
+        demo_shards(tmp_path, 0.0, out=out, fim_chunk_chars=500)
+
+
+def test_demo_shards_from_before_fim_pieces_were_recorded_count_as_whole_file(tmp_path):
+    out = tmp_path / "shards"
+    _fake_demo_shards(out, fim_rate=0.5, file_order="codegemma", seq_len=256)
+    assert demo_shards(tmp_path, 0.5, out=out) == out
+    with pytest.raises(CodegemmaError, match=r"fim_chunk_chars=0 \(asked 500\)"):
+        demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500)
