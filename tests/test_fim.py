@@ -84,8 +84,7 @@ def test_suffix_line_rate_moves_the_suffix_to_a_line_start_and_keeps_the_prefix_
         # the draws of the two points are those of the plain split; only the suffix edge moves
         p_prefix, p_middle, _ = split_points(text, plain)
         plain.random()  # the snapped stream's extra draw
-        assert p_prefix == prefix and (p_prefix + p_middle) == text[:len(p_prefix) + len(p_middle)]
-        assert len(prefix) + len(middle) >= len(p_prefix) + len(p_middle)
+        assert p_prefix == prefix and len(prefix) + len(middle) >= len(p_prefix) + len(p_middle)
     assert prefix_edges_mid_line > 50  # the cursor still lands inside lines
 
 

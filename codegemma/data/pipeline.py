@@ -201,7 +201,8 @@ class Pipeline:
                     "bos_id": encoder.bos_id, "eos_id": encoder.eos_id, "pad_id": encoder.pad_id,
                     "fim_rate": self.recipe.fim.rate, "spm_rate": self.recipe.fim.spm_rate,
                     "fim_chunk_chars": self.recipe.fim.chunk_chars,
-                    "fim_suffix_line_rate": self.recipe.fim.suffix_line_rate, "file_order": self.recipe.packing.order, "shares": realised_shares(plan, lengths)}
+                    "fim_suffix_line_rate": self.recipe.fim.suffix_line_rate,
+                    "file_order": self.recipe.packing.order, "shares": realised_shares(plan, lengths)}
             writer = ShardWriter(self.out / split, self.recipe.seq_len, self.recipe.sequences_per_shard)
             sequences = real = 0
             fill = []
