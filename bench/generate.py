@@ -7,8 +7,9 @@ the same GGUF, llama.cpp through llama-cpp-python when it is installed) a fresh 
     code prompt (after one untimed warm-up), with prefix caching off,
   - reports prefill tokens/s (prompt tokens / time to the first token), decode tokens/s (tokens
     after the first / time from the first to the last), medians over the repeats, and peak RSS.
-All runners use `--threads` threads. With `--quality`, codegemma's dtypes are also scored by
-teacher-forced argmax agreement with float32 on the agreement set of tests/test_default_model.py.
+All runners use `--threads` threads. With `--quality`, codegemma's dtypes and llama.cpp are also
+scored by teacher-forced argmax agreement with codegemma float32 on the agreement set of
+tests/test_default_model.py (one token at a time, as decoding runs).
 
     python bench/generate.py [--repeats 5] [--threads 2] [--runners ours-int8,llama.cpp,...]
                              [--quality] [--json docs/results/generate.json]
@@ -189,31 +190,64 @@ def summary(runs, **extra) -> dict:
 DECODE_ROWS = 1  # tokens per forward when measuring agreement: what decoding computes
 
 
+def reference_argmax() -> list[tuple[list[int], "torch.Tensor"]]:
+    """The agreement set's token ids and the argmax of one plain float32 forward over each prompt."""
+    import importlib
+
+    import torch
+
+    from codegemma.checkpoints import load
+
+    reference = load(None, progress=False)
+    out = []
+    with torch.inference_mode():
+        for name in AGREEMENT_SOURCES:
+            ids = reference.tokenizer.encode(inspect.getsource(importlib.import_module(name)), add_bos=True)[:420]
+            out.append((ids, reference.model(torch.tensor([ids]))[0].argmax(-1)))
+    return out
+
+
 def agreement(dtype: str) -> dict:
     """Teacher-forced argmax agreement of `dtype` with float32 on the agreement set.
 
     The reference runs each prompt in one float32 forward (plain float32 weights). The measured
     model runs it through its KV cache one token at a time, so it takes the paths decoding takes
     (block kernels and C decoder layers, quantized kernels), not the ones a long prompt takes."""
-    import importlib
-
     import torch
 
     from codegemma.checkpoints import load
     from codegemma.kv_cache import KVCache
 
-    reference = load(None, progress=False)
     other = load(None, dtype=dtype, progress=False)
     agree = total = 0
     with torch.inference_mode():
-        for name in AGREEMENT_SOURCES:
-            ids = reference.tokenizer.encode(inspect.getsource(importlib.import_module(name)), add_bos=True)[:420]
-            want = reference.model(torch.tensor([ids]))[0].argmax(-1)
+        for ids, want in reference_argmax():
             cache = KVCache(other.config, 1, len(ids), dtype=other.model.compute_dtype)
             got = torch.cat([other.model(torch.tensor([ids[i:i + DECODE_ROWS]]), cache=cache)[0].argmax(-1)
                              for i in range(0, len(ids), DECODE_ROWS)])
             agree += int((want == got).sum())
             total += len(ids)
+    return {"agreement": agree / total, "agreement_tokens": total}
+
+
+def llama_cpp_agreement() -> dict:
+    """The same agreement for llama.cpp: its raw logits, one token at a time, against our float32."""
+    import llama_cpp
+    import numpy as np
+
+    from codegemma.checkpoints.loading import default_gguf_path
+
+    pairs = reference_argmax()
+    llm = llama_cpp.Llama(model_path=str(default_gguf_path()), n_ctx=max(len(ids) for ids, _ in pairs),
+                          logits_all=True, verbose=False)
+    agree = total = 0
+    for ids, want in pairs:
+        llm.reset()
+        for i in range(0, len(ids), DECODE_ROWS):
+            llm.eval(ids[i:i + DECODE_ROWS])
+        got = np.asarray(llm.scores[:len(ids)]).argmax(-1)
+        agree += int((got == want.numpy()).sum())
+        total += len(ids)
     return {"agreement": agree / total, "agreement_tokens": total}
 
 
@@ -223,7 +257,8 @@ def worker(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-        return agreement(runner.split(":", 1)[1])
+        measured = runner.split(":", 1)[1]
+        return llama_cpp_agreement() if measured == "llama.cpp" else agreement(measured)
     if runner.startswith("ours-"):
         return run_ours(runner.removeprefix("ours-"), args)
     if runner.startswith("transformers-"):
@@ -292,7 +327,7 @@ def main(argv=None) -> int:
     for runner in runners:
         print(f"running {runner} ...", file=sys.stderr, flush=True)
         results[runner] = spawn(runner, args)
-        if args.quality and runner.startswith("ours-") and "error" not in results[runner]:
+        if args.quality and "prefill_tok_s" in results[runner] and not runner.startswith("transformers-"):
             results[runner].update(spawn("quality:" + runner.removeprefix("ours-"), args))
         if "error" in results[runner] or "skipped" in results[runner]:
             print(f"  {runner}: {results[runner].get('skipped') or results[runner].get('error')}", file=sys.stderr)
