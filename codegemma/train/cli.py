@@ -56,6 +56,17 @@ def register(subparsers) -> None:
         p.add_argument(f"--{name}", type=int, default=None)
     p.set_defaults(func=_experiment)
 
+    p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
+                                           "exact match (the training evaluation, on a finished model)")
+    p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
+    p.add_argument("--files", required=True, help="directory of held-out source files")
+    p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
+    p.add_argument("--orders", default="psm,spm", help="comma-separated FIM orders")
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
+    p.set_defaults(func=_infill_eval)
+
     p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl (several runs: overlaid)")
     p.add_argument("run_dirs", nargs="+", metavar="run_dir", help="run directory; LABEL=DIR names a run")
     p.add_argument("--out", default=None, help="default: RUN_DIR/curves.png (required for several runs)")
@@ -130,6 +141,38 @@ def _experiment(args) -> int:
     run = experiments.fim_rate if args.experiment == "fim-rate" else experiments.packing
     results = run(Path(args.root), out, scale=scale)
     print(json.dumps(results, indent=1))
+    return 0
+
+
+def _infill_eval(args) -> int:
+    import torch
+
+    from codegemma.fim import ORDERS
+    from codegemma.model import Gemma
+    from codegemma.train.distributed import DistEnv
+    from codegemma.train.evaluate import Evaluator, InfillScorer, read_files, single_line_examples
+    from codegemma.train.export import load_trained
+
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    if not orders or any(o not in ORDERS for o in orders):
+        raise CodegemmaError(f"--orders: choose from {', '.join(ORDERS)}")
+    files = read_files(args.files) if Path(args.files).is_dir() else []
+    if not files:
+        raise CodegemmaError(f"--files: no source files under {args.files}")
+    state, config, tokenizer = load_trained(args.source, args.tokenizer or None)
+    if tokenizer is None:
+        raise CodegemmaError(f"{args.source}: no tokenizer with the model; pass --tokenizer")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CodegemmaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "
+                             f"{config.vocab_size}: not the model's tokenizer")
+    model = Gemma(config)
+    model.load_state_dict(state)
+    examples = single_line_examples(files, args.examples)
+    scorers = [InfillScorer(tokenizer, examples, args.max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=o)
+               for o in orders]
+    with torch.no_grad():
+        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens)(model.eval())
+    print(json.dumps({"source": args.source, "examples": len(examples), **result}))
     return 0
 
 

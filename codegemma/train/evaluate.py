@@ -3,7 +3,10 @@
 The FIM metrics use held-out source files, not shards: each example masks one whole, non-blank
 line of a file, builds a PSM or SPM prompt as the completion server does (`codegemma.fim`; the
 server sends SPM to FIM models by default), and
-  - scores the teacher-forced loss of the middle tokens given prefix and suffix, and
+  - scores the teacher-forced loss of the middle tokens given prefix and suffix,
+  - scores it again with every suffix replaced by another example's: the difference (the suffix
+    gain, nats per middle token) is what the model takes from the suffix, 0 for a model that
+    ignores it, which exact match at small scale cannot show, and
   - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
 experiment) sees the same ones.
@@ -94,10 +97,11 @@ class InfillScorer:
         return head + [self.ids[s.prefix], self.ids[s.suffix]] + suf + [self.ids[s.middle]] + pre
 
     @torch.no_grad()
-    def middle_loss(self, model: nn.Module, device: torch.device) -> tuple[float, int]:
-        """Sum of NLL over middle tokens, and their count."""
+    def middle_loss(self, model: nn.Module, device: torch.device,
+                    examples: list[InfillExample] | None = None) -> tuple[float, int]:
+        """Sum of NLL over middle tokens, and their count (of `examples`, default this scorer's)."""
         total, count = 0.0, 0
-        for ex in self.examples:
+        for ex in self.examples if examples is None else examples:
             prompt, middle = self.prompt(ex), self.tokenizer.encode(ex.middle)
             ids = torch.tensor([prompt + middle], device=device)
             logits = model(ids[:, :-1])
@@ -105,6 +109,16 @@ class InfillScorer:
             total += nll.sum().item()
             count += len(middle)
         return total, count
+
+    def suffix_gain(self, model: nn.Module, device: torch.device) -> float:
+        """Middle loss (nats per token) with each example's suffix swapped for the next example's,
+        minus the loss with the true suffixes: how much the model uses the suffix."""
+        n = len(self.examples)
+        swapped = [InfillExample(ex.path, ex.prefix, ex.middle, self.examples[(i + 1) % n].suffix)
+                   for i, ex in enumerate(self.examples)]
+        true_sum, count = self.middle_loss(model, device)
+        swapped_sum, _ = self.middle_loss(model, device, swapped)
+        return (swapped_sum - true_sum) / max(count, 1)
 
     @torch.no_grad()
     def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int) -> tuple[int, int]:
@@ -168,6 +182,7 @@ class Evaluator:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
             s, n = scorer.middle_loss(inner, device)
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
+            result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device)
             hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
             result[f"infill_exact_match{tag}"] = hits / max(total, 1)
         return result

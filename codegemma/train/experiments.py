@@ -180,10 +180,8 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
         sep = Tokenizer.from_file(tokenizer).special["file_separator"]
         l2r = segment_losses(_load_final(run_dir), plain / "eval", sep)
         results[f"{rate:g}"] = {"fim_rate": rate, "l2r_loss": l2r["all_loss"], "l2r_tokens": l2r["all_tokens"],
-                                "fim_middle_loss": final.get("fim_middle_loss"),
-                                "infill_exact_match": final.get("infill_exact_match"),
-                                "fim_middle_loss_spm": final.get("fim_middle_loss_spm"),
-                                "infill_exact_match_spm": final.get("infill_exact_match_spm"),
+                                **{f"{key}{tag}": final.get(f"{key}{tag}") for tag in ("", "_spm")
+                                   for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match")},
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
     _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / "fim-rate")
     return results

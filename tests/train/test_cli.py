@@ -35,6 +35,38 @@ def test_run_plot_and_export(tmp_path, shards, capsys):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
+    from codegemma.train import recipe as recipe_mod
+    from codegemma.train.run import run
+
+    recipe = recipe_mod.from_dict({
+        "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path), "model": {"preset": "tiny-gemma"},
+        "data": {"train": str(shards), "seq_len": 32}, "train": {"steps": 2, "batch_size": 2},
+        "log": {"every": 1, "tensorboard": False, "plots": False, "progress": False}})
+    run(recipe)
+    files = tmp_path / "heldout"
+    files.mkdir()
+    (files / "a.py").write_text("def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n")
+    capsys.readouterr()
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--examples", "4",
+                 "--max-new-tokens", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["examples"] == 4 and report["infill_exact_match"] in (0, 0.25, 0.5, 0.75, 1)
+    for key in ("fim_middle_loss", "fim_suffix_gain", "fim_middle_loss_spm", "fim_suffix_gain_spm"):
+        assert abs(report[key]) < 20
+
+    # one-line errors: no files, an unknown order, a tokenizer with ids the model does not have
+    bigger = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train", "tokenizer", str(Path(sysconfig.get_paths()["stdlib"]) / "json"), "--vocab-size", "900",
+                 "--out", str(bigger)]) == 0
+    capsys.readouterr()
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(tmp_path / "nothing")]) == 1
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--orders", "mps"]) == 1
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--tokenizer", str(bigger)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "--files" in err[0] and "--orders" in err[1] and "vocabulary" in err[2]
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nsteps = 'many'\n[data]\ntrain = 'nowhere'\n")

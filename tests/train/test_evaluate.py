@@ -66,6 +66,38 @@ def test_scores_run_on_a_model(small_tokenizer):
     assert n == 3 and hits == 0
 
 
+class _Bigram(torch.nn.Module):
+    """Logits from the previous token alone: it cannot use a suffix."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, ids):
+        return self.table(ids)
+
+
+SUFFIX_FILES = [("a.py", "def area(w, h):\n    return w * h\n\n\nprint(area(2, 3))\n"),
+                ("b.py", "import sys\n\nfor arg in sys.argv:\n    print(arg.upper())\n")]
+
+
+def test_suffix_gain_is_zero_for_a_model_that_cannot_see_the_suffix(small_tokenizer):
+    torch.manual_seed(0)
+    scorer = InfillScorer(small_tokenizer, single_line_examples(SUFFIX_FILES, 6, seed=2), max_prompt_tokens=128)
+    assert len({ex.suffix for ex in scorer.examples}) > 1  # the swap changes something
+    assert scorer.suffix_gain(_Bigram(small_tokenizer.vocab_size), torch.device("cpu")) == pytest.approx(0, abs=1e-9)
+    cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
+    model = Gemma(cfg).eval()
+    model.init_weights(std=0.5)  # large weights: attention that varies with what it sees
+    true_sum, count = scorer.middle_loss(model, torch.device("cpu"))
+    gain = scorer.suffix_gain(model, torch.device("cpu"))
+    assert gain != 0
+    n = len(scorer.examples)
+    swapped = [type(ex)(ex.path, ex.prefix, ex.middle, scorer.examples[(i + 1) % n].suffix)
+               for i, ex in enumerate(scorer.examples)]
+    assert gain == pytest.approx((scorer.middle_loss(model, torch.device("cpu"), swapped)[0] - true_sum) / count)
+
+
 def test_unigram_baseline(tmp_path):
     for split, rows in (("train", [[5, 5, 5, 6]] * 3), ("eval", [[5, 6, 5, 5]])):
         w = ShardWriter(tmp_path / split, 4)
