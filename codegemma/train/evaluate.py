@@ -110,13 +110,15 @@ class InfillScorer:
             count += len(middle)
         return total, count
 
-    def suffix_gain(self, model: nn.Module, device: torch.device) -> float:
+    def suffix_gain(self, model: nn.Module, device: torch.device,
+                    true_loss: tuple[float, int] | None = None) -> float:
         """Middle loss (nats per token) with each example's suffix swapped for the next example's,
-        minus the loss with the true suffixes: how much the model uses the suffix."""
+        minus the loss with the true suffixes (`middle_loss`'s result, computed if not given):
+        how much the model uses the suffix."""
         n = len(self.examples)
         swapped = [InfillExample(ex.path, ex.prefix, ex.middle, self.examples[(i + 1) % n].suffix)
                    for i, ex in enumerate(self.examples)]
-        true_sum, count = self.middle_loss(model, device)
+        true_sum, count = true_loss or self.middle_loss(model, device)
         swapped_sum, _ = self.middle_loss(model, device, swapped)
         return (swapped_sum - true_sum) / max(count, 1)
 
@@ -182,7 +184,7 @@ class Evaluator:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
             s, n = scorer.middle_loss(inner, device)
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
-            result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device)
+            result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
             hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
             result[f"infill_exact_match{tag}"] = hits / max(total, 1)
         return result
