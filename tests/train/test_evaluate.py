@@ -91,7 +91,7 @@ def test_suffix_gain_is_zero_for_a_model_that_cannot_see_the_suffix(small_tokeni
     model.init_weights(std=0.5)  # large weights: attention that varies with what it sees
     true_sum, count = scorer.middle_loss(model, torch.device("cpu"))
     gain = scorer.suffix_gain(model, torch.device("cpu"))
-    assert gain != 0
+    assert gain != 0 and scorer.suffix_gain(model, torch.device("cpu"), (true_sum, count)) == gain
     n = len(scorer.examples)
     swapped = [type(ex)(ex.path, ex.prefix, ex.middle, scorer.examples[(i + 1) % n].suffix)
                for i, ex in enumerate(scorer.examples)]
