@@ -150,29 +150,27 @@ def _infill_eval(args) -> int:
     from codegemma.fim import ORDERS
     from codegemma.model import Gemma
     from codegemma.train.distributed import DistEnv
-    from codegemma.train.evaluate import Evaluator, InfillScorer, read_files, single_line_examples
+    from codegemma.train.evaluate import Evaluator, infill_scorers
     from codegemma.train.export import load_trained
 
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not orders or any(o not in ORDERS for o in orders):
         raise CodegemmaError(f"--orders: choose from {', '.join(ORDERS)}")
-    files = read_files(args.files) if Path(args.files).is_dir() else []
-    if not files:
-        raise CodegemmaError(f"--files: no source files under {args.files}")
     state, config, tokenizer = load_trained(args.source, args.tokenizer or None)
     if tokenizer is None:
         raise CodegemmaError(f"{args.source}: no tokenizer with the model; pass --tokenizer")
     if tokenizer.vocab_size > config.vocab_size:
         raise CodegemmaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "
                              f"{config.vocab_size}: not the model's tokenizer")
+    try:
+        scorers = infill_scorers(tokenizer, args.files, args.examples, args.max_prompt_tokens, orders)
+    except CodegemmaError as e:
+        raise CodegemmaError(f"--files: {e}") from None
     model = Gemma(config)
     model.load_state_dict(state)
-    examples = single_line_examples(files, args.examples)
-    scorers = [InfillScorer(tokenizer, examples, args.max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=o)
-               for o in orders]
     with torch.no_grad():
         result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens)(model.eval())
-    print(json.dumps({"source": args.source, "examples": len(examples), **result}))
+    print(json.dumps({"source": args.source, "examples": len(scorers[0].examples), **result}))
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
 from codegemma.kv_cache import KVCache
 from codegemma.train import distributed, losses
@@ -143,6 +144,18 @@ class InfillScorer:
             line = self.tokenizer.decode(out).split("\n")[0]
             hits += line.rstrip() == ex.middle.rstrip("\n").rstrip()
         return hits, len(self.examples)
+
+
+def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_tokens: int,
+                   orders: list[str]) -> list[InfillScorer]:
+    """One scorer per FIM order over the same `examples` lines masked in the source files under
+    `files_dir` (a one-line error when there are none)."""
+    files = read_files(files_dir) if Path(files_dir).is_dir() else []
+    if not files:
+        raise CodegemmaError(f"no source files under {files_dir}")
+    chosen = single_line_examples(files, examples)
+    return [InfillScorer(tokenizer, chosen, max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=order)
+            for order in orders]
 
 
 def _config(model: nn.Module):

@@ -14,7 +14,7 @@ import torch
 
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, distributed, metrics, objectives
-from codegemma.train.evaluate import Evaluator, InfillScorer, read_files, single_line_examples
+from codegemma.train.evaluate import Evaluator, infill_scorers
 from codegemma.train.recipe import Recipe
 from codegemma.train.trainer import Trainer
 
@@ -72,12 +72,11 @@ def make_evaluator(recipe: Recipe, env, tokenizer):
     if recipe.eval.infill_files:
         if tokenizer is None:
             raise CodegemmaError("eval.infill_files needs a tokenizer")
-        files = read_files(recipe.eval.infill_files)
-        if not files:
-            raise CodegemmaError(f"eval.infill_files: no source files under {recipe.eval.infill_files}")
-        examples = single_line_examples(files, recipe.eval.infill_examples)
-        scorers = [InfillScorer(tokenizer, examples, recipe.eval.infill_max_prompt_tokens,
-                                add_bos=tokenizer.add_bos_default, order=order) for order in recipe.eval.infill_orders]
+        try:
+            scorers = infill_scorers(tokenizer, recipe.eval.infill_files, recipe.eval.infill_examples,
+                                     recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_orders)
+        except CodegemmaError as e:
+            raise CodegemmaError(f"eval.infill_files: {e}") from None
     if factory is None and not scorers:
         return None
     return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens)
