@@ -87,17 +87,25 @@ def fim_example(prefix: str, middle: str, suffix: str, order: str = PSM, path: s
     return pieces
 
 
-def split_points(text: str, rng: random.Random, suffix_line_rate: float = 0.0) -> tuple[str, str, str]:
+def split_points(text: str, rng: random.Random, suffix_line_rate: float = 0.0,
+                 line_rate: float = 0.0) -> tuple[str, str, str]:
     """Character-level split into (prefix, middle, suffix) at two uniform points (empty pieces allowed).
 
     With probability `suffix_line_rate` the suffix is moved to start at the next line start, the
     "syntactically more natural" suffix of the CodeGemma report (its own rule is unpublished): the
     middle then ends a line, as when a completion fills the rest of a line and lines below it. The
     prefix edge stays character-level, so the cursor can still sit anywhere, inside a token too.
+
+    With probability `line_rate` both points move to the next line start: the middle is whole
+    lines, the line-level spans of Bavarian et al. 2022 (Table 2: the best single-line infilling
+    of their span choices, at the cost of random-span infilling, hence a share, not all).
+    Rates of 0 draw nothing from `rng`, so they leave the character-level splits as they were.
     """
     a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
     if suffix_line_rate and rng.random() < suffix_line_rate:
         b = _line_start_at_or_after(text, b)
+    if line_rate and rng.random() < line_rate:
+        a, b = _line_start_at_or_after(text, a), _line_start_at_or_after(text, b)
     return text[:a], text[a:b], text[b:]
 
 
@@ -110,14 +118,15 @@ def _line_start_at_or_after(text: str, i: int) -> int:
 
 
 def transform_file(text: str, rng: random.Random, fim_rate: float, spm_rate: float = 0.5, path: str | None = None,
-                   sentinels: FimSentinels = CODEGEMMA_SENTINELS, suffix_line_rate: float = 0.0) -> list[str]:
+                   sentinels: FimSentinels = CODEGEMMA_SENTINELS, suffix_line_rate: float = 0.0,
+                   line_rate: float = 0.0) -> list[str]:
     """One file of a training sample: with probability `fim_rate` FIM-formatted, else `path\\ntext`.
 
     The path line is never split: split points are drawn inside the file's text only.
     """
     if rng.random() >= fim_rate:
         return [f"{path}\n{text}" if path else text] if (path or text) else []
-    prefix, middle, suffix = split_points(text, rng, suffix_line_rate)
+    prefix, middle, suffix = split_points(text, rng, suffix_line_rate, line_rate)
     order = SPM if rng.random() < spm_rate else PSM
     return fim_example(prefix, middle, suffix, order, path, sentinels)
 

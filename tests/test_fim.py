@@ -91,7 +91,28 @@ def test_suffix_line_rate_moves_the_suffix_to_a_line_start_and_keeps_the_prefix_
 def test_suffix_line_rate_zero_draws_exactly_the_character_level_splits():
     text = "x = 1\ny = 2\n"
     a, b = random.Random(5), random.Random(5)
-    assert [split_points(text, a) for _ in range(50)] == [split_points(text, b, 0.0) for _ in range(50)]
+    assert [split_points(text, a) for _ in range(50)] == [split_points(text, b, 0.0, 0.0) for _ in range(50)]
+
+
+def test_line_rate_makes_the_middle_whole_lines():
+    text = "import os\n\n\ndef main():\n    print(os.getcwd())\n    return 0"
+    rng = random.Random(7)
+    middles = set()
+    for _ in range(200):
+        prefix, middle, suffix = split_points(text, rng, line_rate=1.0)
+        assert prefix + middle + suffix == text
+        for edge in (len(prefix), len(prefix) + len(middle)):  # both at a line start (or an end)
+            assert edge in (0, len(text)) or text[edge - 1] == "\n", (prefix, middle, suffix)
+        middles.add(middle)
+    assert "    print(os.getcwd())\n" in middles and len(middles) > 5
+
+
+def test_line_rate_applies_to_its_share_of_examples_only():
+    text = "".join(f"value_{i} = {i}\n" for i in range(40))
+    rng = random.Random(0)
+    mid_line = sum(not p.endswith("\n") and p != "" for p, _, _ in
+                   (split_points(text, rng, line_rate=0.5) for _ in range(1000)))
+    assert 400 < mid_line < 520  # about half the prefixes end inside a line, ~1 in 13 of those by chance at one
 
 
 def test_fim_config_rejects_a_suffix_line_rate_outside_zero_one():
@@ -100,6 +121,8 @@ def test_fim_config_rejects_a_suffix_line_rate_outside_zero_one():
 
     with pytest.raises(CodegemmaError, match="suffix_line_rate=1.5"):
         FimConfig(suffix_line_rate=1.5)
+    with pytest.raises(CodegemmaError, match="line_rate=-0.1"):
+        FimConfig(line_rate=-0.1)
 
 
 @settings(max_examples=60, deadline=None)

@@ -64,6 +64,29 @@ def test_cached_decoding_matches_transformers(name):
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_last_only_prefill_matches_the_full_forward_and_fills_the_cache(name):
+    """`last_only` skips the last layer's work for all but the last position: the last logits, and
+    every later decoding step through the cache, are those of a full prefill (left padding too)."""
+    cfg = preset(name)
+    hf = hf_model(cfg)
+    ours = ours_from(hf, cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 30))
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1, :4] = False  # a left-padded row
+    with torch.no_grad():
+        assert (ours(ids, last_only=True) - hf(ids).logits[:, -1:]).abs().max().item() <= TOL
+        results = []
+        for last_only in (False, True):
+            cache = KVCache(cfg, batch_size=2, max_len=64)
+            positions = (valid.cumsum(-1) - 1).clamp(min=0)
+            positions[~valid] = -1
+            first = ours(ids[:, :20], positions=positions[:, :20], cache=cache, last_only=last_only)[:, -1:]
+            steps = [first] + [ours(ids[:, t:t + 1], cache=cache) for t in range(20, 30)]
+            results.append(torch.cat(steps, dim=1))
+    assert (results[0] - results[1]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_chunked_prefill_through_ring_buffer(name):
     """Chunks longer than the window, through a ring-bounded cache, give the full-forward logits."""
     cfg = preset(name)

@@ -202,6 +202,7 @@ class Pipeline:
                     "fim_rate": self.recipe.fim.rate, "spm_rate": self.recipe.fim.spm_rate,
                     "fim_chunk_chars": self.recipe.fim.chunk_chars,
                     "fim_suffix_line_rate": self.recipe.fim.suffix_line_rate,
+                    "fim_line_rate": self.recipe.fim.line_rate,
                     "file_order": self.recipe.packing.order, "shares": realised_shares(plan, lengths)}
             writer = ShardWriter(self.out / split, self.recipe.seq_len, self.recipe.sequences_per_shard)
             sequences = real = 0

@@ -33,9 +33,12 @@ class FimConfig:
     # Probability that a FIM example's suffix starts at a line start (`codegemma.fim.split_points`),
     # CodeGemma's "more syntactically natural" suffix; 0 keeps both split points character-level.
     suffix_line_rate: float = 0.0
+    # Probability that a FIM example's middle is whole lines (both split points at line starts).
+    line_rate: float = 0.0
 
     def __post_init__(self):
-        rates = {"rate": self.rate, "spm_rate": self.spm_rate, "suffix_line_rate": self.suffix_line_rate}
+        rates = {"rate": self.rate, "spm_rate": self.spm_rate, "suffix_line_rate": self.suffix_line_rate,
+                 "line_rate": self.line_rate}
         bad = {k: v for k, v in rates.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise CodegemmaError("FIM rates must be in [0, 1], got " + " ".join(f"{k}={v}" for k, v in bad.items()))
@@ -58,7 +61,7 @@ def repository_pieces(files: list[tuple[str, str]], rng: random.Random, fim: Fim
             if i:
                 pieces.append(CODEGEMMA_SENTINELS.file_separator)
             pieces += transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None,
-                                     suffix_line_rate=fim.suffix_line_rate)
+                                     suffix_line_rate=fim.suffix_line_rate, line_rate=fim.line_rate)
         out.append(pieces)
     return out
 
