@@ -145,6 +145,7 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
                 setter(tokenizer.special[name])
         w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_default", True)))
         w.add_add_eos_token(False)
+        w.add_add_space_prefix(False)  # Gemma's SentencePiece adds no dummy "▁"; llama.cpp would by default
         for name, tensor in state.items():
             array = tensor.detach().float().cpu().numpy()
             if name.endswith("norm.weight"):

@@ -68,6 +68,34 @@ def test_gguf_gemma3_read_by_transformers(tmp_path, tokenizer):
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
 
 
+def test_gguf_declares_no_space_prefix(tmp_path, tokenizer):
+    """Gemma's SentencePiece adds no dummy prefix; without this key llama.cpp's tokenizer adds one,
+    and every prompt starting a line would begin with a space token the model never saw."""
+    import gguf
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    field = gguf.GGUFReader(path).fields["tokenizer.ggml.add_space_prefix"]
+    assert bool(field.parts[field.data[0]][0]) is False
+
+
+def test_gguf_read_by_llama_cpp(tmp_path, tokenizer):
+    """llama.cpp tokenizes as we do and computes the same logits (skipped where llama-cpp-python
+    is not installed; bench/generate.py documents its build)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    text = "import json\n\n\ndef load(path):\n    return json.loads(path.read_text())\n"
+    ids = tokenizer.encode(text, add_bos=True)
+    assert llm.tokenize(text.encode(), add_bos=True, special=False) == ids
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[:len(ids)])
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0]
+    assert (theirs - ours).abs().max().item() <= 1e-3
+
+
 def test_unrepresentable_config_is_refused(tmp_path, tokenizer):
     model, cfg = random_model("tiny-gemma2", tokenizer.vocab_size)  # query scalar 48 != head_dim 32
     with pytest.raises(CodegemmaError, match="query_pre_attn_scalar"):
