@@ -79,14 +79,19 @@ def test_gguf_declares_no_space_prefix(tmp_path, tokenizer):
     assert bool(field.parts[field.data[0]][0]) is False
 
 
-def test_gguf_read_by_llama_cpp(tmp_path, tokenizer):
-    """llama.cpp tokenizes as we do and computes the same logits (skipped where llama-cpp-python
-    is not installed; bench/generate.py documents its build)."""
+@pytest.mark.parametrize("name, changes", [
+    ("tiny-gemma", {}),
+    ("tiny-gemma2", {"query_pre_attn_scalar": None}),
+    ("tiny-gemma3", {"query_pre_attn_scalar": None}),
+])
+def test_gguf_read_by_llama_cpp(tmp_path, tokenizer, name, changes):
+    """llama.cpp tokenizes as we do and computes the same logits, past the tiny sliding window of
+    Gemma 2 and 3 too (skipped where llama-cpp-python is not installed; docs/inference.md has its build)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    model, cfg = random_model(name, tokenizer.vocab_size, **changes)
     path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
-    text = "import json\n\n\ndef load(path):\n    return json.loads(path.read_text())\n"
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+    text = "import json\n\n\ndef load(path):\n    return json.loads(path.read_text())\n" * 2
     ids = tokenizer.encode(text, add_bos=True)
     assert llm.tokenize(text.encode(), add_bos=True, special=False) == ids
     llm.eval(ids)
