@@ -80,17 +80,35 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id}, indent=2))
         if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer.json")
-            (tmp / "tokenizer_config.json").write_text(json.dumps({
-                "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-            }, indent=2))
+            _save_tokenizer(tokenizer, tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _save_tokenizer(tokenizer, directory: Path):
+    """tokenizer.json and tokenizer_config.json as transformers reads them. transformers prepends
+    <bos> only through tokenizer.json's post-processor (add_bos_token alone does nothing), so the
+    template Gemma's own tokenizer.json carries is added: without it every prompt tokenized by
+    transformers would lack the <bos> the model was trained with. (codegemma's own encode adds
+    <bos> itself and ignores the post-processor.)"""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    backend = HFTokenizer.from_str(tokenizer.backend.to_str())
+    add_bos = tokenizer.bos_id is not None and tokenizer.add_bos_default
+    if add_bos:
+        bos = backend.id_to_token(tokenizer.bos_id)
+        backend.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                    special_tokens=[(bos, tokenizer.bos_id)])
+    backend.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": add_bos, "add_eos_token": False,
+        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+    }, indent=2))
 
 
 def _save_shards(state: dict, directory: Path, max_shard_bytes: int):

@@ -101,6 +101,20 @@ def test_gguf_read_by_llama_cpp(tmp_path, tokenizer, name, changes):
     assert (theirs - ours).abs().max().item() <= 1e-3
 
 
+def test_hf_directory_tokenizer_adds_bos_in_transformers_as_here(tmp_path, tokenizer):
+    from transformers import AutoTokenizer
+
+    from codegemma.checkpoints import save_hf
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    save_hf(model, cfg, tokenizer, tmp_path / "hf")
+    text = "    <|fim_prefix|>import json\n<|fim_suffix|>\n<|fim_middle|>"
+    expected = tokenizer.encode(text, add_bos=True)
+    assert expected[0] == tokenizer.bos_id
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"] == expected
+    assert load(str(tmp_path / "hf")).tokenizer.encode(text, add_bos=True) == expected  # one <bos>, not two
+
+
 def test_unrepresentable_config_is_refused(tmp_path, tokenizer):
     model, cfg = random_model("tiny-gemma2", tokenizer.vocab_size)  # query scalar 48 != head_dim 32
     with pytest.raises(CodegemmaError, match="query_pre_attn_scalar"):
