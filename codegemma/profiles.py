@@ -53,13 +53,20 @@ class ChatTemplate:
     """Gemma's turn format: `<start_of_turn>{role}\\n{text}<end_of_turn>\\n`, roles `user` and `model`.
 
     Gemma was not trained with a system role, so system text is prepended to the first user turn
-    (what Google's own templates do).
+    (what Google's own templates do). Turn text is stripped of surrounding whitespace, as Google's
+    templates do (`| trim`), so a conversation tokenizes here as through transformers'
+    `apply_chat_template`; the system text is prepended as given.
     """
 
     turn_start: str = TURN_START
     turn_end: str = TURN_END
     user_role: str = "user"
     model_role: str = "model"
+
+    @staticmethod
+    def turn_text(content: str) -> str:
+        """The text of a user or model turn as the template writes it."""
+        return content.strip()
 
     def pieces(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[str]:
         """The conversation as pieces (turn markers are separate pieces, encoded by id)."""
@@ -72,9 +79,9 @@ class ChatTemplate:
             if role == "system":
                 system.append(content)
             elif role == "user":
-                turns.append((self.user_role, content))
+                turns.append((self.user_role, self.turn_text(content)))
             elif role in ("assistant", "model"):
-                turns.append((self.model_role, content))
+                turns.append((self.model_role, self.turn_text(content)))
             else:
                 raise CodegemmaError(f"messages[{i}].role {role!r} is not one of system, user, assistant")
         if system:

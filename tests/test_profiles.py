@@ -105,6 +105,15 @@ def test_chat_template_layout():
         template.pieces([{"role": "tool", "content": "x"}])
 
 
+def test_chat_template_trims_turn_text_as_gemmas_templates_do():
+    pieces = ChatTemplate().pieces([{"role": "system", "content": "Be brief.\n"},
+                                    {"role": "user", "content": "\n  Sort a list\n\n"},
+                                    {"role": "assistant", "content": "```python\nsorted(x)\n```\n"}],
+                                   add_generation_prompt=False)
+    assert "".join(pieces) == ("<start_of_turn>user\nBe brief.\n\n\nSort a list<end_of_turn>\n"
+                               "<start_of_turn>model\n```python\nsorted(x)\n```<end_of_turn>\n")
+
+
 @pytest.mark.slow
 @pytest.mark.real_weights
 def test_default_model_vocabulary_resolves_to_gemma3(default_gguf_path):

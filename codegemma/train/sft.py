@@ -55,7 +55,7 @@ def tokenize_conversation(messages: Sequence[dict], tokenizer, template=None, ad
         if prompt[:len(done)] != done:
             raise CodegemmaError("chat template is not incremental over turns; cannot mask model turns")
         context = _encode(tokenizer, prompt[len(done):], ids)
-        reply = tokenizer.encode(message["content"]) + [ids[template.turn_end]]
+        reply = tokenizer.encode(template.turn_text(message["content"])) + [ids[template.turn_end]]
         tokens += context + reply
         trained += [False] * len(context) + [True] * len(reply)
         done = template.pieces(messages[:i + 1], add_generation_prompt=False)

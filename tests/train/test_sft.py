@@ -27,6 +27,13 @@ def test_only_model_turns_are_trained(small_tokenizer):
     assert trained_text == "x + 1<end_of_turn>x + 2<end_of_turn>"
 
 
+def test_turn_text_is_trimmed_as_the_template_writes_it(small_tokenizer):
+    tok = small_tokenizer
+    padded = [{"role": m["role"], "content": m["content"] if m["role"] == "system" else f"\n {m['content']}\n\n"}
+              for m in CONVERSATION]
+    assert sft.tokenize_conversation(padded, tok) == sft.tokenize_conversation(CONVERSATION, tok)
+
+
 def test_same_prompt_as_the_chat_template_at_inference(small_tokenizer):
     """The context before the first trained token is exactly the served chat prompt."""
     from codegemma.fim import encode_pieces
