@@ -76,6 +76,20 @@ def build_spm_bpe(pieces: list[str], types: list[int]) -> HFTokenizer:
     return tok
 
 
+def with_bos_template(backend: HFTokenizer, bos_id: int) -> HFTokenizer:
+    """A copy of `backend` whose post-processor prepends <bos>, as the tokenizer.json of Gemma's
+    own checkpoints does: transformers adds <bos> only through it (`add_bos_token` in
+    tokenizer_config.json alone does nothing). codegemma's own encode adds <bos> itself and
+    ignores the post-processor, so the copy tokenizes here exactly as the original."""
+    from tokenizers.processors import TemplateProcessing
+
+    copy = HFTokenizer.from_str(backend.to_str())
+    bos = copy.id_to_token(bos_id)
+    copy.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                             special_tokens=[(bos, bos_id)])
+    return copy
+
+
 class Tokenizer:
     """Text <-> token ids for a Gemma vocabulary, with special tokens by name."""
 

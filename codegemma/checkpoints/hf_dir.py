@@ -90,20 +90,12 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
 
 
 def _save_tokenizer(tokenizer, directory: Path):
-    """tokenizer.json and tokenizer_config.json as transformers reads them. transformers prepends
-    <bos> only through tokenizer.json's post-processor (add_bos_token alone does nothing), so the
-    template Gemma's own tokenizer.json carries is added: without it every prompt tokenized by
-    transformers would lack the <bos> the model was trained with. (codegemma's own encode adds
-    <bos> itself and ignores the post-processor.)"""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.processors import TemplateProcessing
+    """tokenizer.json (with the <bos> template transformers needs, `with_bos_template`) and
+    tokenizer_config.json, as transformers reads them."""
+    from codegemma.tokenizer import with_bos_template
 
-    backend = HFTokenizer.from_str(tokenizer.backend.to_str())
     add_bos = tokenizer.bos_id is not None and tokenizer.add_bos_default
-    if add_bos:
-        bos = backend.id_to_token(tokenizer.bos_id)
-        backend.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                    special_tokens=[(bos, tokenizer.bos_id)])
+    backend = with_bos_template(tokenizer.backend, tokenizer.bos_id) if add_bos else tokenizer.backend
     backend.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": add_bos, "add_eos_token": False,

@@ -21,6 +21,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
+from codegemma.tokenizer import with_bos_template
 
 SPECIAL_BY_ID = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>",
                  67: CODEGEMMA_SENTINELS.prefix, 68: CODEGEMMA_SENTINELS.middle,
@@ -106,7 +107,8 @@ def save(tok: Tokenizer, out_path: str | Path) -> Path:
               "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>", "add_bos_token": True,
               "model_max_length": 1 << 30}
     special_map = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")}
-    for name, text in ((out_path.name, tok.to_str(pretty=True)), ("tokenizer_config.json", json.dumps(config, indent=1)),
+    hf_json = with_bos_template(tok, tok.token_to_id("<bos>")).to_str(pretty=True)
+    for name, text in ((out_path.name, hf_json), ("tokenizer_config.json", json.dumps(config, indent=1)),
                        ("special_tokens_map.json", json.dumps(special_map, indent=1))):
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -52,8 +52,9 @@ def test_project_and_transformers_load_it(trained):
     assert ours.special["fim_prefix"] == 67 and ours.bos_id == 2 and ours.eos_id == 1
     assert ours.encode(text) == tok.encode(text).ids
     hf = AutoTokenizer.from_pretrained(path.parent)
+    assert hf(text)["input_ids"] == ours.encode(text, add_bos=True)  # <bos> first, as codegemma trains
     assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text).ids
-    assert hf.decode(hf(text)["input_ids"]) == text
+    assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
 
 
 def test_too_small_vocabulary_is_an_error():
