@@ -141,3 +141,27 @@ def test_export_from_a_training_run(tmp_path, tokenizer):
     gguf_path = export(tmp_path / "run", tmp_path / "m.gguf", fmt="gguf", dtype="f32")
     with torch.no_grad():
         assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_default_model_exported_to_gguf_reads_the_same_in_llama_cpp(tmp_path, default_gguf_path):
+    """The real 262k-entry vocabulary tokenizes the same in llama.cpp from our export, and the
+    logits agree (llama.cpp keeps its KV cache in f16, hence the looser bound)."""
+    import inspect
+    import json
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    loaded = load(default_gguf_path, progress=False)
+    path = write_gguf(loaded.model.state_dict(), loaded.config, loaded.tokenizer, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    source = inspect.getsource(json.decoder)
+    ids = loaded.tokenizer.encode(source, add_bos=True)
+    assert llm.tokenize(source.encode(), add_bos=True, special=False) == ids
+    ids = ids[:128]
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[:len(ids)])
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([ids]))[0]
+    assert (theirs - ours).abs().max().item() < 0.2
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item() >= 0.98
