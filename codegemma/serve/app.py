@@ -322,7 +322,7 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
             temperature=sampling.temperature if body.temperature is None else body.temperature,
             top_k=sampling.top_k, top_p=sampling.top_p if body.top_p is None else body.top_p,
             repetition_penalty=sampling.repetition_penalty, seed=body.seed, stop_ids=profile.stop_ids)
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         stop = schemas.stops(body.stop)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
 

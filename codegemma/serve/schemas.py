@@ -53,9 +53,36 @@ class OpenAICompletion(_Request):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant"]
-    content: str
+    # OpenAI clients may send the content as a list of parts; only text parts exist for these models
+    content: str | Annotated[list[TextPart], Field(min_length=1, max_length=64)]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value):
+        # checked here, not by the union, whose first complaint would be "not a valid string"
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("content is an empty list of parts")
+            for i, part in enumerate(value):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f"content part {i} is {kind!r}: only text parts are supported")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {i} has no text string")
+        return value
+
+    def text(self) -> str:
+        """The content as one string: text parts each trimmed and joined, as Gemma 3's template does."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text.strip() for part in self.content)
 
 
 class OpenAIChat(_Request):

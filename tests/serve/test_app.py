@@ -41,6 +41,11 @@ def test_openai_client_completions_models_and_chat(tiny_server):
                                             max_tokens=5, temperature=0, stream=True)
     parts = list(stream)
     assert parts[0].choices[0].delta.role == "assistant" and parts[-1].choices[0].finish_reason is not None
+    # content as a list of text parts, as some OpenAI clients send it: the same conversation
+    in_parts = client.chat.completions.create(
+        model="tiny-fim", messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi"}]}],
+        max_tokens=5, temperature=0)
+    assert in_parts.choices[0].message.content == chat.choices[0].message.content
 
 
 def test_infill_and_prefix_cache(tiny_server):
@@ -93,6 +98,8 @@ def test_health_and_metrics(tiny_server):
     ("/v1/completions", {"segments": {"suffix": "x"}}, 400, "segments.prefix"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     400, "messages.0.content"),
     ("/infill", {"input_prefix": 3}, 400, "input_prefix"),
     ("/infill", {"input_extra": [{"filename": "a"}]}, 400, "input_extra.0.text"),
     ("/infill", b'{"input_prefix": "\\ud800"}', 400, "input_prefix"),
