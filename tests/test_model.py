@@ -87,26 +87,9 @@ def test_last_only_prefill_matches_the_full_forward_and_fills_the_cache(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_last_only_prefill_on_top_of_a_cached_prefix(name):
-    """A prompt that extends a cached prefix (the server's prefix reuse), past the sliding window."""
-    cfg = preset(name)
-    torch.manual_seed(2)
-    model = Gemma(cfg).eval()
-    model.init_weights()
-    ids = torch.randint(0, cfg.vocab_size, (1, 40))
-    with torch.no_grad():
-        ref = model(ids)
-        cache = KVCache(cfg, batch_size=1, max_len=64, slack=2)
-        model(ids[:, :13], cache=cache, last_only=True)
-        last = model(ids[:, 13:37], cache=cache, last_only=True)
-        steps = [model(ids[:, t:t + 1], cache=cache) for t in range(37, 40)]
-    assert (last - ref[:, 36:37]).abs().max().item() <= TOL
-    assert (torch.cat(steps, dim=1) - ref[:, 37:]).abs().max().item() <= TOL
-
-
-@pytest.mark.parametrize("name", TINY)
 def test_chunked_prefill_through_ring_buffer(name):
-    """Chunks longer than the window, through a ring-bounded cache, give the full-forward logits."""
+    """Chunks longer than the window, through a ring-bounded cache, give the full-forward logits,
+    whole or (`last_only`) at each chunk's end, and the cache then decodes as after a full forward."""
     cfg = preset(name)
     torch.manual_seed(1)
     model = Gemma(cfg).eval()
@@ -116,7 +99,12 @@ def test_chunked_prefill_through_ring_buffer(name):
         ref = model(ids)
         cache = KVCache(cfg, batch_size=1, max_len=64, slack=2)
         got = torch.cat([model(ids[:, a:a + 11], cache=cache) for a in range(0, 45, 11)], dim=1)
+        # the same chunks with `last_only`, each extending the cached prefix (the server's prefix reuse)
+        cache = KVCache(cfg, batch_size=1, max_len=64, slack=2)
+        lasts = torch.cat([model(ids[:, a:a + 11], cache=cache, last_only=True) for a in range(0, 44, 11)], dim=1)
+        step = model(ids[:, 44:], cache=cache)
     assert (ref - got).abs().max().item() <= TOL
+    assert (ref[:, 10:44:11] - lasts).abs().max().item() <= TOL and (ref[:, 44:] - step).abs().max().item() <= TOL
 
 
 def test_segment_ids_isolate_documents():
