@@ -16,6 +16,7 @@ from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.checkpoints.hf_weights import to_hf_state_dict
 from codegemma.config import ModelConfig
 from codegemma.errors import CodegemmaError
+from codegemma.tokenizer import with_bos_template
 
 INDEX = "model.safetensors.index.json"
 
@@ -92,8 +93,6 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
 def _save_tokenizer(tokenizer, directory: Path):
     """tokenizer.json (with the <bos> template transformers needs, `with_bos_template`) and
     tokenizer_config.json, as transformers reads them."""
-    from codegemma.tokenizer import with_bos_template
-
     add_bos = tokenizer.bos_id is not None and tokenizer.add_bos_default
     backend = with_bos_template(tokenizer.backend, tokenizer.bos_id) if add_bos else tokenizer.backend
     backend.save(str(directory / "tokenizer.json"))
