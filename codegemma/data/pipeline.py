@@ -33,6 +33,9 @@ from codegemma.data.shards import ShardWriter
 from codegemma.data.sources import RepoRef, list_repositories, store_repository
 from codegemma.errors import CodegemmaError
 
+# Lists the repository folders of a held-out directory (read by `codegemma.train.evaluate`).
+HELDOUT_REPOSITORIES = "repositories.json"
+
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
@@ -235,6 +238,7 @@ class Pipeline:
                     target = stage / e["key"] / doc["path"]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(doc["content"], encoding="utf-8")
+        (stage / HELDOUT_REPOSITORIES).write_text(json.dumps(sorted(e["key"] for e in members)) + "\n")
         publish_dir(stage, self.out / "heldout")
 
     # ---- all ---------------------------------------------------------------------------

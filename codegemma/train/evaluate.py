@@ -14,6 +14,7 @@ experiment) sees the same ones.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from codegemma.data.pipeline import HELDOUT_REPOSITORIES
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
 from codegemma.kv_cache import KVCache
@@ -39,14 +41,22 @@ class InfillExample:
 
 
 def read_files(root: str | Path, max_bytes: int = 200_000) -> list[tuple[str, str]]:
-    """(relative path, text) of the source files under `root`, sorted by path."""
+    """(path, text) of the source files under `root`, sorted by their path under `root`.
+
+    The path is relative to `root`, or, in a held-out directory the data pipeline wrote (one
+    folder per repository, listed in `repositories.json`), relative to the file's repository: the
+    path line training examples carry, so an infilling prompt names a file as training did.
+    """
     root = Path(root)
+    repos = set(json.loads((root / HELDOUT_REPOSITORIES).read_text())) if (root / HELDOUT_REPOSITORIES).is_file() else set()
     out = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES):
         if path.stat().st_size > max_bytes:
             continue
+        name = path.relative_to(root).as_posix()
+        repo, _, inside = name.partition("/")
         try:
-            out.append((path.relative_to(root).as_posix(), path.read_text(encoding="utf-8")))
+            out.append((inside if repo in repos and inside else name, path.read_text(encoding="utf-8")))
         except (UnicodeDecodeError, OSError):
             continue
     return out

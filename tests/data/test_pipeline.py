@@ -135,8 +135,10 @@ def test_eval_split_and_text_source_mixture(collection, tokenizer_path, tmp_path
     shares = report["splits"]["train"]["shares"]
     assert set(shares) == {"code", "prose"} and shares["code"] > shares["prose"]
     assert "eval" in report["splits"]
-    held = [p for p in (tmp_path / "out" / "heldout").rglob("*") if p.is_file()]
+    held = [p for p in (tmp_path / "out" / "heldout").rglob("*") if p.is_file() and p.name != "repositories.json"]
     assert held or report["splits"]["eval"]["shares"] == {"prose": 1.0}
+    repos = json.loads((tmp_path / "out" / "heldout" / "repositories.json").read_text())
+    assert {p.relative_to(tmp_path / "out" / "heldout").parts[0] for p in held} <= set(repos)
 
 
 @pytest.mark.slow

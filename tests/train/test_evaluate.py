@@ -114,3 +114,15 @@ def test_read_files_keeps_source_files(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "notes.bin").write_bytes(b"\x00\x01")
     assert read_files(tmp_path) == [("a.py", "x = 1\n")]
+
+
+def test_read_files_names_held_out_files_as_training_did(tmp_path):
+    # a pipeline's held-out directory: one folder per repository; training's path lines are
+    # relative to the repository, so the infilling prompts must be too
+    (tmp_path / "repo-a1b2" / "pkg").mkdir(parents=True)
+    (tmp_path / "repo-a1b2" / "pkg" / "m.py").write_text("y = 2\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "n.py").write_text("z = 3\n")
+    assert [p for p, _ in read_files(tmp_path)] == ["other/n.py", "repo-a1b2/pkg/m.py"]
+    (tmp_path / "repositories.json").write_text('["repo-a1b2"]\n')
+    assert read_files(tmp_path) == [("other/n.py", "z = 3\n"), ("pkg/m.py", "y = 2\n")]
