@@ -173,7 +173,7 @@ def main() -> int:
 
     tokens = args.batch * args.seq_len
     flops = metrics.flops_per_token(cfg, args.seq_len)
-    peak = metrics.peak_flops(torch.device(args.device))
+    peak = metrics.peak_flops(torch.device(args.device), args.precision == "bf16")
     result = {name: tokens / s for name, s in seconds.items()}
     mfu = {name: tps * flops / peak for name, tps in result.items()} if peak else {}
     ratio = result["ours"] / result["transformers"] if len(result) == 2 else None

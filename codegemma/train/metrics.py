@@ -38,12 +38,14 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * weights + attn
 
 
-def peak_flops(device: torch.device) -> float:
+def peak_flops(device: torch.device, bf16: bool = False) -> float:
     """Peak FLOP/s of one device: bf16 data-sheet numbers for known GPUs, an FMA estimate for CPUs.
 
     The CPU figure assumes two 256-bit FMA units per core (32 float32 FLOPs per cycle) at the
     maximum clock over the cores this process may use; it is an upper bound, so CPU MFU is a lower
-    bound on utilisation.
+    bound on utilisation. With `bf16` (autocast) on a CPU whose dot-product instructions take bf16
+    (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles; without them bf16
+    products run at the float32 rate.
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -55,7 +57,20 @@ def peak_flops(device: torch.device) -> float:
     mhz = (freq.max or freq.current) if freq else 0.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = min(cores, torch.get_num_threads())
-    return threads * (mhz or 2500.0) * 1e6 * 32
+    per_cycle = 64 if bf16 and "avx512_bf16" in cpu_flags() else 32
+    return threads * (mhz or 2500.0) * 1e6 * per_cycle
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags Linux reports for the first CPU (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 class MetricsLogger:

@@ -62,7 +62,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.logger = metrics.MetricsLogger(self.out_dir, recipe.log.tensorboard, enabled=self.env.is_main)
-        self.peak = recipe.log.peak_flops or metrics.peak_flops(self.device)
+        self.peak = recipe.log.peak_flops or metrics.peak_flops(self.device, self.bf16)
 
     # ---- checkpointing -----------------------------------------------------------------
     def model_state(self) -> dict:
