@@ -217,10 +217,10 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-
 def _one_document_per_row(segment_ids: torch.Tensor) -> bool:
     """Whether every row of [B, T] `segment_ids` is one document, without padding (id 0)."""
     return bool(((segment_ids == segment_ids[:, :1]) & (segment_ids != 0)).all())
+
 
 class Gemma(nn.Module):
     def __init__(self, config: ModelConfig):

@@ -48,7 +48,11 @@ def read_files(root: str | Path, max_bytes: int = 200_000) -> list[tuple[str, st
     path line training examples carry, so an infilling prompt names a file as training did.
     """
     root = Path(root)
-    repos = set(json.loads((root / HELDOUT_REPOSITORIES).read_text())) if (root / HELDOUT_REPOSITORIES).is_file() else set()
+    listing = root / HELDOUT_REPOSITORIES
+    try:
+        repos = set(json.loads(listing.read_text())) if listing.is_file() else set()
+    except (ValueError, TypeError) as e:
+        raise CodegemmaError(f"{listing}: not a JSON list of repository folders ({e})") from None
     out = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES):
         if path.stat().st_size > max_bytes:

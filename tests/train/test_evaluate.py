@@ -6,6 +6,7 @@ import torch
 
 from codegemma.config import ModelConfig, preset
 from codegemma.data.shards import ShardWriter
+from codegemma.errors import CodegemmaError
 from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
 from codegemma.model import Gemma
 from codegemma.train.evaluate import InfillScorer, read_files, single_line_examples, unigram_baseline
@@ -126,3 +127,6 @@ def test_read_files_names_held_out_files_as_training_did(tmp_path):
     assert [p for p, _ in read_files(tmp_path)] == ["other/n.py", "repo-a1b2/pkg/m.py"]
     (tmp_path / "repositories.json").write_text('["repo-a1b2"]\n')
     assert read_files(tmp_path) == [("other/n.py", "z = 3\n"), ("pkg/m.py", "y = 2\n")]
+    (tmp_path / "repositories.json").write_text('{"repo-a1b2": 1')
+    with pytest.raises(CodegemmaError, match="repositories.json: not a JSON list"):
+        read_files(tmp_path)
