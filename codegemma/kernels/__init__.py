@@ -31,8 +31,9 @@ _library: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cpu_flags() -> str:
-    """What -march=native depends on: a library built for one CPU may not run on another."""
+def cpu_flags() -> str:
+    """The CPU's instruction-set flags line, what -march=native depends on: a library built for
+    one CPU may not run on another."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -69,7 +70,7 @@ def library() -> ctypes.CDLL | None:
         from codegemma.checkpoints.loading import cache_root
 
         key = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES) +
-                           f"{compiler}|{platform.machine()}|{_cpu_flags()}".encode())
+                           f"{compiler}|{platform.machine()}|{cpu_flags()}".encode())
         target = cache_root() / "kernels" / f"codegemma-kernels-{key.hexdigest()[:16]}.so"
         try:
             if not target.is_file():

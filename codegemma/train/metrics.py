@@ -15,6 +15,7 @@ import psutil
 import torch
 
 from codegemma.config import ModelConfig
+from codegemma.kernels import cpu_flags
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
 _GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
@@ -57,20 +58,8 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
     mhz = (freq.max or freq.current) if freq else 0.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = min(cores, torch.get_num_threads())
-    per_cycle = 64 if bf16 and "avx512_bf16" in cpu_flags() else 32
+    per_cycle = 64 if bf16 and "avx512_bf16" in cpu_flags().split() else 32
     return threads * (mhz or 2500.0) * 1e6 * per_cycle
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags Linux reports for the first CPU (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 class MetricsLogger:
