@@ -2,10 +2,11 @@
 
 `block_gemv.c` multiplies float32 activations by float32 weights that are stored as GGUF-style
 blocks: one integer code per weight plus a scale (and offset) per group (see the file).
-`decode_step.c` runs a whole decoder layer for one new token per row on those weights. Both are built once
+`decode_step.c` runs a whole decoder layer for one new token per row on those weights.
+`train_ops.c` holds fused forward and backward kernels for training (`codegemma.fused_ops`). All are built once
 with the machine's C compiler into `$CODEGEMMA_CACHE/kernels` and loaded through ctypes, which
 releases the GIL during a call. Where no compiler works, `available()` is False and callers keep
-using plain float32 weights and PyTorch; `CODEGEMMA_KERNELS=0` turns the kernels off.
+using plain float32 weights and PyTorch's ops; `CODEGEMMA_KERNELS=0` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("block_gemv.c", "decode_step.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("block_gemv.c", "decode_step.c", "train_ops.c")]
 MAX_ROWS = 16  # up to this many rows of x the kernel beats a float32 GEMM reading 4x the bytes
 
 _lock = threading.Lock()
@@ -78,7 +79,8 @@ def library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", None) or str(exc)
-            warnings.warn(f"codegemma: C kernels unavailable, float32 decoding reads plain weights "
+            warnings.warn(f"codegemma: C kernels unavailable, float32 decoding reads plain weights and training "
+                          f"uses PyTorch's elementwise ops "
                           f"({detail.strip().splitlines()[-1] if detail.strip() else type(exc).__name__})")
             return None
         lib.block_gemv.restype = None
@@ -89,8 +91,18 @@ def library() -> ctypes.CDLL | None:
         lib.decode_layer.argtypes = [ctypes.POINTER(Layer), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                                      ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        _declare_train_ops(lib)
         _library = lib
         return lib
+
+
+def _declare_train_ops(lib: ctypes.CDLL):
+    p, n, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    for name, args in (("geglu_forward", [p, p, p, n, i]), ("geglu_backward", [p, p, p, p, p, n, i]),
+                       ("rms_norm_forward", [p, p, p, p, n, n, f, i]),
+                       ("rms_norm_backward", [p, p, p, p, p, p, p, n, n, i])):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = None, args
 
 
 class Blocks(ctypes.Structure):

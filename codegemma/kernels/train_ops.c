@@ -1,0 +1,131 @@
+/* Fused elementwise kernels for training on a CPU: forward and backward of the gated GELU of the
+ * MLP and of Gemma's RMSNorm, each one pass over memory where PyTorch's eager ops take four to
+ * eight (its RMSNorm backward and the GELU's product are several separate kernels).
+ *
+ *   geglu:    y = gelu_tanh(g) * u, with gelu_tanh(x) = 0.5 x (1 + tanh(k0 (x + k1 x^3)))
+ *   rms_norm: y = x / sqrt(mean(x^2) + eps) * (1 + w), per row of d values
+ *
+ * 0.5 (1 + tanh(a)) is the logistic function of 2a, so the GELU is written x * sigmoid(2a): one
+ * exp and one division, accurate where tanh(a) is near -1 (the difference 1 + tanh would cancel).
+ * Float32 throughout; results differ from PyTorch's by float rounding only.
+ *
+ * Built with the other kernels by codegemma.kernels. Each kernel splits its rows or elements
+ * into fixed blocks, so results do not depend on the number of threads. */
+#pragma GCC optimize("no-trapping-math") /* lets the compiler vectorise the clamps below */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define K0 0.7978845608028654f /* sqrt(2 / pi) */
+#define K1 0.044715f
+#define BLOCK 4096             /* elements per parallel work item */
+#define ROW_BLOCK 64           /* rows per partial sum of the RMSNorm weight gradient */
+
+/* exp(x) in float32: x = n ln2 + r with |r| <= ln2 / 2, then 2^n times a degree-6 polynomial of r
+ * (the coefficients of the Cephes library's expf); within 2 ulp, and written so that loops calling
+ * it vectorise (no library call, no branch). */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;               /* ln2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static void geglu_forward_block(const float *restrict g, const float *restrict u, float *restrict y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        float sig = 1.0f / (1.0f + exp_f32(-2.0f * K0 * (x + K1 * x * x * x)));
+        y[i] = x * sig * u[i];
+    }
+}
+
+static void geglu_backward_block(const float *restrict g, const float *restrict u, const float *restrict dy,
+                                 float *restrict dg, float *restrict du, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        float e = exp_f32(-2.0f * K0 * (x + K1 * x * x * x));
+        float sig = 1.0f / (1.0f + e);
+        /* d gelu / dx = sig + x * 2 sig (1 - sig) * k0 (1 + 3 k1 x^2), with 1 - sig = e * sig */
+        float dgelu = sig + 2.0f * x * sig * (e * sig) * K0 * (1.0f + 3.0f * K1 * x * x);
+        du[i] = dy[i] * x * sig;
+        dg[i] = dy[i] * u[i] * dgelu;
+    }
+}
+
+void geglu_forward(const float *g, const float *u, float *y, int64_t n, int threads) {
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t lo = b * BLOCK, len = n - lo < BLOCK ? n - lo : BLOCK;
+        geglu_forward_block(g + lo, u + lo, y + lo, len);
+    }
+}
+
+void geglu_backward(const float *g, const float *u, const float *dy, float *dg, float *du, int64_t n, int threads) {
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t lo = b * BLOCK, len = n - lo < BLOCK ? n - lo : BLOCK;
+        geglu_backward_block(g + lo, u + lo, dy + lo, dg + lo, du + lo, len);
+    }
+}
+
+static float sum_of_squares(const float *restrict x, int64_t d) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < d; j++) s += x[j] * x[j];
+    return s;
+}
+
+/* y = x * rstd * (1 + w) per row; rstd[row] = 1 / sqrt(mean(x^2) + eps) is kept for backward. */
+void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t d, float eps,
+                      int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict xr = x + r * d;
+        float *restrict yr = y + r * d;
+        float s = 1.0f / sqrtf(sum_of_squares(xr, d) / (float)d + eps);
+        rstd[r] = s;
+        for (int64_t j = 0; j < d; j++) yr[j] = xr[j] * s * (1.0f + w[j]);
+    }
+}
+
+/* dx = rstd * (a - x * rstd^2 * mean(a * x)) with a = dy * (1 + w); dw = sum over rows of
+ * dy * x * rstd, summed per block of ROW_BLOCK rows into `partial` [blocks, d] and then over the
+ * blocks in order, so the sum is the same for any number of threads. */
+void rms_norm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *dw,
+                       float *partial, int64_t rows, int64_t d, int threads) {
+    int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        float *restrict acc = partial + b * d;
+        for (int64_t j = 0; j < d; j++) acc[j] = 0.0f;
+        int64_t end = (b + 1) * ROW_BLOCK < rows ? (b + 1) * ROW_BLOCK : rows;
+        for (int64_t r = b * ROW_BLOCK; r < end; r++) {
+            const float *restrict xr = x + r * d, *restrict gr = dy + r * d;
+            float *restrict out = dx + r * d;
+            float s = rstd[r], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < d; j++) dot += gr[j] * (1.0f + w[j]) * xr[j];
+            float c = dot * s * s / (float)d;
+            for (int64_t j = 0; j < d; j++) {
+                out[j] = s * (gr[j] * (1.0f + w[j]) - xr[j] * c);
+                acc[j] += gr[j] * xr[j] * s;
+            }
+        }
+    }
+    for (int64_t j = 0; j < d; j++) dw[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
+}

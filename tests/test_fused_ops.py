@@ -1,0 +1,106 @@
+"""The fused training kernels (codegemma.fused_ops) against PyTorch's ops: values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codegemma import fused_ops, kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the kernels")
+
+
+def _eager_geglu(gate, up):
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def _eager_rms_norm(x, w, eps):
+    return F.rms_norm(x, (x.shape[-1],), 1.0 + w, eps)
+
+
+def _grads(fn, inputs, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _assert_close_to_reference(fused, eager, reference):
+    """The fused result is as close to the float64 reference as PyTorch's float32 one, within 2x."""
+    scale = reference.abs().max()
+    err_fused = (fused.double() - reference).abs().max() / scale
+    err_eager = (eager.double() - reference).abs().max() / scale
+    assert err_fused <= max(2 * err_eager, 1e-6), (err_fused, err_eager)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 96), (3, 4099)])  # a ragged tail past the 4096-element blocks
+def test_geglu_matches_pytorch(shape):
+    torch.manual_seed(0)
+    gate, up, grad = torch.randn(shape) * 4, torch.randn(shape), torch.randn(shape)
+    fused, fused_grads = _grads(fused_ops.geglu, (gate, up), grad)
+    eager, eager_grads = _grads(_eager_geglu, (gate, up), grad)
+    ref, ref_grads = _grads(_eager_geglu, (gate.double(), up.double()), grad)
+    _assert_close_to_reference(fused, eager, ref)
+    for f, e, r in zip(fused_grads, eager_grads, ref_grads):
+        _assert_close_to_reference(f, e, r)
+
+
+def test_geglu_extreme_gates_stay_finite():
+    gate = torch.tensor([-1e4, -100.0, -20.0, -5.0, 0.0, 5.0, 20.0, 100.0, 1e4]).requires_grad_()
+    up = torch.ones_like(gate).requires_grad_()
+    out = fused_ops.geglu(gate, up)
+    out.sum().backward()
+    expected = F.gelu(gate.detach().double(), approximate="tanh")
+    torch.testing.assert_close(out.detach().double(), expected, rtol=1e-6, atol=1e-30)
+    assert torch.isfinite(gate.grad).all() and torch.isfinite(up.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 64), (130, 256)])  # rows past one 64-row block of the weight gradient
+def test_rms_norm_matches_pytorch(shape):
+    torch.manual_seed(0)
+    x, w, grad = torch.randn(shape) * 3, torch.randn(shape[-1]) * 0.1, torch.randn(shape)
+    fused, fused_grads = _grads(lambda a, b: fused_ops.rms_norm(a, b, 1e-6), (x, w), grad)
+    eager, eager_grads = _grads(lambda a, b: _eager_rms_norm(a, b, 1e-6), (x, w), grad)
+    ref, ref_grads = _grads(lambda a, b: _eager_rms_norm(a, b, 1e-6), (x.double(), w.double()), grad)
+    _assert_close_to_reference(fused, eager, ref)
+    for f, e, r in zip(fused_grads, eager_grads, ref_grads):
+        _assert_close_to_reference(f, e, r)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    torch.manual_seed(0)
+    x, w, grad = torch.randn(300, 128), torch.randn(128), torch.randn(300, 128)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            runs.append(_grads(lambda a, b: fused_ops.rms_norm(a, b, 1e-6), (x, w), grad)[1]
+                        + _grads(fused_ops.geglu, (x, w.expand_as(x).contiguous()), grad)[1])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_pytorch_ops_without_autograd():
+    """Inference keeps PyTorch's ops, bit for bit (its parity with transformers depends on it)."""
+    x, w = torch.randn(4, 32), torch.randn(32)
+    with torch.no_grad():
+        assert torch.equal(fused_ops.rms_norm(x, w, 1e-6), _eager_rms_norm(x, w, 1e-6))
+        assert torch.equal(fused_ops.geglu(x, x.flip(0)), _eager_geglu(x, x.flip(0)))
+
+
+def test_training_takes_the_kernels():
+    """With autograd recording, the model's MLP and norms run the fused kernels (else the tests
+    above would compare PyTorch with itself)."""
+    from codegemma.config import preset
+    from codegemma.model import Gemma
+
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    x = torch.randn(1, 3, model.config.d_model, requires_grad=True)
+    mlp_inner = []
+    model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, out: mlp_inner.append(args[0]))
+    model.layers[0].mlp(x)
+    assert type(mlp_inner[0].grad_fn).__name__ == "_GegluBackward"
+    assert type(model.layers[0].input_layernorm(x).grad_fn).__name__ == "_RmsNormBackward"
