@@ -43,6 +43,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + weight.float(), eps).type_as(x)
 
 
+def softmax_xent_grad_(z: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, nll: torch.Tensor) -> bool:
+    """For float32 logits z [rows, V] on a CPU: writes logsumexp(z) - z[target] per row into `nll`
+    and overwrites z with weights * (softmax(z) - onehot(targets)), the fused LM head's gradient
+    (codegemma.head_loss). Returns False, touching nothing, where the kernel does not apply."""
+    if not (z.device.type == "cpu" and z.dtype == torch.float32 and nll.dtype == torch.float32 and z.dim() == 2
+            and z.is_contiguous() and nll.is_contiguous() and not torch.compiler.is_compiling()
+            and kernels.available()):
+        return False
+    targets = targets.to(torch.int64).contiguous()
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= z.shape[1]):  # the kernel does not check
+        raise IndexError(f"target id outside the vocabulary of {z.shape[1]}")
+    weights = weights.to(torch.float32).contiguous()
+    kernels.library().softmax_xent_grad(z.data_ptr(), targets.data_ptr(), weights.data_ptr(), nll.data_ptr(),
+                                        z.shape[0], z.shape[1], _threads())
+    return True
+
+
 def _threads() -> int:
     return torch.get_num_threads()
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from codegemma import fused_ops
+
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk on a CPU: 8 MB in float32, which stays in cache
 GPU_CHUNK_ELEMENTS = 1 << 27  # on a GPU: 512 MB, so that each chunk's matmuls keep the GPU busy
 
@@ -59,6 +61,25 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     return out
 
 
+def _nll_and_grad_(z: torch.Tensor, t: torch.Tensor | None, targets: torch.Tensor, weights: torch.Tensor,
+                   nll: torch.Tensor) -> torch.Tensor:
+    """Writes each row's NLL into `nll` and returns d(w_i * nll_i)/dz = w_i * (softmax(z) - onehot(target)),
+    through the soft-cap where there is one (`t`), computed in z's memory."""
+    if t is None and fused_ops.softmax_xent_grad_(z, targets, weights, nll):  # one pass per row, on a CPU
+        return z
+    target_z = z.gather(1, targets[:, None])[:, 0]
+    top = z.amax(-1)
+    g = z.sub_(top[:, None]).exp_()  # one exp per logit, in z's memory
+    total = g.sum(-1)
+    nll.copy_(top + total.log() - target_z)
+    g.div_(total[:, None])
+    g[torch.arange(len(targets), device=z.device), targets] -= 1.0
+    g.mul_(weights[:, None])
+    if t is not None:
+        g.mul_(1.0 - t * t)  # through the soft-cap: d(cap * tanh(z / cap)) = 1 - tanh^2
+    return g
+
+
 class _WeightedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, weights, softcap):
@@ -70,23 +91,10 @@ class _WeightedNLL(torch.autograd.Function):
         grad_w = (torch.zeros(weight.shape, dtype=_accumulate_dtype(dtype), device=weight.device)
                   if ctx.needs_input_grad[1] else None)
         step = chunk_rows(w.shape[0], h.device)
-        rows = torch.arange(min(step, N), device=h.device)
         for r0 in range(0, N, step):
-            hc, tc = h[r0:r0 + step], targets[r0:r0 + step]
+            hc = h[r0:r0 + step]
             z, t = _chunk_logits(hc, w, softcap)
-            target_z = z.gather(1, tc[:, None])[:, 0]
-            top = z.amax(-1)
-            g = z.sub_(top[:, None]).exp_()  # one exp per logit, in z's memory
-            total = g.sum(-1)
-            nll[r0:r0 + step] = top + total.log() - target_z
-            if grad_h is None and grad_w is None:
-                continue
-            # d(w_i * nll_i)/dz = w_i * (softmax(z) - onehot(target))
-            g.div_(total[:, None])
-            g[rows[:len(tc)], tc] -= 1.0
-            g.mul_(weights[r0:r0 + step, None])
-            if t is not None:
-                g.mul_(1.0 - t * t)  # through the soft-cap: d(cap * tanh(z / cap)) = 1 - tanh^2
+            g = _nll_and_grad_(z, t, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step])
             g = g.to(dtype)
             if grad_h is not None:
                 grad_h[r0:r0 + step] = g @ w

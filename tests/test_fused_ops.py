@@ -104,3 +104,26 @@ def test_training_takes_the_kernels():
     model.layers[0].mlp(x)
     assert type(mlp_inner[0].grad_fn).__name__ == "_GegluBackward"
     assert type(model.layers[0].input_layernorm(x).grad_fn).__name__ == "_RmsNormBackward"
+
+
+def test_softmax_xent_grad_matches_float64():
+    torch.manual_seed(0)
+    z = torch.randn(37, 1003) * 8  # a vocabulary that is no multiple of the vector width
+    z[0, 5] = 80.0  # a confident row: exp would overflow without the max subtracted
+    targets = torch.randint(0, 1003, (37,))
+    weights = (torch.rand(37) > 0.3).float() * 2.0  # masked rows get no gradient
+    ref = z.double().requires_grad_()
+    ref_nll = torch.nn.functional.cross_entropy(ref, targets, reduction="none")
+    (ref_nll * weights.double()).sum().backward()
+    nll, grad = torch.empty(37), z.clone()
+    assert fused_ops.softmax_xent_grad_(grad, targets, weights, nll)
+    torch.testing.assert_close(nll.double(), ref_nll.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref.grad, rtol=1e-5, atol=1e-7)
+    assert not grad[weights == 0].any()
+
+
+def test_softmax_xent_grad_refuses_what_it_cannot_do():
+    z, nll = torch.randn(2, 10), torch.empty(2)
+    with pytest.raises(IndexError, match="vocabulary of 10"):
+        fused_ops.softmax_xent_grad_(z, torch.tensor([3, 10]), torch.ones(2), nll)
+    assert not fused_ops.softmax_xent_grad_(z.double(), torch.tensor([3, 4]), torch.ones(2), nll)

@@ -100,7 +100,8 @@ def _declare_train_ops(lib: ctypes.CDLL):
     p, n, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     for name, args in (("geglu_forward", [p, p, p, n, i]), ("geglu_backward", [p, p, p, p, p, n, i]),
                        ("rms_norm_forward", [p, p, p, p, n, n, f, i]),
-                       ("rms_norm_backward", [p, p, p, p, p, p, p, n, n, i])):
+                       ("rms_norm_backward", [p, p, p, p, p, p, p, n, n, i]),
+                       ("softmax_xent_grad", [p, p, p, p, n, n, i])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = None, args
 

@@ -129,3 +129,29 @@ void rms_norm_backward(const float *x, const float *w, const float *rstd, const 
     for (int64_t b = 0; b < blocks; b++)
         for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
 }
+
+/* The cross-entropy part of the fused LM head (codegemma.head_loss), per row of float32 logits z
+ * [rows, V] with target t and weight w: nll = logsumexp(z) - z[t], and z is overwritten with the
+ * gradient of w * nll, w * (softmax(z) - onehot(t)). Each row (32 KB for a 8k vocabulary) is read
+ * for its maximum, then exponentiated and summed, then scaled while it is still in cache. */
+void softmax_xent_grad(float *z, const int64_t *targets, const float *weights, float *nll, int64_t rows, int64_t V,
+                       int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float *restrict zr = z + r * V;
+        float top = zr[0];
+#pragma omp simd reduction(max : top)
+        for (int64_t j = 1; j < V; j++) top = zr[j] > top ? zr[j] : top;
+        float target = zr[targets[r]], total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < V; j++) {
+            float e = exp_f32(zr[j] - top);
+            zr[j] = e;
+            total += e;
+        }
+        nll[r] = top + logf(total) - target;
+        float scale = weights[r] / total;
+        for (int64_t j = 0; j < V; j++) zr[j] *= scale;
+        zr[targets[r]] -= weights[r];
+    }
+}

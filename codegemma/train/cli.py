@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
     p.add_argument("--orders", default="psm,spm", help="comma-separated FIM orders")
-    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="default: 256, or the model's context less --max-new-tokens where that is smaller")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
     p.set_defaults(func=_infill_eval)
@@ -153,7 +154,7 @@ def _infill_eval(args) -> int:
     from codegemma.fim import ORDERS
     from codegemma.model import Gemma
     from codegemma.train.distributed import DistEnv
-    from codegemma.train.evaluate import Evaluator, infill_scorers
+    from codegemma.train.evaluate import Evaluator, check_fits_context, infill_scorers
     from codegemma.train.export import load_trained
 
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
@@ -165,8 +166,12 @@ def _infill_eval(args) -> int:
     if tokenizer.vocab_size > config.vocab_size:
         raise CodegemmaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "
                              f"{config.vocab_size}: not the model's tokenizer")
+    max_prompt_tokens = args.max_prompt_tokens
+    if max_prompt_tokens is None:
+        max_prompt_tokens = min(256, config.max_seq_len - args.max_new_tokens)
+    check_fits_context(max_prompt_tokens, args.max_new_tokens, config.max_seq_len, "--max-prompt-tokens + --max-new-tokens")
     try:
-        scorers = infill_scorers(tokenizer, args.files, args.examples, args.max_prompt_tokens, orders)
+        scorers = infill_scorers(tokenizer, args.files, args.examples, max_prompt_tokens, orders)
     except CodegemmaError as e:
         raise CodegemmaError(f"--files: {e}") from None
     model = Gemma(config)

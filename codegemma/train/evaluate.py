@@ -160,6 +160,14 @@ class InfillScorer:
         return hits, len(self.examples)
 
 
+def check_fits_context(max_prompt_tokens: int, max_new_tokens: int, context: int, what: str):
+    """An infilling prompt and its answer must fit the model's context: a RoPE model was never
+    trained to attend farther back, so a score there would measure extrapolation, not infilling."""
+    if max_prompt_tokens + max_new_tokens > context:
+        raise CodegemmaError(f"{what}: a prompt of {max_prompt_tokens} tokens and an answer of {max_new_tokens} "
+                             f"exceed the model's context of {context} tokens")
+
+
 def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_tokens: int,
                    orders: list[str]) -> list[InfillScorer]:
     """One scorer per FIM order over the same `examples` lines masked in the source files under

@@ -113,7 +113,7 @@ def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale
         "optim": {"lr": scale.lr, "warmup_steps": max(1, scale.steps // 10)},
         "train": {"steps": scale.steps, "batch_size": scale.batch_size},
         "eval": {"every": eval_every, "infill_files": str(infill_dir) if infill_dir else "",
-                 "infill_examples": scale.infill_examples, "infill_max_prompt_tokens": scale.seq_len,
+                 "infill_examples": scale.infill_examples, "infill_max_prompt_tokens": scale.seq_len - 32,
                  "infill_max_new_tokens": 32, "infill_orders": ["psm", "spm"]},
         "log": {"every": 10, "tensorboard": False, "plots": True, "progress": False},
         "checkpoint": {"every": max(50, scale.steps // 4)},

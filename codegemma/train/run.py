@@ -14,7 +14,7 @@ import torch
 
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, distributed, metrics, objectives
-from codegemma.train.evaluate import Evaluator, infill_scorers
+from codegemma.train.evaluate import Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
 from codegemma.train.trainer import Trainer
 
@@ -61,7 +61,8 @@ def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
     return out
 
 
-def make_evaluator(recipe: Recipe, env, tokenizer):
+def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
+    """Held-out loss and infilling scorers per `recipe.eval`, for a model of `context` tokens."""
     factory = None
     if recipe.data.eval and recipe.objective != "dpo":
         eval_path = _prepared(recipe, env, tokenizer, Path(recipe.data.eval), "eval") \
@@ -72,6 +73,8 @@ def make_evaluator(recipe: Recipe, env, tokenizer):
     if recipe.eval.infill_files:
         if tokenizer is None:
             raise CodegemmaError("eval.infill_files needs a tokenizer")
+        check_fits_context(recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_max_new_tokens, context,
+                           "eval.infill_max_prompt_tokens + eval.infill_max_new_tokens")
         try:
             scorers = infill_scorers(tokenizer, recipe.eval.infill_files, recipe.eval.infill_examples,
                                      recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_orders)
@@ -108,7 +111,7 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
         if getattr(objective, "reference", None) is not None:
             objective.reference.to(env.device)
         data = train_data(recipe, env, tokenizer)
-        evaluator = make_evaluator(recipe, env, tokenizer)
+        evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len)
         seq_len = recipe.data.seq_len
         trainer = Trainer(recipe, model, objective, data, env, evaluator,
                           flops_per_token=metrics.flops_per_token(config, seq_len))

@@ -55,7 +55,8 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
     for key in ("fim_middle_loss", "fim_suffix_gain", "fim_middle_loss_spm", "fim_suffix_gain_spm"):
         assert abs(report[key]) < 20
 
-    # one-line errors: no files, an unknown order, a tokenizer with ids the model does not have
+    # one-line errors: no files, an unknown order, a tokenizer with ids the model does not have, a
+    # prompt longer than the model's context
     bigger = tmp_path / "tok" / "tokenizer.json"
     assert main(["train", "tokenizer", str(Path(sysconfig.get_paths()["stdlib"]) / "json"), "--vocab-size", "900",
                  "--out", str(bigger)]) == 0
@@ -63,8 +64,11 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(tmp_path / "nothing")]) == 1
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--orders", "mps"]) == 1
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--tokenizer", str(bigger)]) == 1
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--max-prompt-tokens",
+                 "1000000"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "--files" in err[0] and "--orders" in err[1] and "vocabulary" in err[2]
+    assert len(err) == 4 and "--files" in err[0] and "--orders" in err[1] and "vocabulary" in err[2]
+    assert "--max-prompt-tokens" in err[3] and "context" in err[3]
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

@@ -9,7 +9,8 @@ from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
 from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
 from codegemma.model import Gemma
-from codegemma.train.evaluate import InfillScorer, read_files, single_line_examples, unigram_baseline
+from codegemma.train.evaluate import (InfillScorer, check_fits_context, read_files, single_line_examples,
+                                      unigram_baseline)
 
 FILES = [("pkg/a.py", "import os\n\n\ndef f(x):\n    return x + 1\n"), ("b.py", "x = 1\ny = 2\n")]
 
@@ -53,6 +54,12 @@ def test_prompt_is_trimmed_around_the_hole(small_tokenizer):
     assert len(ids) <= 64
     text = tok.decode(ids)
     assert "<|fim_prefix|>" in text and text.endswith("<|fim_middle|>")
+
+
+def test_prompt_and_answer_must_fit_the_context():
+    check_fits_context(224, 32, 256, "eval")
+    with pytest.raises(CodegemmaError, match="eval: a prompt of 256 tokens and an answer of 32 exceed .* 256"):
+        check_fits_context(256, 32, 256, "eval")
 
 
 def test_scores_run_on_a_model(small_tokenizer):
