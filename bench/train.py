@@ -3,10 +3,11 @@
 Both models get the same config, the same weights, the same batch and sequence length, the same loss
 (mean next-token cross-entropy in float32, each computed the library's own way: ours through the
 trainer's loss, where head and cross-entropy are fused (codegemma.head_loss), transformers through
-its `labels` argument), AdamW and gradient clipping, in the same process. On a CPU
-the timing rounds interleave so that machine load affects both alike; on a GPU, where two large
-models may not fit together, `--sequential` times one model at a time. Reported: training tokens
-per second (median over rounds), model FLOPs utilisation, and the ratio.
+its `labels` argument), AdamW and gradient clipping, in the same process. On a CPU the timing
+rounds interleave so that machine load affects both alike, and the ratio is the median of the
+rounds' ratios; on a GPU, where two large models may not fit together, `--sequential` times one
+model at a time. Reported: training tokens per second (median over rounds), model FLOPs
+utilisation, and the ratio.
 
     python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
                           [--seq-len 256] [--rounds 5] [--steps 3] [--threads 0]
@@ -106,8 +107,11 @@ class Runner:
             torch.cuda.synchronize(self.device)
 
 
-def time_runners(names, cfg, batch, args) -> tuple[dict, float | None]:
-    """Median seconds per step of each runner, and the max |logit difference| between them."""
+def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | None]:
+    """Median seconds per step of each runner, the ratio of the two runners' speeds, and the max
+    |logit difference| between them. Interleaved, each round times both back to back (which goes
+    first alternates), and the ratio is the median of the rounds' ratios: load that changes between
+    rounds cancels. Sequential, it is the ratio of the medians."""
     probe_ids = batch[:1, : min(batch.shape[1], 129)]
     state = None
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -133,11 +137,16 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None]:
             probes[name] = runners[name].probe(probe_ids)
         for runner in runners.values():
             runner.step_time(batch, 1)
-        for _ in range(args.rounds):
-            for name, runner in runners.items():
-                times[name].append(runner.step_time(batch, args.steps))
+        for i in range(args.rounds):
+            for name in names if i % 2 == 0 else names[::-1]:
+                times[name].append(runners[name].step_time(batch, args.steps))
     diff = (probes["ours"] - probes["transformers"]).abs().max().item() if len(probes) == 2 else None
-    return {name: statistics.median(t) for name, t in times.items()}, diff
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ratio = None
+    if len(names) == 2:
+        paired = [theirs / ours for ours, theirs in zip(times["ours"], times["transformers"])]
+        ratio = median["transformers"] / median["ours"] if args.sequential else statistics.median(paired)
+    return median, ratio, diff
 
 
 def main() -> int:
@@ -169,14 +178,13 @@ def main() -> int:
     else:
         cfg = model_config(recipe_mod.load(args.recipe, [f"model.overrides.vocab_size={args.vocab_size}"]), None)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device=args.device)
-    seconds, diff = time_runners(names, cfg, batch, args)
+    seconds, ratio, diff = time_runners(names, cfg, batch, args)
 
     tokens = args.batch * args.seq_len
     flops = metrics.flops_per_token(cfg, args.seq_len)
     peak = metrics.peak_flops(torch.device(args.device), args.precision == "bf16")
     result = {name: tokens / s for name, s in seconds.items()}
     mfu = {name: tps * flops / peak for name, tps in result.items()} if peak else {}
-    ratio = result["ours"] / result["transformers"] if len(result) == 2 else None
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"model: {args.preset or args.recipe} ({cfg.family}, {cfg.num_params() / 1e6:.1f}M params), batch {args.batch} x {args.seq_len}, {device}, "
           f"{args.precision}{', compiled' if args.compile else ''}"

@@ -1,4 +1,5 @@
-"""The MLP's gated GELU and RMSNorm, through fused C kernels when training on a CPU.
+"""The MLP's gated GELU, RMSNorm, RoPE and the LM head's softmax gradient, through fused C kernels
+when training on a CPU.
 
 PyTorch runs each as a chain of elementwise kernels, forward and backward (the GELU, its product
 with the up projection, RMSNorm's backward as separate reductions and products), each a full pass
@@ -60,6 +61,27 @@ def softmax_xent_grad_(z: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     return True
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE: x * cos + (-x2, x1) * sin, written as x * cos + (x2, x1) * (-sin1, sin2).
+
+    The products are the same numbers (a sign flip is exact), but swapping the halves is one
+    roll, whose backward is a roll too, where slicing out the halves costs a zero-filled
+    gradient buffer per slice. In the activation dtype, as transformers does (cos/sin are
+    computed in float32 and cast): bfloat16 models stay close to the reference.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """RoPE of projected heads x [B, T, H, D], returned in attention's layout [B, H, T, D];
+    cos and sin_signed are [B, 1, T, D] (codegemma.model.rope_cos_sin and signed_sin)."""
+    B, T, H, D = x.shape
+    if (cos.shape == sin_signed.shape == (B, 1, T, D) and D % 2 == 0 and cos.is_contiguous()
+            and sin_signed.is_contiguous() and cos.dtype == sin_signed.dtype == torch.float32 and _use_kernels(x)):
+        return _Rope.apply(x, cos, sin_signed)
+    return apply_rope(x.transpose(1, 2), cos, sin_signed)
+
+
 def _threads() -> int:
     return torch.get_num_threads()
 
@@ -110,3 +132,27 @@ class _RmsNorm(torch.autograd.Function):
                                             grad_x.data_ptr(), grad_w.data_ptr(), partial.data_ptr(), rows, d,
                                             _threads())
         return grad_x, (grad_w if ctx.needs_input_grad[1] else None), None
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin_signed):
+        x = x.contiguous()
+        B, T, H, D = x.shape
+        out = torch.empty(B, H, T, D, dtype=x.dtype)
+        kernels.library().rope_forward(x.data_ptr(), cos.data_ptr(), sin_signed.data_ptr(), out.data_ptr(), B, T, H, D,
+                                       _threads())
+        ctx.save_for_backward(cos, sin_signed)
+        ctx.shape = x.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        cos, sin_signed = ctx.saved_tensors
+        B, T, H, D = ctx.shape
+        grad = grad.contiguous()
+        grad_x = torch.empty(B, T, H, D, dtype=grad.dtype)
+        kernels.library().rope_backward(grad.data_ptr(), cos.data_ptr(), sin_signed.data_ptr(), grad_x.data_ptr(),
+                                        B, T, H, D, _threads())
+        return grad_x, None, None

@@ -50,20 +50,9 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 
 
 def signed_sin(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated, for apply_rope."""
+    """sin with its first half negated, for codegemma.fused_ops.apply_rope."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE: x * cos + (-x2, x1) * sin, written as x * cos + (x2, x1) * (-sin1, sin2).
-
-    The products are the same numbers (a sign flip is exact), but swapping the halves is one
-    roll, whose backward is a roll too, where slicing out the halves costs a zero-filled
-    gradient buffer per slice. In the activation dtype, as transformers does (cos/sin are
-    computed in float32 and cast): bfloat16 models stay close to the reference.
-    """
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 class Attention(nn.Module):
@@ -100,9 +89,9 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        # sin: signed_sin of the table
-        q, k = apply_rope(q, cos[:, :, T - Tq:], sin[:, :, T - Tq:]), apply_rope(k, cos, sin)
+        # [B, T, heads, head_dim] -> [B, heads, T, head_dim]; sin: signed_sin of the table
+        q, k = fused_ops.rope(q, cos[:, :, T - Tq:], sin[:, :, T - Tq:]), fused_ops.rope(k, cos, sin)
+        v = v.transpose(1, 2)
 
         # The mask depends only on the layer type, so it is built once per forward and shared.
         key = "local" if self.window is not None else "global"
@@ -313,7 +302,8 @@ class Gemma(nn.Module):
         return x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
 
     def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict:
-        """{layer type: [cos, sin]}, computed in float32, used in the activation dtype (see apply_rope)."""
+        """{layer type: [cos, sin]}, computed in float32, used in the activation dtype (see
+        codegemma.fused_ops.apply_rope)."""
         return {"global": [t.to(dtype) for t in rope_cos_sin(positions, self.inv_freq_global)],
                 "local": [t.to(dtype) for t in rope_cos_sin(positions, self.inv_freq_local)]}
 

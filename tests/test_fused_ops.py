@@ -90,7 +90,7 @@ def test_pytorch_ops_without_autograd():
         assert torch.equal(fused_ops.geglu(x, x.flip(0)), _eager_geglu(x, x.flip(0)))
 
 
-def test_training_takes_the_kernels():
+def test_training_takes_the_kernels(monkeypatch):
     """With autograd recording, the model's MLP and norms run the fused kernels (else the tests
     above would compare PyTorch with itself)."""
     from codegemma.config import preset
@@ -104,6 +104,32 @@ def test_training_takes_the_kernels():
     model.layers[0].mlp(x)
     assert type(mlp_inner[0].grad_fn).__name__ == "_GegluBackward"
     assert type(model.layers[0].input_layernorm(x).grad_fn).__name__ == "_RmsNormBackward"
+    rotated, rope = [], fused_ops.rope
+    monkeypatch.setattr(fused_ops, "rope", lambda *args: rotated.append(rope(*args)) or rotated[-1])
+    model(torch.randint(0, 50, (2, 5))).sum().backward()
+    assert rotated and all(type(t.grad_fn).__name__ == "_RopeBackward" for t in rotated)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 64), (1, 7, 1, 6)])  # [B, T, heads, head_dim]
+def test_rope_matches_pytorch(shape):
+    from codegemma.model import rope_cos_sin, rope_inv_freq, signed_sin
+
+    torch.manual_seed(0)
+    B, T, H, D = shape
+    positions = torch.stack([torch.arange(T) + 3 * b for b in range(B)])  # rows at different offsets
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(D, 10000.0))
+    sin = signed_sin(sin)
+    x, grad = torch.randn(shape), torch.randn(B, H, T, D)
+
+    def eager(t, c, s):
+        return fused_ops.apply_rope(t.transpose(1, 2), c, s)
+
+    fused, fused_grads = _grads(lambda t: fused_ops.rope(t, cos, sin), (x,), grad)
+    plain, plain_grads = _grads(lambda t: eager(t, cos, sin), (x,), grad)
+    ref, ref_grads = _grads(lambda t: eager(t, cos.double(), sin.double()), (x.double(),), grad)
+    assert fused.shape == (B, H, T, D)
+    _assert_close_to_reference(fused, plain, ref)
+    _assert_close_to_reference(fused_grads[0], plain_grads[0], ref_grads[0])
 
 
 def test_softmax_xent_grad_matches_float64():

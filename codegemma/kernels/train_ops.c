@@ -155,3 +155,42 @@ void softmax_xent_grad(float *z, const int64_t *targets, const float *weights, f
         zr[targets[r]] -= weights[r];
     }
 }
+
+/* Rotate-half RoPE of x [B, T, H, D] (the projection's layout) into y [B, H, T, D] (attention's):
+ * y = x * cos + swap_halves(x) * sin_signed, with cos and sin_signed [B, T, D] and sin_signed's
+ * first half negated (codegemma.model.signed_sin). The transpose comes free with the pass. */
+void rope_forward(const float *x, const float *cos_t, const float *sin_t, float *y, int64_t B, int64_t T, int64_t H,
+                  int64_t D, int threads) {
+    int64_t half = D / 2;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *restrict xr = x + ((b * T + t) * H + h) * D;
+                const float *restrict c = cos_t + (b * T + t) * D, *restrict s = sin_t + (b * T + t) * D;
+                float *restrict yr = y + ((b * H + h) * T + t) * D;
+                const float *restrict x2 = xr + half, *restrict c2 = c + half, *restrict s2 = s + half;
+                float *restrict y2 = yr + half;
+                for (int64_t j = 0; j < half; j++) yr[j] = xr[j] * c[j] + x2[j] * s[j];
+                for (int64_t j = 0; j < half; j++) y2[j] = x2[j] * c2[j] + xr[j] * s2[j];
+            }
+}
+
+/* The gradient of rope_forward: dx [B, T, H, D] from dy [B, H, T, D]. Swapping halves is its own
+ * transpose, so dx = dy * cos + swap_halves(dy * sin_signed). */
+void rope_backward(const float *dy, const float *cos_t, const float *sin_t, float *dx, int64_t B, int64_t T, int64_t H,
+                   int64_t D, int threads) {
+    int64_t half = D / 2;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                const float *restrict g = dy + ((b * H + h) * T + t) * D;
+                const float *restrict c = cos_t + (b * T + t) * D, *restrict s = sin_t + (b * T + t) * D;
+                float *restrict out = dx + ((b * T + t) * H + h) * D;
+                const float *restrict g2 = g + half, *restrict c2 = c + half, *restrict s2 = s + half;
+                float *restrict out2 = out + half;
+                for (int64_t j = 0; j < half; j++) out[j] = g[j] * c[j] + g2[j] * s2[j];
+                for (int64_t j = 0; j < half; j++) out2[j] = g2[j] * c2[j] + g[j] * s[j];
+            }
+}
