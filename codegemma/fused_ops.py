@@ -2,15 +2,18 @@
 when training on a CPU.
 
 PyTorch runs each as a chain of elementwise kernels, forward and backward (the GELU, its product
-with the up projection, RMSNorm's backward as separate reductions and products), each a full pass
-through memory; `codegemma/kernels/train_ops.c` does each direction in one. On the tiny-cpu
-recipe's batch (8 x 256 tokens, two cores), forward and backward of the activation take 5 ms
-instead of 11 and a norm 0.5 ms instead of 2.4: ~60 ms of an ~800 ms training step.
+with the up projection, RMSNorm's backward as separate reductions and products, RoPE's products
+and roll, the softmax's max, exp, sum and scaling), each a full pass through memory;
+`codegemma/kernels/train_ops.c` does each direction in one. On the tiny-cpu recipe's batch
+(8 x 256 tokens, two cores), forward and backward of the activation take 5 ms instead of 11, a
+norm 0.5 ms instead of 2.4, the queries' RoPE 0.4 instead of 0.8-1.5: together with the head's
+kernel (codegemma.head_loss) the training step went from ~800 to ~700 ms.
 
-The kernels serve autograd only: where no gradient is recorded (inference, evaluation), on other
-devices and dtypes, under torch.compile (which fuses these ops itself), and where no C compiler
-is available, the same functions run PyTorch's ops, so inference keeps its bit-exact agreement with
-transformers. The kernels agree with PyTorch up to float32 rounding (tests/test_fused_ops.py).
+The layer kernels serve autograd only: where no gradient is recorded (inference, evaluation), on
+other devices and dtypes, under torch.compile (which fuses these ops itself), and where no C
+compiler is available, the same functions run PyTorch's ops, so inference keeps its bit-exact
+agreement with transformers. The kernels agree with PyTorch up to float32 rounding
+(tests/test_fused_ops.py).
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from torch.autograd.function import once_differentiable
 from codegemma import kernels
 
 
-def _use_kernels(*tensors: torch.Tensor) -> bool:
-    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+def cpu_float32(*tensors: torch.Tensor) -> bool:
+    """The kernels apply: float32 tensors on a CPU, outside torch.compile, the kernels built."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not torch.compiler.is_compiling() and kernels.available())
+
+
+def _use_kernels(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and cpu_float32(*tensors)
 
 
 def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -44,21 +51,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + weight.float(), eps).type_as(x)
 
 
-def softmax_xent_grad_(z: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, nll: torch.Tensor) -> bool:
-    """For float32 logits z [rows, V] on a CPU: writes logsumexp(z) - z[target] per row into `nll`
-    and overwrites z with weights * (softmax(z) - onehot(targets)), the fused LM head's gradient
-    (codegemma.head_loss). Returns False, touching nothing, where the kernel does not apply."""
-    if not (z.device.type == "cpu" and z.dtype == torch.float32 and nll.dtype == torch.float32 and z.dim() == 2
-            and z.is_contiguous() and nll.is_contiguous() and not torch.compiler.is_compiling()
-            and kernels.available()):
-        return False
+def softmax_xent_columns_(z_t: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                          nll: torch.Tensor) -> torch.Tensor:
+    """For float32 logits stored transposed, z_t [V, rows], on a CPU (`cpu_float32`): writes
+    logsumexp - z[target] per row into `nll`, overwrites z_t with exp(z - max) - sum * onehot(targets)
+    (sum of exp(z - max) per row) and returns scale = weights / sum [rows]: the gradient of
+    sum(weights * nll) by z is scale * z_t^T."""
+    if not (z_t.dim() == 2 and z_t.is_contiguous() and nll.is_contiguous() and nll.dtype == torch.float32):
+        raise ValueError("softmax_xent_columns_ takes contiguous float32 [V, rows] logits and [rows] nll")
+    V, rows = z_t.shape
     targets = targets.to(torch.int64).contiguous()
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= z.shape[1]):  # the kernel does not check
-        raise IndexError(f"target id outside the vocabulary of {z.shape[1]}")
+    if rows and (int(targets.min()) < 0 or int(targets.max()) >= V):  # the kernel does not check
+        raise IndexError(f"target id outside the vocabulary of {V}")
     weights = weights.to(torch.float32).contiguous()
-    kernels.library().softmax_xent_grad(z.data_ptr(), targets.data_ptr(), weights.data_ptr(), nll.data_ptr(),
-                                        z.shape[0], z.shape[1], _threads())
-    return True
+    scale, top, total = torch.empty(rows), torch.empty(rows), torch.empty(rows)
+    kernels.library().softmax_xent_columns(z_t.data_ptr(), targets.data_ptr(), weights.data_ptr(), nll.data_ptr(),
+                                           scale.data_ptr(), top.data_ptr(), total.data_ptr(), V, rows, _threads())
+    return scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:

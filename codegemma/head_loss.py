@@ -9,6 +9,9 @@ The loss this serves is linear in the per-position NLL: sum_i w_i * nll_i (pretr
 weight trained positions by 1 and the rest by 0). Its gradient is then known in the forward pass,
 so it is computed there, chunk by chunk, and backward only scales it by the incoming scalar. No
 logit is computed twice.
+
+In float32 on a CPU a chunk's logits are computed transposed ([vocab, rows], the faster product
+there) and its softmax, NLL and gradient scale come from one C kernel (codegemma.fused_ops).
 """
 
 from __future__ import annotations
@@ -65,8 +68,6 @@ def _nll_and_grad_(z: torch.Tensor, t: torch.Tensor | None, targets: torch.Tenso
                    nll: torch.Tensor) -> torch.Tensor:
     """Writes each row's NLL into `nll` and returns d(w_i * nll_i)/dz = w_i * (softmax(z) - onehot(target)),
     through the soft-cap where there is one (`t`), computed in z's memory."""
-    if t is None and fused_ops.softmax_xent_grad_(z, targets, weights, nll):  # one pass per row, on a CPU
-        return z
     target_z = z.gather(1, targets[:, None])[:, 0]
     top = z.amax(-1)
     g = z.sub_(top[:, None]).exp_()  # one exp per logit, in z's memory
@@ -80,6 +81,18 @@ def _nll_and_grad_(z: torch.Tensor, t: torch.Tensor | None, targets: torch.Tenso
     return g
 
 
+def _transposed_chunk(hc, w, targets, weights, nll, grad_h, grad_w, r0):
+    """One chunk with its logits transposed, through the C kernel (float32 on a CPU): there,
+    W @ h^T ([V, rows] out) is the faster product, and the gradient's row scale goes on the small
+    operand of each product instead of a pass over the logits."""
+    z_t = w @ hc.t()
+    scale = fused_ops.softmax_xent_columns_(z_t, targets, weights, nll)
+    if grad_h is not None:
+        grad_h[r0:r0 + len(targets)] = (z_t.t() @ w).mul_(scale[:, None])
+    if grad_w is not None:
+        grad_w.addmm_(z_t, hc * scale[:, None])
+
+
 class _WeightedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, weights, softcap):
@@ -91,8 +104,13 @@ class _WeightedNLL(torch.autograd.Function):
         grad_w = (torch.zeros(weight.shape, dtype=_accumulate_dtype(dtype), device=weight.device)
                   if ctx.needs_input_grad[1] else None)
         step = chunk_rows(w.shape[0], h.device)
+        transposed = softcap is None and fused_ops.cpu_float32(h, w, nll)
         for r0 in range(0, N, step):
             hc = h[r0:r0 + step]
+            if transposed:
+                _transposed_chunk(hc, w, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step], grad_h,
+                                  grad_w, r0)
+                continue
             z, t = _chunk_logits(hc, w, softcap)
             g = _nll_and_grad_(z, t, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step])
             g = g.to(dtype)

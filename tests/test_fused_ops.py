@@ -74,8 +74,10 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for n in (1, 3):
             torch.set_num_threads(n)
+            z_t, nll = x.t().contiguous() * 5, torch.empty(300)
+            scale = fused_ops.softmax_xent_columns_(z_t, torch.arange(300) % 128, torch.ones(300), nll)
             runs.append(_grads(lambda a, b: fused_ops.rms_norm(a, b, 1e-6), (x, w), grad)[1]
-                        + _grads(fused_ops.geglu, (x, w.expand_as(x).contiguous()), grad)[1])
+                        + _grads(fused_ops.geglu, (x, w.expand_as(x).contiguous()), grad)[1] + [z_t, nll, scale])
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*runs):
@@ -132,24 +134,21 @@ def test_rope_matches_pytorch(shape):
     _assert_close_to_reference(fused_grads[0], plain_grads[0], ref_grads[0])
 
 
-def test_softmax_xent_grad_matches_float64():
+def test_softmax_xent_columns_matches_float64():
     torch.manual_seed(0)
-    z = torch.randn(37, 1003) * 8  # a vocabulary that is no multiple of the vector width
+    z = torch.randn(37, 1003) * 8  # more rows than one thread's share, a vocabulary no multiple of 64
     z[0, 5] = 80.0  # a confident row: exp would overflow without the max subtracted
     targets = torch.randint(0, 1003, (37,))
     weights = (torch.rand(37) > 0.3).float() * 2.0  # masked rows get no gradient
     ref = z.double().requires_grad_()
     ref_nll = torch.nn.functional.cross_entropy(ref, targets, reduction="none")
     (ref_nll * weights.double()).sum().backward()
-    nll, grad = torch.empty(37), z.clone()
-    assert fused_ops.softmax_xent_grad_(grad, targets, weights, nll)
+    nll, z_t = torch.empty(37), z.t().contiguous()
+    scale = fused_ops.softmax_xent_columns_(z_t, targets, weights, nll)
     torch.testing.assert_close(nll.double(), ref_nll.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grad.double(), ref.grad, rtol=1e-5, atol=1e-7)
-    assert not grad[weights == 0].any()
-
-
-def test_softmax_xent_grad_refuses_what_it_cannot_do():
-    z, nll = torch.randn(2, 10), torch.empty(2)
-    with pytest.raises(IndexError, match="vocabulary of 10"):
-        fused_ops.softmax_xent_grad_(z, torch.tensor([3, 10]), torch.ones(2), nll)
-    assert not fused_ops.softmax_xent_grad_(z.double(), torch.tensor([3, 4]), torch.ones(2), nll)
+    torch.testing.assert_close((z_t.t() * scale[:, None]).double(), ref.grad, rtol=1e-5, atol=1e-7)
+    assert not scale[weights == 0].any()
+    with pytest.raises(IndexError, match="vocabulary of 1003"):
+        fused_ops.softmax_xent_columns_(z_t, targets + 1003, weights, nll)
+    with pytest.raises(ValueError, match="contiguous"):
+        fused_ops.softmax_xent_columns_(z_t.t(), targets, weights, nll)

@@ -1,9 +1,10 @@
-/* Fused elementwise kernels for training on a CPU: forward and backward of the gated GELU of the
- * MLP and of Gemma's RMSNorm, each one pass over memory where PyTorch's eager ops take four to
- * eight (its RMSNorm backward and the GELU's product are several separate kernels).
+/* Fused kernels for training on a CPU (codegemma.fused_ops), each one pass over memory where
+ * PyTorch's eager ops take several:
  *
  *   geglu:    y = gelu_tanh(g) * u, with gelu_tanh(x) = 0.5 x (1 + tanh(k0 (x + k1 x^3)))
  *   rms_norm: y = x / sqrt(mean(x^2) + eps) * (1 + w), per row of d values
+ *   rope:     rotate-half RoPE, from the projection's layout into attention's
+ *   softmax_xent_columns: the LM head's softmax, NLL and gradient scale (codegemma.head_loss)
  *
  * 0.5 (1 + tanh(a)) is the logistic function of 2a, so the GELU is written x * sigmoid(2a): one
  * exp and one division, accurate where tanh(a) is near -1 (the difference 1 + tanh would cancel).
@@ -13,6 +14,7 @@
  * into fixed blocks, so results do not depend on the number of threads. */
 #pragma GCC optimize("no-trapping-math") /* lets the compiler vectorise the clamps below */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -130,29 +132,54 @@ void rms_norm_backward(const float *x, const float *w, const float *rstd, const 
         for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
 }
 
-/* The cross-entropy part of the fused LM head (codegemma.head_loss), per row of float32 logits z
- * [rows, V] with target t and weight w: nll = logsumexp(z) - z[t], and z is overwritten with the
- * gradient of w * nll, w * (softmax(z) - onehot(t)). Each row (32 KB for a 8k vocabulary) is read
- * for its maximum, then exponentiated and summed, then scaled while it is still in cache. */
-void softmax_xent_grad(float *z, const int64_t *targets, const float *weights, float *nll, int64_t rows, int64_t V,
-                       int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        float *restrict zr = z + r * V;
-        float top = zr[0];
-#pragma omp simd reduction(max : top)
-        for (int64_t j = 1; j < V; j++) top = zr[j] > top ? zr[j] : top;
-        float target = zr[targets[r]], total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < V; j++) {
-            float e = exp_f32(zr[j] - top);
-            zr[j] = e;
-            total += e;
+/* The cross-entropy part of the fused LM head (codegemma.head_loss) for float32 logits stored
+ * transposed, zT [V, R] (column r holds the logits of row r, target t_r, weight w_r): the layout
+ * the head's GEMM produces fastest on CPUs (W @ h^T, against h @ W^T for rows). In place, zT becomes exp(z - max) - sum * onehot
+ * per column, sum = sum_v exp(z - max); nll[r] = logsumexp - z[t_r]; scale[r] = w[r] / sum. The
+ * gradient w * (softmax - onehot) is then scale * zT, and the caller puts the scale on the small
+ * operand of each product instead of another pass over zT. Each thread takes a range of columns
+ * and walks all V rows, adding the exponentials of 64 rows at a time before adding them to `total`
+ * [R] (float rounding grows with 64 + V / 64 terms, not V). `top` [R] is scratch. */
+void softmax_xent_columns(float *zT, const int64_t *targets, const float *weights, float *nll, float *scale, float *top,
+                          float *total, int64_t V, int64_t R, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t per = ((R + nt - 1) / nt + 7) & ~(int64_t)7;
+        int64_t c0 = t * per < R ? t * per : R, c1 = c0 + per < R ? c0 + per : R, n = c1 - c0;
+        float *restrict m = top + c0, *restrict sum = total + c0;
+        for (int64_t c = 0; c < n; c++) {
+            m[c] = zT[c0 + c];
+            sum[c] = 0.0f;
+            nll[c0 + c] = zT[targets[c0 + c] * R + c0 + c]; /* the target logit, before it is overwritten */
         }
-        nll[r] = top + logf(total) - target;
-        float scale = weights[r] / total;
-        for (int64_t j = 0; j < V; j++) zr[j] *= scale;
-        zr[targets[r]] -= weights[r];
+        for (int64_t v = 1; v < V; v++) {
+            const float *restrict row = zT + v * R + c0;
+            for (int64_t c = 0; c < n; c++) m[c] = row[c] > m[c] ? row[c] : m[c];
+        }
+        float part[64];
+        for (int64_t c0b = 0; c0b < n; c0b += 64) {
+            int64_t w = n - c0b < 64 ? n - c0b : 64;
+            for (int64_t v0 = 0; v0 < V; v0 += 64) {
+                int64_t v1 = v0 + 64 < V ? v0 + 64 : V;
+                for (int64_t c = 0; c < w; c++) part[c] = 0.0f;
+                for (int64_t v = v0; v < v1; v++) {
+                    float *restrict row = zT + v * R + c0 + c0b;
+                    const float *restrict mc = m + c0b;
+                    for (int64_t c = 0; c < w; c++) {
+                        float e = exp_f32(row[c] - mc[c]);
+                        row[c] = e;
+                        part[c] += e;
+                    }
+                }
+                for (int64_t c = 0; c < w; c++) sum[c0b + c] += part[c];
+            }
+        }
+        for (int64_t c = 0; c < n; c++) {
+            nll[c0 + c] = m[c] + logf(sum[c]) - nll[c0 + c];
+            scale[c0 + c] = weights[c0 + c] / sum[c];
+            zT[targets[c0 + c] * R + c0 + c] -= sum[c];
+        }
     }
 }
 
