@@ -169,7 +169,8 @@ def _infill_eval(args) -> int:
     max_prompt_tokens = args.max_prompt_tokens
     if max_prompt_tokens is None:
         max_prompt_tokens = min(256, config.max_seq_len - args.max_new_tokens)
-    check_fits_context(max_prompt_tokens, args.max_new_tokens, config.max_seq_len, "--max-prompt-tokens + --max-new-tokens")
+    check_fits_context(max_prompt_tokens, args.max_new_tokens, config.max_seq_len,
+                       "--max-prompt-tokens + --max-new-tokens")
     try:
         scorers = infill_scorers(tokenizer, args.files, args.examples, max_prompt_tokens, orders)
     except CodegemmaError as e:
