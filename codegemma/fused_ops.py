@@ -57,7 +57,8 @@ def softmax_xent_columns_(z_t: torch.Tensor, targets: torch.Tensor, weights: tor
     logsumexp - z[target] per row into `nll`, overwrites z_t with exp(z - max) - sum * onehot(targets)
     (sum of exp(z - max) per row) and returns scale = weights / sum [rows]: the gradient of
     sum(weights * nll) by z is scale * z_t^T."""
-    if not (z_t.dim() == 2 and z_t.is_contiguous() and nll.is_contiguous() and nll.dtype == torch.float32):
+    if not (z_t.dim() == 2 and z_t.is_contiguous() and nll.is_contiguous()
+            and z_t.dtype == nll.dtype == torch.float32):
         raise ValueError("softmax_xent_columns_ takes contiguous float32 [V, rows] logits and [rows] nll")
     V, rows = z_t.shape
     targets = targets.to(torch.int64).contiguous()
