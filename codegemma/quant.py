@@ -20,6 +20,8 @@ embedding lookups.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ GROUP = 32
 # decoding) the kernel took 0.6-31 ms a layer against 7-200 ms for dequantizing (NOTES-inference.md).
 DECODE_ROWS = 32
 DEQUANT_SLICE = 16384  # output rows dequantized at a time for many-row inputs (bounds temporary memory)
-BLOCK_ROWS = 64  # the CPU int4 kernel packs weights in blocks of 64 output rows
+BLOCK_ROWS = 64  # the CPU int4 kernel packs weights in blocks of 64 output rows (32 on CPUs without AVX-512)
 HEAD_REFINE = 16  # candidates per row whose logits the head recomputes in float32
 
 
@@ -75,6 +77,18 @@ def quantize_groups(weight: torch.Tensor, bits: int, group: int = GROUP) -> tupl
     return packed, sz.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
+@functools.cache
+def _packed_block_rows() -> int:
+    """The rows per block of `_convert_weight_to_int4pack_for_cpu`'s layout, which PyTorch picks by
+    the CPU's instruction set (64 with AVX-512, 32 otherwise): read off a packed probe whose code is
+    the row's 16-row band, so the high nibble of byte 1 tells which row sits beside row 1."""
+    probe = (torch.arange(BLOCK_ROWS, dtype=torch.int32) // 16)[:, None].expand(BLOCK_ROWS, GROUP).contiguous()
+    band = int(torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).view(-1)[1]) >> 4
+    if band not in (1, 2):  # row 1 + block / 2 lies in band 1 (block 32) or 2 (block 64)
+        raise RuntimeError(f"unknown int4 packing layout of this PyTorch build (band {band})")
+    return 32 * band
+
+
 def dequantize_groups(packed: torch.Tensor, scales_and_zeros: torch.Tensor, planes: int, rows: slice | None = None,
                       dtype=torch.bfloat16) -> torch.Tensor:
     """The weight [n, K] (or a slice of whole 64-row blocks of it) from `quantize_groups` output."""
@@ -84,7 +98,8 @@ def dequantize_groups(packed: torch.Tensor, scales_and_zeros: torch.Tensor, plan
     total = None
     for p in range(planes):
         part = slice(p * N + rows.start, p * N + min(rows.stop, N))
-        b = packed[part].view(-1, K, BLOCK_ROWS // 2)  # per block: byte (k, j) holds rows j and j + 32
+        block = _packed_block_rows()
+        b = packed[part].view(-1, K, block // 2)  # per block: byte (k, j) holds rows j and j + block / 2
         q = torch.cat((b & 15, b >> 4), dim=-1).transpose(1, 2).reshape(-1, K // group, group)
         sz = scales_and_zeros[:, part].transpose(0, 1).float()  # [n, K/group, 2]
         w = (q.float() - 8.0) * sz[..., :1] + sz[..., 1:]
