@@ -89,16 +89,24 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        # [B, T, heads, head_dim] -> [B, heads, T, head_dim]; sin: signed_sin of the table
-        q, k = fused_ops.rope(q, cos[:, :, T - Tq:], sin[:, :, T - Tq:]), fused_ops.rope(k, cos, sin)
-        v = v.transpose(1, 2)
-
         # The mask depends only on the layer type, so it is built once per forward and shared.
         key = "local" if self.window is not None else "global"
         if cache is None:
             if key not in masks:
                 masks[key] = self._mask(positions, positions, segment_ids, segment_ids, key_valid, key_valid)
-        else:
+            mask = masks[key]
+            if self.cfg.attn_softcap is None and fused_ops.causal_attention_applies(q, k, mask):
+                # training on a CPU: the query heads of each key head attend as one matrix
+                groups = self.n_heads // self.n_kv_heads
+                q, k = fused_ops.rope(q, cos, sin, groups), fused_ops.rope(k, cos, sin)
+                y = fused_ops.causal_attention(q, k, v.transpose(1, 2), mask, self.cfg.query_scale)
+                y = y.view(B, self.n_kv_heads, T, groups, self.head_dim).transpose(1, 2)
+                return self.o_proj(y.reshape(B, T, self.n_heads * self.head_dim))
+
+        # [B, T, heads, head_dim] -> [B, heads, T, head_dim]; sin: signed_sin of the table
+        q, k = fused_ops.rope(q, cos[:, :, T - Tq:], sin[:, :, T - Tq:]), fused_ops.rope(k, cos, sin)
+        v = v.transpose(1, 2)
+        if cache is not None:
             k, v, key_pos = cache.update(layer, k, v, positions)
             if key not in masks:
                 masks[key] = self._mask(positions, key_pos, None, None, key_pos >= 0, positions >= 0)

@@ -152,3 +152,118 @@ def test_softmax_xent_columns_matches_float64():
         fused_ops.softmax_xent_columns_(z_t, targets + 1003, weights, nll)
     with pytest.raises(ValueError, match="contiguous"):
         fused_ops.softmax_xent_columns_(z_t.t(), targets, weights, nll)
+
+
+def _grouped(q, groups):
+    """[B, T, H, D] -> causal_attention's [B, H / G, T * G, D]."""
+    B, T, H, D = q.shape
+    return q.transpose(1, 2).reshape(B, H // groups, groups, T, D).transpose(2, 3).reshape(B, H // groups, T * groups, D)
+
+
+def _ungrouped(y, groups):
+    B, Hkv, TG, D = y.shape
+    T = TG // groups
+    return y.view(B, Hkv, T, groups, D).transpose(2, 3).reshape(B, Hkv * groups, T, D)
+
+
+def _attention_mask(kind, B, T):
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    if kind == "causal":
+        return None
+    if kind == "documents":  # packed rows: a query sees earlier keys of its own document
+        seg = torch.randint(0, 4, (B, T)).sort(dim=-1).values
+        return (causal & (seg[:, :, None] == seg[:, None, :]))[:, None]
+    i = torch.arange(T)  # a sliding window of 50 (Gemma 2/3 local layers)
+    return (causal & (i[:, None] - i[None, :] < 50)).expand(B, T, T)[:, None]
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,D,kind", [
+    (2, 4, 1, 150, 64, "causal"),     # multi-query, two query blocks, the second ragged
+    (2, 4, 2, 130, 32, "documents"),  # grouped-query, document mask
+    (1, 3, 3, 260, 16, "window"),     # multi-head, three blocks, sliding window
+    (3, 2, 1, 9, 8, "documents"),     # one short block
+])
+def test_causal_attention_matches_sdpa(B, H, Hkv, T, D, kind):
+    torch.manual_seed(0)
+    G, scale = H // Hkv, D ** -0.5
+    q, k, v = torch.randn(B, T, H, D), torch.randn(B, T, Hkv, D), torch.randn(B, T, Hkv, D)
+    mask, grad = _attention_mask(kind, B, T), torch.randn(B, H, T, D)
+    assert fused_ops.causal_attention_applies(q.requires_grad_(), k, mask)
+
+    def fused(q, k, v):
+        y = fused_ops.causal_attention(_grouped(q, G), k.transpose(1, 2), v.transpose(1, 2), mask, scale)
+        return _ungrouped(y, G)
+
+    def sdpa(q, k, v):
+        m = None if mask is None else mask
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=m,
+                                              is_causal=m is None, scale=scale, enable_gqa=G > 1)
+
+    out, grads = _grads(fused, (q, k, v), grad)
+    plain, plain_grads = _grads(sdpa, (q, k, v), grad)
+    ref, ref_grads = _grads(sdpa, (q.double(), k.double(), v.double()), grad)
+    _assert_close_to_reference(out, plain, ref)
+    for f, p, r in zip(grads, plain_grads, ref_grads):
+        _assert_close_to_reference(f, p, r)
+
+
+def test_causal_attention_only_for_causal_masks_in_training():
+    q, k = torch.randn(2, 6, 4, 8, requires_grad=True), torch.randn(2, 6, 1, 8)
+    causal = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    assert fused_ops.causal_attention_applies(q, k, causal) and fused_ops.causal_attention_applies(q, k, None)
+    later = causal.clone()
+    later[1, 0, 2, 4] = True  # a query that may see a later key: the kernel's blocks would drop it
+    assert not fused_ops.causal_attention_applies(q, k, later)
+    with torch.no_grad():
+        assert not fused_ops.causal_attention_applies(q, k, causal)
+
+
+def test_rope_grouped_layout():
+    from codegemma.model import rope_cos_sin, rope_inv_freq, signed_sin
+
+    torch.manual_seed(0)
+    B, T, H, D, G = 2, 5, 4, 8, 2
+    cos, sin = rope_cos_sin(torch.arange(T).expand(B, T), rope_inv_freq(D, 10000.0))
+    sin = signed_sin(sin)
+    x, grad = torch.randn(B, T, H, D), torch.randn(B, H // G, T * G, D)
+    grouped, grouped_grads = _grads(lambda t: fused_ops.rope(t, cos, sin, G), (x,), grad)
+    plain, plain_grads = _grads(lambda t: _grouped(fused_ops.rope(t, cos, sin).transpose(1, 2), G), (x,), grad)
+    assert grouped.shape == (B, H // G, T * G, D)
+    assert torch.equal(grouped, plain) and torch.equal(grouped_grads[0], plain_grads[0])
+
+
+def _graph_node_names(t: torch.Tensor) -> set[str]:
+    seen, names, stack = set(), set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(type(node).__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    return names
+
+
+def test_model_training_step_with_and_without_the_attention_kernel(monkeypatch):
+    """A model's loss and gradients agree whether its attention runs causal_attention or SDPA, on
+    packed rows of several documents."""
+    from codegemma.config import preset
+    from codegemma.model import Gemma
+
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    ids = torch.randint(0, 100, (2, 140))
+    segments = torch.cat([torch.zeros(2, 60, dtype=torch.long), torch.ones(2, 80, dtype=torch.long)], dim=1)
+    runs = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(fused_ops, "causal_attention_applies", lambda *args: False)
+        model.zero_grad()
+        logits = model(ids, segment_ids=segments)
+        if fused:
+            assert "_CausalAttentionBackward" in _graph_node_names(logits)  # the kernel is what ran
+        logits.float().logsumexp(-1).mean().backward()
+        runs.append([logits.detach()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

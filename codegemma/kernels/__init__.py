@@ -102,7 +102,9 @@ def _declare_train_ops(lib: ctypes.CDLL):
                        ("rms_norm_forward", [p, p, p, p, n, n, f, i]),
                        ("rms_norm_backward", [p, p, p, p, p, p, p, n, n, i]),
                        ("softmax_xent_columns", [p, p, p, p, p, p, p, n, n, i]),
-                       ("rope_forward", [p, p, p, p, n, n, n, n, i]), ("rope_backward", [p, p, p, p, n, n, n, n, i])):
+                       ("rope_forward", [p, p, p, p, n, n, n, n, n, i]), ("rope_backward", [p, p, p, p, n, n, n, n, n, i]),
+                       ("attention_softmax_forward", [p, p, n, n, n, n, n, n, n, f, i]),
+                       ("attention_softmax_backward", [p, p, p, p, n, n, n, n, n, f, i])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = None, args
 

@@ -183,11 +183,17 @@ void softmax_xent_columns(float *zT, const int64_t *targets, const float *weight
     }
 }
 
-/* Rotate-half RoPE of x [B, T, H, D] (the projection's layout) into y [B, H, T, D] (attention's):
- * y = x * cos + swap_halves(x) * sin_signed, with cos and sin_signed [B, T, D] and sin_signed's
- * first half negated (codegemma.model.signed_sin). The transpose comes free with the pass. */
+/* Rotate-half RoPE of x [B, T, H, D] (the projection's layout) into attention's layout
+ * y [B, H / G, T, G, D]: the G query heads that share a key head sit next to each other at each
+ * position (G = 1: [B, H, T, D]). y = x * cos + swap_halves(x) * sin_signed, with cos and
+ * sin_signed [B, T, D] and sin_signed's first half negated (codegemma.model.signed_sin). The
+ * transpose comes free with the pass. */
+static inline int64_t grouped_row(int64_t b, int64_t t, int64_t h, int64_t T, int64_t H, int64_t G) {
+    return ((b * (H / G) + h / G) * T + t) * G + h % G;
+}
+
 void rope_forward(const float *x, const float *cos_t, const float *sin_t, float *y, int64_t B, int64_t T, int64_t H,
-                  int64_t D, int threads) {
+                  int64_t D, int64_t G, int threads) {
     int64_t half = D / 2;
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t b = 0; b < B; b++)
@@ -195,7 +201,7 @@ void rope_forward(const float *x, const float *cos_t, const float *sin_t, float 
             for (int64_t t = 0; t < T; t++) {
                 const float *restrict xr = x + ((b * T + t) * H + h) * D;
                 const float *restrict c = cos_t + (b * T + t) * D, *restrict s = sin_t + (b * T + t) * D;
-                float *restrict yr = y + ((b * H + h) * T + t) * D;
+                float *restrict yr = y + grouped_row(b, t, h, T, H, G) * D;
                 const float *restrict x2 = xr + half, *restrict c2 = c + half, *restrict s2 = s + half;
                 float *restrict y2 = yr + half;
                 for (int64_t j = 0; j < half; j++) yr[j] = xr[j] * c[j] + x2[j] * s[j];
@@ -203,16 +209,16 @@ void rope_forward(const float *x, const float *cos_t, const float *sin_t, float 
             }
 }
 
-/* The gradient of rope_forward: dx [B, T, H, D] from dy [B, H, T, D]. Swapping halves is its own
+/* The gradient of rope_forward: dx [B, T, H, D] from dy [B, H / G, T, G, D]. Swapping halves is its own
  * transpose, so dx = dy * cos + swap_halves(dy * sin_signed). */
 void rope_backward(const float *dy, const float *cos_t, const float *sin_t, float *dx, int64_t B, int64_t T, int64_t H,
-                   int64_t D, int threads) {
+                   int64_t D, int64_t G, int threads) {
     int64_t half = D / 2;
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < H; h++) {
-                const float *restrict g = dy + ((b * H + h) * T + t) * D;
+                const float *restrict g = dy + grouped_row(b, t, h, T, H, G) * D;
                 const float *restrict c = cos_t + (b * T + t) * D, *restrict s = sin_t + (b * T + t) * D;
                 float *restrict out = dx + ((b * T + t) * H + h) * D;
                 const float *restrict g2 = g + half, *restrict c2 = c + half, *restrict s2 = s + half;
@@ -220,4 +226,56 @@ void rope_backward(const float *dy, const float *cos_t, const float *sin_t, floa
                 for (int64_t j = 0; j < half; j++) out[j] = g[j] * c[j] + g2[j] * s2[j];
                 for (int64_t j = 0; j < half; j++) out2[j] = g2[j] * c2[j] + g[j] * s[j];
             }
+}
+
+/* The softmax of causal attention for training (codegemma.fused_ops.causal_attention), on one
+ * block of query rows. S [BH, R, W] holds the raw scores q . k of R query rows against the first
+ * W keys, for BH = B * Hkv key heads; row r is the query at position t = t0 + r / G (the G query
+ * heads of a key head sit next to each other, see rope_forward), and W > t for every row. In place,
+ * S becomes softmax(scale * S) over the keys j <= t that `mask` allows (uint8 [B, T, T], nonzero =
+ * may attend; NULL = plain causal), 0 elsewhere. A row with no key allowed becomes all 0. */
+void attention_softmax_forward(float *S, const uint8_t *mask, int64_t BH, int64_t Hkv, int64_t R, int64_t W,
+                               int64_t t0, int64_t G, int64_t T, float scale, int threads) {
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t bh = 0; bh < BH; bh++)
+        for (int64_t r = 0; r < R; r++) {
+            float *restrict s = S + (bh * R + r) * W;
+            int64_t t = t0 + r / G, n = t + 1;
+            const uint8_t *restrict m = mask ? mask + ((bh / Hkv) * T + t) * T : NULL;
+            float top = -INFINITY, sum = 0.0f;
+            if (m) {
+                for (int64_t j = 0; j < n; j++) top = m[j] && s[j] > top ? s[j] : top;
+            } else {
+                for (int64_t j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+            }
+            if (top == -INFINITY) n = 0; /* nothing to attend to */
+            for (int64_t j = 0; j < n; j++) {
+                float e = exp_f32(scale * (s[j] - top)); /* <= 1 where allowed; clamped, finite, elsewhere */
+                e = m ? e * (float)(m[j] != 0) : e;
+                s[j] = e;
+                sum += e;
+            }
+            float inv = n ? 1.0f / sum : 0.0f;
+            for (int64_t j = 0; j < n; j++) s[j] *= inv;
+            for (int64_t j = n; j < W; j++) s[j] = 0.0f;
+        }
+}
+
+/* The gradient through attention_softmax_forward: dP [BH, R, W] (dO . v for each key) becomes
+ * dS = scale * P * (dP - delta) in place, delta = dO . O for the row (the softmax's Jacobian
+ * applied to dP; P = 0 where a key was not attended). dO and O point at the block's first row;
+ * their rows are D floats apart and `bh_stride` floats separate consecutive key heads. */
+void attention_softmax_backward(float *dP, const float *P, const float *dO, const float *O, int64_t BH, int64_t R,
+                                int64_t W, int64_t D, int64_t bh_stride, float scale, int threads) {
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t bh = 0; bh < BH; bh++)
+        for (int64_t r = 0; r < R; r++) {
+            const float *restrict g = dO + bh * bh_stride + r * D, *restrict o = O + bh * bh_stride + r * D;
+            const float *restrict p = P + (bh * R + r) * W;
+            float *restrict d = dP + (bh * R + r) * W;
+            float delta = 0.0f;
+#pragma omp simd reduction(+ : delta)
+            for (int64_t j = 0; j < D; j++) delta += g[j] * o[j];
+            for (int64_t j = 0; j < W; j++) d[j] = scale * p[j] * (d[j] - delta);
+        }
 }
