@@ -10,8 +10,8 @@ norm 0.5 ms instead of 2.4, the queries' RoPE 0.4 instead of 0.8-1.5: together w
 kernel (codegemma.head_loss) the training step went from ~800 to ~700 ms. Attention
 (`causal_attention`) runs as batched products per block of 128 queries, skipping the key blocks
 after the diagonal, around a masked-softmax kernel; the query heads of a key head form one matrix.
-Forward and backward take ~13 ms a layer where SDPA's CPU flash kernel takes ~16-21, which makes
-the step ~8% faster.
+Forward and backward take ~11-13 ms a layer where SDPA's CPU flash kernel takes ~16-21, which
+makes the step 5-8% faster (the demo shards' packed batches; the benchmark's).
 
 The layer kernels serve autograd only: where no gradient is recorded (inference, evaluation), on
 other devices and dtypes, under torch.compile (which fuses these ops itself), and where no C
