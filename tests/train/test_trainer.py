@@ -60,6 +60,17 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_compiled_training_follows_eager(tmp_path, shards):
+    """`train.compile`: the torch.compile'd model (PyTorch's ops, the CPU kernels stand aside under
+    compilation) trains to the eager run's losses, up to float rounding."""
+    _, eager = train(make_recipe(tmp_path / "eager", shards, steps=3))
+    _, compiled = train(make_recipe(tmp_path / "compiled", shards, steps=3, compile="true"))
+    for a, b in zip(eager, compiled):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+
+
 def test_resume_from_checkpoint_in_process(tmp_path, shards):
     full = make_recipe(tmp_path / "full", shards, steps=8)
     _, reference = train(full)
