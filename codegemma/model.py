@@ -95,7 +95,10 @@ class Attention(nn.Module):
             if key not in masks:
                 masks[key] = self._mask(positions, positions, segment_ids, segment_ids, key_valid, key_valid)
             mask = masks[key]
-            if self.cfg.attn_softcap is None and fused_ops.causal_attention_applies(q, k, mask):
+            kernel = f"{key}:attention kernel"  # decided once per forward: every layer of the type agrees
+            if kernel not in masks:
+                masks[kernel] = self.cfg.attn_softcap is None and fused_ops.causal_attention_applies(q, k, mask)
+            if masks[kernel]:
                 # training on a CPU: the query heads of each key head attend as one matrix
                 groups = self.n_heads // self.n_kv_heads
                 q, k = fused_ops.rope(q, cos, sin, groups), fused_ops.rope(k, cos, sin)

@@ -96,9 +96,9 @@ def dequantize_groups(packed: torch.Tensor, scales_and_zeros: torch.Tensor, plan
     group = K // scales_and_zeros.shape[0]
     rows = rows or slice(0, N)
     total = None
+    block = _packed_block_rows()
     for p in range(planes):
         part = slice(p * N + rows.start, p * N + min(rows.stop, N))
-        block = _packed_block_rows()
         b = packed[part].view(-1, K, block // 2)  # per block: byte (k, j) holds rows j and j + block / 2
         q = torch.cat((b & 15, b >> 4), dim=-1).transpose(1, 2).reshape(-1, K // group, group)
         sz = scales_and_zeros[:, part].transpose(0, 1).float()  # [n, K/group, 2]
