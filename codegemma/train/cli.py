@@ -58,8 +58,8 @@ def register(subparsers) -> None:
         p.add_argument(f"--{name}", type=int, default=None)
     p.set_defaults(func=_experiment)
 
-    p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
-                                           "exact match (the training evaluation, on a finished model)")
+    p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, exact match, "
+                                           "copy gain (the training evaluation, on a finished model)")
     p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
@@ -172,13 +172,13 @@ def _infill_eval(args) -> int:
     check_fits_context(max_prompt_tokens, args.max_new_tokens, config.max_seq_len,
                        "--max-prompt-tokens + --max-new-tokens")
     try:
-        scorers = infill_scorers(tokenizer, args.files, args.examples, max_prompt_tokens, orders)
+        scorers, probe = infill_scorers(tokenizer, args.files, args.examples, max_prompt_tokens, orders)
     except CodegemmaError as e:
         raise CodegemmaError(f"--files: {e}") from None
     model = Gemma(config)
     model.load_state_dict(state)
     with torch.no_grad():
-        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens)(model.eval())
+        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe)(model.eval())
     print(json.dumps({"source": args.source, "examples": len(scorers[0].examples), **result}))
     return 0
 

@@ -10,6 +10,11 @@ server sends SPM to FIM models by default), and
   - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
 experiment) sees the same ones.
+
+Beside them, a copy probe (`CopyProbe`): spans of the same held-out files, each given twice in a
+row, and the loss on the second copy against the first. Infilling from a suffix takes an
+in-context copying circuit (induction heads, Olsson et al. 2022); until one forms the second copy
+is no cheaper than the first, whatever the FIM rate, and this metric shows when it does.
 """
 
 from __future__ import annotations
@@ -160,6 +165,31 @@ class InfillScorer:
         return hits, len(self.examples)
 
 
+class CopyProbe:
+    """Held-out spans of `span` tokens, each repeated once: `copy_gain` is the loss (nats/token) on
+    the first copy minus that on the second. About 0 for a model that cannot copy from its
+    context; a few nats once it can (the second copy is then nearly free)."""
+
+    def __init__(self, tokenizer, files: list[tuple[str, str]], spans: int = 16, span: int = 96, seed: int = 4321):
+        stream = [t for _, text in files for t in tokenizer.encode(text)]  # the files end to end
+        self.span = min(span, len(stream))
+        if self.span < 2:
+            raise CodegemmaError("the held-out files hold too few tokens for a copy probe")
+        self.bos = [tokenizer.bos_id] if tokenizer.add_bos_default and tokenizer.bos_id is not None else []
+        rng = random.Random(seed)
+        starts = [rng.randrange(len(stream) - self.span + 1) for _ in range(spans)]
+        self.rows = [stream[s:s + self.span] for s in starts]
+
+    @torch.no_grad()
+    def copy_gain(self, model: nn.Module, device: torch.device) -> float:
+        rows = torch.tensor([self.bos + row + row for row in self.rows], device=device)
+        nll = losses.token_nll(model(rows[:, :-1]), rows[:, 1:])  # nll[:, i] scores token i + 1
+        # Both means cover a copy's tokens after its first one (that one follows different text
+        # in the two copies): nll[:, first:second - 1] for the first copy, nll[:, second:] the second.
+        first, second = len(self.bos), len(self.bos) + self.span
+        return (nll[:, first:second - 1].mean() - nll[:, second:].mean()).item()
+
+
 def check_fits_context(max_prompt_tokens: int, max_new_tokens: int, context: int, what: str):
     """An infilling prompt and its answer must fit the model's context: a RoPE model was never
     trained to attend farther back, so a score there would measure extrapolation, not infilling."""
@@ -169,15 +199,17 @@ def check_fits_context(max_prompt_tokens: int, max_new_tokens: int, context: int
 
 
 def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_tokens: int,
-                   orders: list[str]) -> list[InfillScorer]:
+                   orders: list[str]) -> tuple[list[InfillScorer], CopyProbe]:
     """One scorer per FIM order over the same `examples` lines masked in the source files under
-    `files_dir` (a one-line error when there are none)."""
+    `files_dir`, and a copy probe on those files whose repeated spans fit `max_prompt_tokens`
+    (a one-line error when there are no files)."""
     files = read_files(files_dir) if Path(files_dir).is_dir() else []
     if not files:
         raise CodegemmaError(f"no source files under {files_dir}")
     chosen = single_line_examples(files, examples)
-    return [InfillScorer(tokenizer, chosen, max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=order)
-            for order in orders]
+    scorers = [InfillScorer(tokenizer, chosen, max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=order)
+               for order in orders]
+    return scorers, CopyProbe(tokenizer, files, span=min(96, max(8, (max_prompt_tokens - 1) // 2)))
 
 
 def _config(model: nn.Module):
@@ -191,12 +223,13 @@ class Evaluator:
     """Called by the trainer with the model in eval mode under no_grad."""
 
     def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
-                 scorers: list[InfillScorer] = (), max_new_tokens: int = 48):
+                 scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None):
         self.env = env
         self.eval_reader_factory = eval_reader_factory
         self.batches = batches
         self.scorers = list(scorers)
         self.max_new_tokens = max_new_tokens
+        self.copy_probe = copy_probe
 
     def __call__(self, model: nn.Module) -> dict:
         device = self.env.device
@@ -222,6 +255,8 @@ class Evaluator:
             result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
             hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
             result[f"infill_exact_match{tag}"] = hits / max(total, 1)
+        if self.copy_probe is not None:
+            result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
         return result
 
 

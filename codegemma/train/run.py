@@ -69,20 +69,20 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
             if recipe.objective == "sft" else Path(recipe.data.eval)
         factory = lambda: build.shard_reader(eval_path, recipe, env, shuffle=False)  # noqa: E731
         factory()  # fail now, not at the first evaluation
-    scorers = []
+    scorers, probe = [], None
     if recipe.eval.infill_files:
         if tokenizer is None:
             raise CodegemmaError("eval.infill_files needs a tokenizer")
         check_fits_context(recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_max_new_tokens, context,
                            "eval.infill_max_prompt_tokens + eval.infill_max_new_tokens")
         try:
-            scorers = infill_scorers(tokenizer, recipe.eval.infill_files, recipe.eval.infill_examples,
+            scorers, probe = infill_scorers(tokenizer, recipe.eval.infill_files, recipe.eval.infill_examples,
                                      recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_orders)
         except CodegemmaError as e:
             raise CodegemmaError(f"eval.infill_files: {e}") from None
     if factory is None and not scorers:
         return None
-    return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens)
+    return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens, probe)
 
 
 def make_objective(recipe: Recipe, model):

@@ -52,7 +52,7 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
                  "--max-new-tokens", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 4 and report["infill_exact_match"] in (0, 0.25, 0.5, 0.75, 1)
-    for key in ("fim_middle_loss", "fim_suffix_gain", "fim_middle_loss_spm", "fim_suffix_gain_spm"):
+    for key in ("fim_middle_loss", "fim_suffix_gain", "fim_middle_loss_spm", "fim_suffix_gain_spm", "copy_gain"):
         assert abs(report[key]) < 20
 
     # one-line errors: no files, an unknown order, a tokenizer with ids the model does not have, a

@@ -9,8 +9,9 @@ from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
 from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
 from codegemma.model import Gemma
-from codegemma.train.evaluate import (InfillScorer, check_fits_context, read_files, single_line_examples,
-                                      unigram_baseline)
+from codegemma.train.distributed import DistEnv
+from codegemma.train.evaluate import (CopyProbe, Evaluator, InfillScorer, check_fits_context, infill_scorers,
+                                      read_files, single_line_examples, unigram_baseline)
 
 FILES = [("pkg/a.py", "import os\n\n\ndef f(x):\n    return x + 1\n"), ("b.py", "x = 1\ny = 2\n")]
 
@@ -104,6 +105,53 @@ def test_suffix_gain_is_zero_for_a_model_that_cannot_see_the_suffix(small_tokeni
     swapped = [type(ex)(ex.path, ex.prefix, ex.middle, scorer.examples[(i + 1) % n].suffix)
                for i, ex in enumerate(scorer.examples)]
     assert gain == pytest.approx((scorer.middle_loss(model, torch.device("cpu"), swapped)[0] - true_sum) / count)
+
+
+class _Copier(torch.nn.Module):
+    """Predicts the token that followed the last earlier occurrence of the current one: induction."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, ids):
+        logits = torch.zeros(*ids.shape, self.vocab_size)
+        for b, row in enumerate(ids.tolist()):
+            seen = {}
+            for t, token in enumerate(row):
+                if token in seen:
+                    logits[b, t, row[seen[token] + 1]] = 30.0
+                seen[token] = t
+        return logits
+
+
+def test_copy_gain_tells_a_copying_model_from_one_that_cannot_copy(small_tokenizer):
+    probe = CopyProbe(small_tokenizer, SUFFIX_FILES, spans=4, span=12)
+    assert len(probe.rows) == 4 and all(len(r) == 12 for r in probe.rows)
+    assert probe.rows == CopyProbe(small_tokenizer, SUFFIX_FILES, spans=4, span=12).rows  # fixed seed
+    cpu = torch.device("cpu")
+    # a bigram model sees the same previous token for every target of both copies: exactly 0
+    assert probe.copy_gain(_Bigram(small_tokenizer.vocab_size), cpu) == pytest.approx(0, abs=1e-6)
+    assert probe.copy_gain(_Copier(small_tokenizer.vocab_size), cpu) > 5.0
+
+
+def test_copy_probe_spans_shrink_to_short_files_and_need_two_tokens(small_tokenizer):
+    assert CopyProbe(small_tokenizer, [("a.py", "x = 1\n")], span=500).span == len(small_tokenizer.encode("x = 1\n"))
+    with pytest.raises(CodegemmaError, match="too few tokens"):
+        CopyProbe(small_tokenizer, [("a.py", "")])
+
+
+def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
+    for path, text in SUFFIX_FILES:
+        (tmp_path / path).write_text(text)
+    scorers, probe = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm"])
+    assert probe.span == min(31, len(small_tokenizer.encode("".join(t for _, t in sorted(SUFFIX_FILES)))))
+    cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
+    model = Gemma(cfg).eval()
+    model.init_weights()
+    result = Evaluator(DistEnv(), None, 0, scorers, 4, probe)(model)
+    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "copy_gain"}
+    assert math.isfinite(result["copy_gain"])
 
 
 def test_unigram_baseline(tmp_path):
