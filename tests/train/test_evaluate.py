@@ -10,8 +10,16 @@ from codegemma.errors import CodegemmaError
 from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
 from codegemma.model import Gemma
 from codegemma.train.distributed import DistEnv
-from codegemma.train.evaluate import (CopyProbe, Evaluator, InfillScorer, check_fits_context, infill_scorers,
-                                      read_files, single_line_examples, unigram_baseline)
+from codegemma.train.evaluate import (
+    CopyProbe,
+    Evaluator,
+    InfillScorer,
+    check_fits_context,
+    infill_scorers,
+    read_files,
+    single_line_examples,
+    unigram_baseline,
+)
 
 FILES = [("pkg/a.py", "import os\n\n\ndef f(x):\n    return x + 1\n"), ("b.py", "x = 1\ny = 2\n")]
 
