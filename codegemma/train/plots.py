@@ -14,28 +14,48 @@ from codegemma.train import metrics  # noqa: E402
 _PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")]
 
 
+_CONTEXT_USE = ("copy_gain", "fim_suffix_gain", "fim_suffix_gain_spm")  # nats/token the context saves
+_EXACT_MATCH = ("infill_exact_match", "infill_exact_match_spm")
+
+
 def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
-    """Four panels (loss with eval points, LR, gradient norm, throughput) in one PNG."""
+    """Four panels (loss with eval points, LR, gradient norm, throughput) in one PNG, and two more
+    when the run scored infilling: what the model takes from its context (copy and suffix gains)
+    and exact match."""
     train = metrics.read(metrics_path, "train")
     evals = metrics.read(metrics_path, "eval")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (key, label) in zip(axes.flat, _PANELS):
+    infill = any(k in r for r in evals for k in _CONTEXT_USE + _EXACT_MATCH)
+    fig, axes = plt.subplots(2, 3 if infill else 2, figsize=(15 if infill else 10, 7))
+    panels = list(axes.flat)
+    for ax, (key, label) in zip(panels, _PANELS):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             ax.plot(*zip(*pts), label="train", linewidth=1)
         if key == "loss":
-            for ekey in ("loss", "fim_middle_loss"):
-                epts = [(r["step"], r[ekey]) for r in evals if ekey in r]
-                if epts:
-                    ax.plot(*zip(*epts), marker="o", label=f"eval {ekey}")
-            ax.legend()
+            _plot_evals(ax, evals, ("loss", "fim_middle_loss"))
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if infill:
+        for ax, keys, label in ((panels[4], _CONTEXT_USE, "gain from context (nats/token)"),
+                                (panels[5], _EXACT_MATCH, "single-line exact match")):
+            _plot_evals(ax, evals, keys)
+            ax.set_xlabel("step")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, out_path)
+
+
+def _plot_evals(ax, evals: list[dict], keys: tuple[str, ...]):
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in evals if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"eval {key}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def plot_runs(metrics_paths: list[Path], labels: list[str], out_path: str | Path, title: str = "") -> Path:
