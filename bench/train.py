@@ -10,7 +10,7 @@ model at a time. Reported: training tokens per second (median over rounds), mode
 utilisation, and the ratio.
 
     python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
-                          [--seq-len 256] [--rounds 5] [--steps 3] [--threads 0]
+                          [--seq-len 256] [--rounds 12] [--steps 2] [--threads 0]
                           [--device cpu|cuda] [--precision float32|bf16] [--compile] [--sequential]
                           [--runners ours,transformers] [--json docs/experiments/train-speed.json]
 """
@@ -156,8 +156,8 @@ def main() -> int:
     parser.add_argument("--vocab-size", type=int, default=8192, help="the recipe's tokenizer size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=12, help="timed rounds; the ratio is the median of theirs")
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
