@@ -77,7 +77,7 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
                            "eval.infill_max_prompt_tokens + eval.infill_max_new_tokens")
         try:
             scorers, probe = infill_scorers(tokenizer, recipe.eval.infill_files, recipe.eval.infill_examples,
-                                     recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_orders)
+                                            recipe.eval.infill_max_prompt_tokens, recipe.eval.infill_orders)
         except CodegemmaError as e:
             raise CodegemmaError(f"eval.infill_files: {e}") from None
     if factory is None and not scorers:
