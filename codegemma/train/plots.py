@@ -12,8 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from codegemma.train import metrics  # noqa: E402
 
 _PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")]
-
-
 _CONTEXT_USE = ("copy_gain", "fim_suffix_gain", "fim_suffix_gain_spm")  # nats/token the context saves
 _EXACT_MATCH = ("infill_exact_match", "infill_exact_match_spm")
 
@@ -33,20 +31,22 @@ def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") ->
             ax.plot(*zip(*pts), label="train", linewidth=1)
         if key == "loss":
             _plot_evals(ax, evals, ("loss", "fim_middle_loss"))
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        _label(ax, label)
     if infill:
         for ax, keys, label in ((panels[4], _CONTEXT_USE, "gain from context (nats/token)"),
                                 (panels[5], _EXACT_MATCH, "single-line exact match")):
             _plot_evals(ax, evals, keys)
-            ax.set_xlabel("step")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
+            _label(ax, label)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, out_path)
+
+
+def _label(ax, ylabel: str):
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
 
 
 def _plot_evals(ax, evals: list[dict], keys: tuple[str, ...]):
