@@ -52,9 +52,9 @@ step speed-small $PY bench/train.py --preset $SMALL_PRESET --device $DEVICE --pr
 step speed-large $PY bench/train.py --preset $LARGE_PRESET --device $DEVICE --precision bf16 --batch 1 \
     --seq-len $LONG_SEQ --rounds 3 --steps 2 --sequential --json "$OUT/train-$LARGE_PRESET.json"
 
-# 2. The tiny-cpu recipe as written, on the GPU (bf16 autocast): its losses should track the
+# 2. The tiny-cpu-scratch recipe as written, on the GPU (bf16 autocast): its losses should track the
 #    float32 CPU run's.
-step recipe-tiny $PY -m codegemma train run recipes/tiny-cpu.toml --no-resume --set train.device=$DEVICE \
+step recipe-tiny $PY -m codegemma train run recipes/tiny-cpu-scratch.toml --no-resume --set train.device=$DEVICE \
     --set train.steps=$TINY_STEPS --set eval.every=$TINY_EVAL --set out_dir=$RUNS/tiny
 cp "$RUNS/tiny/metrics.jsonl" "$OUT/tiny-metrics.jsonl" 2>/dev/null
 
@@ -64,12 +64,12 @@ common="--no-resume --set train.device=$DEVICE $(wide_overrides) --set train.bat
         --set train.steps=$WIDE_STEPS --set eval.every=0 --set eval.infill_examples=16 --set log.every=10
         --set checkpoint.every=$((WIDE_STEPS / 2))"
 # shellcheck disable=SC2086
-step fsdp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu.toml \
+step fsdp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu-scratch.toml \
     $common --set distributed.strategy=fsdp --set train.compile=true --set train.activation_checkpointing=true \
     --set out_dir=$RUNS/fsdp
 cp "$RUNS/fsdp/metrics.jsonl" "$OUT/fsdp-metrics.jsonl" 2>/dev/null
 # shellcheck disable=SC2086
-step ddp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu.toml \
+step ddp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu-scratch.toml \
     $common --set distributed.strategy=ddp --set out_dir=$RUNS/ddp
 cp "$RUNS/ddp/metrics.jsonl" "$OUT/ddp-metrics.jsonl" 2>/dev/null
 

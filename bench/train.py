@@ -9,7 +9,7 @@ rounds' ratios; on a GPU, where two large models may not fit together, `--sequen
 model at a time. Reported: training tokens per second (median over rounds), model FLOPs
 utilisation, and the ratio.
 
-    python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
+    python bench/train.py [--recipe recipes/tiny-cpu-scratch.toml | --preset gemma3-270m] [--batch 8]
                           [--seq-len 256] [--rounds 12] [--steps 2] [--threads 0]
                           [--device cpu|cuda] [--precision float32|bf16] [--compile] [--sequential]
                           [--runners ours,transformers] [--json docs/experiments/train-speed.json]
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from codegemma.checkpoints.hf_config import config_to_hf
+from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.config import ModelConfig, preset
 from codegemma.model import Gemma
 from codegemma.train import losses, metrics
@@ -68,6 +68,15 @@ def theirs(cfg: ModelConfig, state: dict):
         return m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(), use_cache=False).loss
 
     return model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits, loss
+
+
+def recipe_config(path: str, vocab_size: int) -> ModelConfig:
+    """The recipe's model config; for a recipe that starts from a checkpoint directory, that
+    checkpoint's (the weights are drawn fresh either way: they do not change the speed)."""
+    recipe = recipe_mod.load(path)
+    if recipe.model.init:
+        return config_from_hf(json.loads((Path(recipe.model.init) / "config.json").read_text()))
+    return model_config(recipe_mod.load(path, [f"model.overrides.vocab_size={vocab_size}"]), None)
 
 
 class Runner:
@@ -151,7 +160,7 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/tiny-cpu.toml", help="take the model from this recipe")
+    parser.add_argument("--recipe", default="recipes/tiny-cpu-scratch.toml", help="take the model from this recipe")
     parser.add_argument("--preset", default=None, help="or from a model preset (e.g. gemma3-270m)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="the recipe's tokenizer size")
     parser.add_argument("--batch", type=int, default=8)
@@ -176,7 +185,7 @@ def main() -> int:
     if args.preset:
         cfg = preset(args.preset)
     else:
-        cfg = model_config(recipe_mod.load(args.recipe, [f"model.overrides.vocab_size={args.vocab_size}"]), None)
+        cfg = recipe_config(args.recipe, args.vocab_size)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device=args.device)
     seconds, ratio, diff = time_runners(names, cfg, batch, args)
 

@@ -36,6 +36,16 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("prune", help="cut a small model out of a Gemma checkpoint: first layers, narrower MLPs, "
+                                     "a new tokenizer's vocabulary (a HF directory to start a recipe from)")
+    p.add_argument("--source", default=None, help="GGUF file or HF directory (default: the default model)")
+    p.add_argument("--tokenizer", required=True, help="the new vocabulary: tokenizer.json, HF directory or GGUF")
+    p.add_argument("--calibration", required=True, help="shard directory whose rows rank the MLP neurons")
+    p.add_argument("--layers", default="0-5", help="source layers to keep, e.g. 0-5 or 0,1,2 (default 0-5)")
+    p.add_argument("--d-ff", type=int, required=True, help="MLP neurons to keep per layer")
+    p.add_argument("--out", required=True, help="output HF directory (must not exist or be empty)")
+    p.set_defaults(func=_prune)
+
     p = sub.add_parser("demo-data", help="shards from the demo corpus (stdlib) through the data pipeline")
     p.add_argument("--root", default="runs/demo", help="where the corpus and tokenizer live (built if missing)")
     p.add_argument("--out", default=None, help="shard output directory (default: <root>/shards)")
@@ -123,6 +133,16 @@ def _export(args) -> int:
     fmt = args.format or ("gguf" if args.out.endswith(".gguf") else "hf")
     out = export(args.source, args.out, fmt, args.dtype, args.tokenizer or None)
     print(f"wrote {out}")
+    return 0
+
+
+def _prune(args) -> int:
+    from codegemma.train.prune import parse_layers, prune_checkpoint
+
+    config, params = prune_checkpoint(args.source, args.tokenizer, args.calibration, parse_layers(args.layers),
+                                      args.d_ff, args.out)
+    print(f"wrote {args.out} ({params:,} parameters: {config.n_layers} layers, d_ff {config.d_ff}, "
+          f"vocabulary {config.vocab_size})")
     return 0
 
 

@@ -220,7 +220,10 @@ def test_killed_run_resumes_to_the_same_shards(collection, tokenizer_path, tmp_p
     assert (tmp_path / "run" / "train.files.json").read_text() == (tmp_path / "ref" / "train.files.json").read_text()
     entries = [json.loads(line) for line in (work / "journal.jsonl").read_text().splitlines()]
     cleaned = [e["key"] for e in entries if e["stage"] == "clean"]
-    assert len(cleaned) == len(set(cleaned)) == 45  # every repository cleaned exactly once over both runs
+    assert len(cleaned) == len(set(cleaned))  # no repository cleaned twice
+    # every repository cleaned over both runs; a kill between a repository's output and its journal
+    # line loses only the line (the output is there, and the resumed run does not redo it)
+    assert len(set(cleaned) | done_before) == 45
     resumed = {e["key"] for e in entries if e["stage"] == "clean" and e["run"] not in first_runs}
     assert not resumed & done_before
 

@@ -1,0 +1,143 @@
+"""Cut a small model out of a trained Gemma: fewer layers, narrower MLPs, a smaller vocabulary.
+
+Structured pruning as in Minitron (Muralidharan et al. 2024, arXiv 2407.14679): keep a contiguous
+run of the first layers, keep in each of them the MLP neurons that carry the most activation on
+calibration text, and give each token of a new (small) tokenizer the embedding of the same text in
+the source vocabulary (an exact piece match where there is one, else the mean of the rows of the
+source tokens that spell it; the FOCUS/WECHSEL idea without the similarity weighting). Attention
+is kept whole, so the source model's previous-token and induction heads, which a 5-20M-parameter
+model trained from scratch does not form within a CPU budget (docs/experiments), come along.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from codegemma.config import ModelConfig
+from codegemma.errors import CodegemmaError
+from codegemma.model import Gemma
+from codegemma.tokenizer import Tokenizer
+
+# Special tokens of the new vocabulary that mean the same as the source's under another name.
+_SAME_ROLE = ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn")
+
+
+def transfer_embeddings(source_embed: torch.Tensor, source_tok: Tokenizer, target_tok: Tokenizer) -> torch.Tensor:
+    """[target vocab, d_model] embedding rows for `target_tok`, built from `source_embed`."""
+    rows = torch.empty(target_tok.vocab_size, source_embed.shape[1], dtype=source_embed.dtype)
+    mean = source_embed.mean(dim=0)
+    role_of = {tid: role for role, tid in target_tok.special.items() if tid is not None}
+    for tid in range(target_tok.vocab_size):
+        role = role_of.get(tid)
+        if role in _SAME_ROLE and source_tok.special.get(role) is not None:
+            rows[tid] = source_embed[source_tok.special[role]]
+            continue
+        piece = target_tok.id_to_token(tid)
+        exact = source_tok.token_to_id(piece) if piece is not None else None
+        if exact is not None:
+            rows[tid] = source_embed[exact]
+            continue
+        text = target_tok.decode([tid]) if role is None and not target_tok.is_special(tid) else ""
+        ids = source_tok.encode(text) if text else []
+        rows[tid] = source_embed[ids].mean(dim=0) if ids else mean  # sentinels and unused slots: the mean row
+    return rows
+
+
+@torch.no_grad()
+def mlp_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per kept layer, each MLP neuron's mean |activation| times the norm of its output column."""
+    sums: dict[int, torch.Tensor] = {}
+    hooks = []
+    for i in layers:
+        down = model.layers[i].mlp.down_proj
+
+        def record(_module, inputs, i=i):
+            act = inputs[0].detach().abs().float().flatten(0, -2).sum(dim=0)
+            sums[i] = sums.get(i, 0) + act
+        hooks.append(down.register_forward_pre_hook(record))
+    try:
+        for ids in batches:
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {i: sums[i] * model.layers[i].mlp.down_proj.weight.norm(dim=0) for i in layers}
+
+
+def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok: Tokenizer, layers: list[int],
+           d_ff: int, calibration: list[torch.Tensor]) -> tuple[Gemma, ModelConfig]:
+    """A new float32 model: the source's `layers` (in order), `d_ff` MLP neurons each, `target_tok`'s vocabulary."""
+    if not layers or any(not 0 <= i < config.n_layers for i in layers) or sorted(set(layers)) != list(layers):
+        raise CodegemmaError(f"layers must be increasing layer numbers in 0..{config.n_layers - 1}, got {layers}")
+    if not 1 <= d_ff <= config.d_ff:
+        raise CodegemmaError(f"d_ff must be 1..{config.d_ff}, got {d_ff}")
+    importance = mlp_importance(model, calibration, layers)
+    new_config = ModelConfig.from_dict({
+        **config.to_dict(), "n_layers": len(layers), "layer_types": [config.layer_types[i] for i in layers],
+        "d_ff": d_ff,
+        "vocab_size": target_tok.vocab_size,
+        **{f"{name}_id": target_tok.special[name] for name in ("bos", "eos", "pad")
+           if target_tok.special.get(name) is not None}})
+    small = Gemma(new_config)
+    source = model.state_dict()
+    state = {"embed_tokens.weight": transfer_embeddings(source["embed_tokens.weight"], source_tok, target_tok),
+             "norm.weight": source["norm.weight"]}
+    for new, i in enumerate(layers):
+        keep = importance[i].topk(d_ff).indices.sort().values
+        prefix = f"layers.{i}."
+        for name, tensor in source.items():
+            if not name.startswith(prefix):
+                continue
+            name = f"layers.{new}." + name[len(prefix):]
+            if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")):
+                tensor = tensor[keep]
+            elif name.endswith("mlp.down_proj.weight"):
+                tensor = tensor[:, keep]
+            state[name] = tensor
+    small.load_state_dict({k: v.clone().float().contiguous() for k, v in state.items()})
+    return small, new_config
+
+
+def parse_layers(spec: str) -> list[int]:
+    """'0-5' or '0,1,2,5' -> layer numbers."""
+    try:
+        out: list[int] = []
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+        return out
+    except ValueError:
+        raise CodegemmaError(f"--layers: expected e.g. '0-5' or '0,1,2', got {spec!r}") from None
+
+
+def calibration_rows(shards: str, target_tok: Tokenizer, source_tok: Tokenizer, rows: int = 16,
+                     max_tokens: int = 256) -> list[torch.Tensor]:
+    """`rows` evenly spaced shard rows, as text re-tokenized for the source model ([1, <= max_tokens] each)."""
+    from codegemma.data.shards import ShardDataset
+
+    data = ShardDataset(shards)
+    if len(data) == 0:
+        raise CodegemmaError(f"{shards}: no rows to calibrate on")
+    picks = sorted({i * len(data) // rows for i in range(rows)})
+    texts = [target_tok.decode(data[i]["tokens"].tolist(), skip_special=True) for i in picks]
+    return [torch.tensor([source_tok.encode(text)[:max_tokens]]) for text in texts if text.strip()]
+
+
+def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layers: list[int], d_ff: int,
+                     out: str) -> tuple[ModelConfig, int]:
+    """Load `source` (default: the default model), prune it for `tokenizer`, save a HF directory at `out`."""
+    from codegemma.checkpoints import load, save_hf
+    from codegemma.train.build import load_tokenizer
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise CodegemmaError(f"{out} exists and is not empty")  # before minutes of loading, not after
+    target_tok = load_tokenizer(tokenizer)
+    loaded = load(source, dtype="float32")
+    if loaded.tokenizer is None:
+        raise CodegemmaError(f"{source or 'the default model'}: no tokenizer to transfer embeddings from")
+    rows = calibration_rows(calibration, target_tok, loaded.tokenizer)
+    small, config = pruned(loaded.model.eval(), loaded.config, loaded.tokenizer, target_tok, layers, d_ff, rows)
+    save_hf(small, config, target_tok, out)
+    return config, sum(p.numel() for p in small.parameters())
