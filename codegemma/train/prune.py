@@ -47,7 +47,8 @@ def transfer_embeddings(source_embed: torch.Tensor, source_tok: Tokenizer, targe
 
 @torch.no_grad()
 def mlp_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
-    """Per kept layer, each MLP neuron's mean |activation| times the norm of its output column."""
+    """Per kept layer, each MLP neuron's |activation| summed over the calibration tokens, times the
+    norm of its output column (what the neuron adds to the residual stream)."""
     sums: dict[int, torch.Tensor] = {}
     hooks = []
     for i in layers:
@@ -112,14 +113,10 @@ def parse_layers(spec: str) -> list[int]:
         raise CodegemmaError(f"--layers: expected e.g. '0-5' or '0,1,2', got {spec!r}") from None
 
 
-def calibration_rows(shards: str, target_tok: Tokenizer, source_tok: Tokenizer, rows: int = 16,
+def calibration_rows(data, target_tok: Tokenizer, source_tok: Tokenizer, rows: int = 16,
                      max_tokens: int = 256) -> list[torch.Tensor]:
-    """`rows` evenly spaced shard rows, as text re-tokenized for the source model ([1, <= max_tokens] each)."""
-    from codegemma.data.shards import ShardDataset
-
-    data = ShardDataset(shards)
-    if len(data) == 0:
-        raise CodegemmaError(f"{shards}: no rows to calibrate on")
+    """`rows` evenly spaced rows of a ShardDataset, as text re-tokenized for the source model
+    ([1, <= max_tokens] each)."""
     picks = sorted({i * len(data) // rows for i in range(rows)})
     texts = [target_tok.decode(data[i]["tokens"].tolist(), skip_special=True) for i in picks]
     return [torch.tensor([source_tok.encode(text)[:max_tokens]]) for text in texts if text.strip()]
@@ -129,15 +126,20 @@ def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layer
                      out: str) -> tuple[ModelConfig, int]:
     """Load `source` (default: the default model), prune it for `tokenizer`, save a HF directory at `out`."""
     from codegemma.checkpoints import load, save_hf
+    from codegemma.data.shards import ShardDataset
     from codegemma.train.build import load_tokenizer
 
+    # every input checked before the source model is loaded, which takes a while
     if Path(out).exists() and any(Path(out).iterdir()):
-        raise CodegemmaError(f"{out} exists and is not empty")  # before minutes of loading, not after
+        raise CodegemmaError(f"{out} exists and is not empty")
     target_tok = load_tokenizer(tokenizer)
+    data = ShardDataset(calibration)
+    if len(data) == 0:
+        raise CodegemmaError(f"{calibration}: no rows to calibrate on")
     loaded = load(source, dtype="float32")
     if loaded.tokenizer is None:
         raise CodegemmaError(f"{source or 'the default model'}: no tokenizer to transfer embeddings from")
-    rows = calibration_rows(calibration, target_tok, loaded.tokenizer)
+    rows = calibration_rows(data, target_tok, loaded.tokenizer)
     small, config = pruned(loaded.model.eval(), loaded.config, loaded.tokenizer, target_tok, layers, d_ff, rows)
     save_hf(small, config, target_tok, out)
     return config, sum(p.numel() for p in small.parameters())
