@@ -73,10 +73,10 @@ def theirs(cfg: ModelConfig, state: dict):
 def recipe_config(path: str, vocab_size: int) -> ModelConfig:
     """The recipe's model config; for a recipe that starts from a checkpoint directory, that
     checkpoint's (the weights are drawn fresh either way: they do not change the speed)."""
-    recipe = recipe_mod.load(path)
+    recipe = recipe_mod.load(path, [f"model.overrides.vocab_size={vocab_size}"])
     if recipe.model.init:
         return config_from_hf(json.loads((Path(recipe.model.init) / "config.json").read_text()))
-    return model_config(recipe_mod.load(path, [f"model.overrides.vocab_size={vocab_size}"]), None)
+    return model_config(recipe, None)
 
 
 class Runner:

@@ -77,8 +77,7 @@ def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok:
     importance = mlp_importance(model, calibration, layers)
     new_config = ModelConfig.from_dict({
         **config.to_dict(), "n_layers": len(layers), "layer_types": [config.layer_types[i] for i in layers],
-        "d_ff": d_ff,
-        "vocab_size": target_tok.vocab_size,
+        "d_ff": d_ff, "vocab_size": target_tok.vocab_size,
         **{f"{name}_id": target_tok.special[name] for name in ("bos", "eos", "pad")
            if target_tok.special.get(name) is not None}})
     small = Gemma(new_config)
