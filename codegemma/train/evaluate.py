@@ -118,16 +118,25 @@ class InfillScorer:
 
     @torch.no_grad()
     def middle_loss(self, model: nn.Module, device: torch.device,
-                    examples: list[InfillExample] | None = None) -> tuple[float, int]:
-        """Sum of NLL over middle tokens, and their count (of `examples`, default this scorer's)."""
+                    examples: list[InfillExample] | None = None, batch_size: int = 16) -> tuple[float, int]:
+        """Sum of NLL over middle tokens, and their count (of `examples`, default this scorer's),
+        scoring `batch_size` examples per forward pass."""
+        rows = [(self.prompt(ex), self.tokenizer.encode(ex.middle))
+                for ex in (self.examples if examples is None else examples)]
         total, count = 0.0, 0
-        for ex in self.examples if examples is None else examples:
-            prompt, middle = self.prompt(ex), self.tokenizer.encode(ex.middle)
-            ids = torch.tensor([prompt + middle], device=device)
-            logits = model(ids[:, :-1])
-            nll = losses.token_nll(logits[:, len(prompt) - 1:], ids[:, len(prompt):])
-            total += nll.sum().item()
-            count += len(middle)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            # right padding: a causal model's logits at real positions never see the pad after them
+            width = max(len(p) + len(m) for p, m in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            scored = torch.zeros(len(batch), width - 1, dtype=torch.bool)  # scored[i, t]: target t + 1 is middle
+            for i, (prompt, middle) in enumerate(batch):
+                ids[i, :len(prompt) + len(middle)] = torch.tensor(prompt + middle)
+                scored[i, len(prompt) - 1:len(prompt) + len(middle) - 1] = True
+            ids, scored = ids.to(device), scored.to(device)
+            nll = losses.token_nll(model(ids[:, :-1]), ids[:, 1:])
+            total += nll[scored].sum().item()
+            count += int(scored.sum())
         return total, count
 
     def suffix_gain(self, model: nn.Module, device: torch.device,
@@ -143,26 +152,48 @@ class InfillScorer:
         return (swapped_sum - true_sum) / max(count, 1)
 
     @torch.no_grad()
-    def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int) -> tuple[int, int]:
-        """Greedy single-line infilling: (exact matches, examples)."""
-        config = _config(model)
+    def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int,
+                    batch_size: int = 16) -> tuple[int, int]:
+        """Greedy single-line infilling: (exact matches, examples), `batch_size` prompts at a time."""
         hits = 0
-        for ex in self.examples:
-            prompt = self.prompt(ex)
-            cache = KVCache(config, 1, len(prompt) + max_new_tokens, device=device)
-            logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True)
-            out: list[int] = []
-            for _ in range(max_new_tokens):
-                token = int(logits[0, -1].argmax())
-                if token in self.stop_ids:
-                    break
-                out.append(token)
-                if "\n" in self.tokenizer.decode(out[-1:]):
-                    break
-                logits = model(torch.tensor([[token]], device=device), cache=cache)
-            line = self.tokenizer.decode(out).split("\n")[0]
-            hits += line.rstrip() == ex.middle.rstrip("\n").rstrip()
+        for start in range(0, len(self.examples), batch_size):
+            batch = self.examples[start:start + batch_size]
+            lines = self._greedy_lines(model, device, [self.prompt(ex) for ex in batch], max_new_tokens)
+            hits += sum(line.rstrip() == ex.middle.rstrip("\n").rstrip() for line, ex in zip(lines, batch))
         return hits, len(self.examples)
+
+    def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
+                      max_new_tokens: int) -> list[str]:
+        """The first line each prompt's greedy continuation writes, ending at a newline, a stop token
+        or `max_new_tokens`. Prompts are left-padded; padding has position -1, which the attention
+        masks leave out, so a row's tokens are those it would get alone."""
+        longest = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), longest, dtype=torch.long)
+        positions = torch.full((len(prompts), longest), -1, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = torch.tensor(prompt)
+            positions[row, longest - len(prompt):] = torch.arange(len(prompt))
+        cache = KVCache(_config(model), len(prompts), longest + max_new_tokens, device=device)
+        logits = model(ids.to(device), positions=positions.to(device), cache=cache, last_only=True)
+        next_position = torch.tensor([len(p) for p in prompts])
+        out: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for _ in range(max_new_tokens):
+            tokens = logits[:, -1].argmax(-1).tolist()
+            for row, token in enumerate(tokens):
+                if done[row]:
+                    continue
+                if token in self.stop_ids:
+                    done[row] = True
+                    continue
+                out[row].append(token)
+                done[row] = "\n" in self.tokenizer.decode([token])
+            if all(done):
+                break
+            step = torch.tensor(tokens)[:, None]  # finished rows run on; their tokens are ignored
+            logits = model(step.to(device), positions=next_position[:, None].to(device), cache=cache)
+            next_position += 1
+        return [self.tokenizer.decode(ids).split("\n")[0] for ids in out]
 
 
 class CopyProbe:
@@ -215,7 +246,7 @@ def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_t
 def _config(model: nn.Module):
     inner = model
     while not hasattr(inner, "config") or not hasattr(inner.config, "layer_types"):
-        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or getattr(inner, "model")
+        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or inner.model
     return inner.config
 
 

@@ -83,6 +83,26 @@ def test_scores_run_on_a_model(small_tokenizer):
     assert n == 3 and hits == 0
 
 
+@pytest.mark.parametrize("order", [PSM, SPM])
+def test_batched_scoring_equals_one_example_at_a_time(small_tokenizer, order):
+    cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
+    torch.manual_seed(0)
+    model = Gemma(cfg).eval()
+    model.init_weights(std=0.5)  # large weights: continuations that differ from prompt to prompt
+    cpu = torch.device("cpu")
+    scorer = InfillScorer(small_tokenizer, single_line_examples(FILES + SUFFIX_FILES, 7, seed=3),
+                          max_prompt_tokens=128, order=order)
+    prompts = [scorer.prompt(ex) for ex in scorer.examples]
+    assert len({len(p) for p in prompts}) > 1  # the batch is ragged: left padding is exercised
+    batched = scorer.middle_loss(model, cpu, batch_size=4)
+    single = scorer.middle_loss(model, cpu, batch_size=1)
+    assert batched[1] == single[1] and batched[0] == pytest.approx(single[0], rel=1e-5)
+    lines = scorer._greedy_lines(model, cpu, prompts, max_new_tokens=12)
+    assert lines == [scorer._greedy_lines(model, cpu, [p], max_new_tokens=12)[0] for p in prompts]
+    assert len(set(lines)) > 1
+    assert scorer.exact_match(model, cpu, 12, batch_size=3) == scorer.exact_match(model, cpu, 12, batch_size=1)
+
+
 class _Bigram(torch.nn.Module):
     """Logits from the previous token alone: it cannot use a suffix."""
 
