@@ -34,6 +34,10 @@ from codegemma.kv_cache import KVCache
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
 
+# Logit elements one batched forward pass of the middle loss may produce (512 MB in float32): 16
+# rows of 256 tokens for an 8192-token vocabulary, 2 for Gemma's 262,144.
+LOGITS_BUDGET = 2**27
+
 SOURCE_SUFFIXES = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cs", ".kt", ".rb", ".sh")
 
 
@@ -123,6 +127,10 @@ class InfillScorer:
         scoring `batch_size` examples per forward pass."""
         rows = [(self.prompt(ex), self.tokenizer.encode(ex.middle))
                 for ex in (self.examples if examples is None else examples)]
+        config = _config(model, required=False)
+        if config is not None and rows:  # fewer rows at a time where [rows, width, vocab] logits would be huge
+            width = max(len(p) + len(m) for p, m in rows)
+            batch_size = max(1, min(batch_size, LOGITS_BUDGET // (width * config.vocab_size)))
         total, count = 0.0, 0
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
@@ -243,11 +251,15 @@ def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_t
     return scorers, CopyProbe(tokenizer, files, span=min(96, max(8, (max_prompt_tokens - 1) // 2)))
 
 
-def _config(model: nn.Module):
+def _config(model: nn.Module, required: bool = True):
+    """The Gemma config of `model`, looking through DDP and LoRA wrappers (None for another model
+    unless `required`)."""
     inner = model
-    while not hasattr(inner, "config") or not hasattr(inner.config, "layer_types"):
-        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or inner.model
-    return inner.config
+    while inner is not None and not hasattr(getattr(inner, "config", None), "layer_types"):
+        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or getattr(inner, "model", None)
+    if inner is None and required:
+        raise ValueError(f"{type(model).__name__} is not a Gemma model")
+    return None if inner is None else inner.config
 
 
 class Evaluator:

@@ -103,6 +103,24 @@ def test_batched_scoring_equals_one_example_at_a_time(small_tokenizer, order):
     assert scorer.exact_match(model, cpu, 12, batch_size=3) == scorer.exact_match(model, cpu, 12, batch_size=1)
 
 
+def test_middle_loss_batches_within_the_logits_budget(small_tokenizer, monkeypatch):
+    from codegemma.train import evaluate
+
+    cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
+    torch.manual_seed(0)
+    model = Gemma(cfg).eval()
+    model.init_weights(std=0.5)
+    scorer = InfillScorer(small_tokenizer, single_line_examples(FILES + SUFFIX_FILES, 7, seed=3), max_prompt_tokens=128)
+    width = max(len(scorer.prompt(ex)) + len(small_tokenizer.encode(ex.middle)) for ex in scorer.examples)
+    monkeypatch.setattr(evaluate, "LOGITS_BUDGET", 2 * width * cfg.vocab_size)  # room for two rows
+    rows = []
+    model.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    total, count = scorer.middle_loss(model, torch.device("cpu"))
+    assert max(rows) == 2 and sum(rows) == 7
+    single = scorer.middle_loss(model, torch.device("cpu"), batch_size=1)
+    assert count == single[1] and total == pytest.approx(single[0], rel=1e-5)
+
+
 class _Bigram(torch.nn.Module):
     """Logits from the previous token alone: it cannot use a suffix."""
 
