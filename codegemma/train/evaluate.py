@@ -174,7 +174,9 @@ class InfillScorer:
                       max_new_tokens: int) -> list[str]:
         """The first line each prompt's greedy continuation writes, ending at a newline, a stop token
         or `max_new_tokens`. Prompts are left-padded; padding has position -1, which the attention
-        masks leave out, so a row's tokens are those it would get alone."""
+        masks leave out, so a row's tokens are those it would get alone. Only the model's forward
+        is called (not the serving engine, whose head reads the weights outside it), so this also
+        runs on an FSDP-sharded model."""
         longest = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), longest, dtype=torch.long)
         positions = torch.full((len(prompts), longest), -1, dtype=torch.long)
