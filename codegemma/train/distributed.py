@@ -77,6 +77,20 @@ def gather_objects(obj, env: DistEnv) -> list:
     return out
 
 
+def model_config(model: nn.Module):
+    """The ModelConfig of a Gemma, looking through DDP and LoRA wrappers (None for another model)."""
+    from codegemma.config import ModelConfig
+
+    seen = model
+    for _ in range(6):
+        if isinstance(getattr(seen, "config", None), ModelConfig):
+            return seen.config
+        seen = getattr(seen, "module", None) or getattr(seen, "base_model", None) or getattr(seen, "model", None)
+        if seen is None:
+            return None
+    return None
+
+
 def blocks(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks: the model's `layers` list (looked through a LoRA wrapper)."""
     inner = model

@@ -127,7 +127,7 @@ class InfillScorer:
         scoring `batch_size` examples per forward pass."""
         rows = [(self.prompt(ex), self.tokenizer.encode(ex.middle))
                 for ex in (self.examples if examples is None else examples)]
-        config = _config(model, required=False)
+        config = distributed.model_config(model)
         if config is not None and rows:  # fewer rows at a time where [rows, width, vocab] logits would be huge
             width = max(len(p) + len(m) for p, m in rows)
             batch_size = max(1, min(batch_size, LOGITS_BUDGET // (width * config.vocab_size)))
@@ -183,7 +183,10 @@ class InfillScorer:
         for row, prompt in enumerate(prompts):
             ids[row, longest - len(prompt):] = torch.tensor(prompt)
             positions[row, longest - len(prompt):] = torch.arange(len(prompt))
-        cache = KVCache(_config(model), len(prompts), longest + max_new_tokens, device=device)
+        config = distributed.model_config(model)
+        if config is None:
+            raise ValueError(f"{type(model).__name__} is not a Gemma model: no KV cache to generate with")
+        cache = KVCache(config, len(prompts), longest + max_new_tokens, device=device)
         logits = model(ids.to(device), positions=positions.to(device), cache=cache, last_only=True)
         next_position = torch.tensor([len(p) for p in prompts])
         out: list[list[int]] = [[] for _ in prompts]
@@ -251,17 +254,6 @@ def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_t
     scorers = [InfillScorer(tokenizer, chosen, max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=order)
                for order in orders]
     return scorers, CopyProbe(tokenizer, files, span=min(96, max(8, (max_prompt_tokens - 1) // 2)))
-
-
-def _config(model: nn.Module, required: bool = True):
-    """The Gemma config of `model`, looking through DDP and LoRA wrappers (None for another model
-    unless `required`)."""
-    inner = model
-    while inner is not None and not hasattr(getattr(inner, "config", None), "layer_types"):
-        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or getattr(inner, "model", None)
-    if inner is None and required:
-        raise ValueError(f"{type(model).__name__} is not a Gemma model")
-    return None if inner is None else inner.config
 
 
 class Evaluator:

@@ -128,7 +128,7 @@ def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layer
     from codegemma.data.shards import ShardDataset
     from codegemma.train.build import load_tokenizer
 
-    # every input checked before the source model is loaded, which takes a while
+    # the inputs that do not need the source model are checked before it loads, which takes a while
     if Path(out).exists() and any(Path(out).iterdir()):
         raise CodegemmaError(f"{out} exists and is not empty")
     target_tok = load_tokenizer(tokenizer)

@@ -46,7 +46,7 @@ class Trainer:
         self.data = data
         self.evaluator = evaluator
         if flops_per_token is None:
-            config = _model_config(model)
+            config = distributed.model_config(model)
             flops_per_token = metrics.flops_per_token(config, recipe.data.seq_len) if config is not None else 0.0
         self.flops_per_token = flops_per_token
         self.out_dir = Path(out_dir or recipe.out_dir)
@@ -222,22 +222,8 @@ def _batch_tokens(batch) -> int:
     return sum(_batch_tokens(v) for v in batch.values() if isinstance(v, dict))
 
 
-def _model_config(model: nn.Module):
-    """The ModelConfig of a Gemma, looking through DDP and LoRA wrappers."""
-    from codegemma.config import ModelConfig
-
-    seen = model
-    for _ in range(6):
-        if isinstance(getattr(seen, "config", None), ModelConfig):
-            return seen.config
-        seen = getattr(seen, "module", None) or getattr(seen, "base_model", None) or getattr(seen, "model", None)
-        if seen is None:
-            return None
-    return None
-
-
 def _config_dict(model: nn.Module) -> dict | None:
-    config = _model_config(model)
+    config = distributed.model_config(model)
     return config.to_dict() if config is not None else None
 
 
