@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", required=True, help="shard directory whose rows rank the MLP neurons")
     p.add_argument("--layers", default="0-5", help="source layers to keep, e.g. 0-5 or 0,1,2 (default 0-5)")
     p.add_argument("--d-ff", type=int, required=True, help="MLP neurons to keep per layer")
+    p.add_argument("--heads", type=int, default=None, help="query heads to keep per layer (default: all)")
     p.add_argument("--out", required=True, help="output HF directory (must not exist or be empty)")
     p.set_defaults(func=_prune)
 
@@ -140,8 +141,9 @@ def _prune(args) -> int:
     from codegemma.train.prune import parse_layers, prune_checkpoint
 
     config, params = prune_checkpoint(args.source, args.tokenizer, args.calibration, parse_layers(args.layers),
-                                      args.d_ff, args.out)
-    print(f"wrote {args.out} ({params:,} parameters: {config.n_layers} layers, d_ff {config.d_ff}, "
+                                      args.d_ff, args.out, args.heads)
+    print(f"wrote {args.out} ({params:,} parameters: {config.n_layers} layers, {config.n_heads} "
+          f"head{'s' if config.n_heads != 1 else ''}, d_ff {config.d_ff}, "
           f"vocabulary {config.vocab_size})")
     return 0
 

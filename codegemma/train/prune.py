@@ -1,12 +1,14 @@
-"""Cut a small model out of a trained Gemma: fewer layers, narrower MLPs, a smaller vocabulary.
+"""Cut a small model out of a trained Gemma: fewer layers, narrower MLPs, fewer heads, a smaller vocabulary.
 
 Structured pruning as in Minitron (Muralidharan et al. 2024, arXiv 2407.14679): keep a contiguous
 run of the first layers, keep in each of them the MLP neurons that carry the most activation on
 calibration text, and give each token of a new (small) tokenizer the embedding of the same text in
 the source vocabulary (an exact piece match where there is one, else the mean of the rows of the
 source tokens that spell it; the FOCUS/WECHSEL idea without the similarity weighting). Attention
-is kept whole, so the source model's previous-token and induction heads, which a 5-20M-parameter
-model trained from scratch does not form within a CPU budget (docs/experiments), come along.
+is kept whole by default, so the source model's previous-token and induction heads, which a
+5-20M-parameter model trained from scratch does not form within a CPU budget (docs/experiments),
+come along; asked for fewer query heads, each layer keeps those that add the most to the residual
+stream on the calibration text (key/value heads are all kept).
 """
 
 from __future__ import annotations
@@ -67,17 +69,55 @@ def mlp_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int])
     return {i: sums[i] * model.layers[i].mlp.down_proj.weight.norm(dim=0) for i in layers}
 
 
+@torch.no_grad()
+def head_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per kept layer, the norm of what each query head adds to the residual stream (its output
+    through its slice of o_proj), summed over the calibration tokens."""
+    sums: dict[int, torch.Tensor] = {}
+    hooks = []
+    for i in layers:
+        attention = model.layers[i].self_attn
+
+        def record(module, inputs, i=i, attention=attention):
+            heads = inputs[0].detach().float().flatten(0, -2).unflatten(-1, (attention.n_heads, attention.head_dim))
+            w = module.weight.float().unflatten(1, (attention.n_heads, attention.head_dim))  # [d_model, heads, dim]
+            added = torch.einsum("thd,mhd->thm", heads, w).norm(dim=-1).sum(dim=0)
+            sums[i] = sums.get(i, 0) + added
+        hooks.append(attention.o_proj.register_forward_pre_hook(record))
+    try:
+        for ids in batches:
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums
+
+
+def kept_heads(importance: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """The `n_heads` most important query heads, as many from each key/value group (a query head
+    reads its group's key/value head, so a group cannot lose more than the others)."""
+    groups = importance.view(n_kv_heads, -1)  # [group, query heads of the group]
+    within = groups.topk(n_heads // n_kv_heads, dim=1).indices.sort(dim=1).values
+    return (within + torch.arange(n_kv_heads)[:, None] * groups.shape[1]).flatten()
+
+
 def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok: Tokenizer, layers: list[int],
-           d_ff: int, calibration: list[torch.Tensor]) -> tuple[Gemma, ModelConfig]:
-    """A new float32 model: the source's `layers` (in order), `d_ff` MLP neurons each, `target_tok`'s vocabulary."""
+           d_ff: int, calibration: list[torch.Tensor], n_heads: int | None = None) -> tuple[Gemma, ModelConfig]:
+    """A new float32 model: the source's `layers` (in order), `d_ff` MLP neurons and `n_heads` query
+    heads (default: all) each, `target_tok`'s vocabulary."""
     if not layers or any(not 0 <= i < config.n_layers for i in layers) or sorted(set(layers)) != list(layers):
         raise CodegemmaError(f"layers must be increasing layer numbers in 0..{config.n_layers - 1}, got {layers}")
     if not 1 <= d_ff <= config.d_ff:
         raise CodegemmaError(f"d_ff must be 1..{config.d_ff}, got {d_ff}")
+    n_heads = config.n_heads if n_heads is None else n_heads
+    if not 1 <= n_heads <= config.n_heads or n_heads % config.n_kv_heads:
+        raise CodegemmaError(f"heads must be a multiple of the {config.n_kv_heads} key/value heads in "
+                             f"1..{config.n_heads}, got {n_heads}")
     importance = mlp_importance(model, calibration, layers)
+    heads = head_importance(model, calibration, layers) if n_heads < config.n_heads else None
     new_config = ModelConfig.from_dict({
         **config.to_dict(), "n_layers": len(layers), "layer_types": [config.layer_types[i] for i in layers],
-        "d_ff": d_ff, "vocab_size": target_tok.vocab_size,
+        "d_ff": d_ff, "n_heads": n_heads, "vocab_size": target_tok.vocab_size,
         **{f"{name}_id": target_tok.special[name] for name in ("bos", "eos", "pad")
            if target_tok.special.get(name) is not None}})
     small = Gemma(new_config)
@@ -86,6 +126,10 @@ def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok:
              "norm.weight": source["norm.weight"]}
     for new, i in enumerate(layers):
         keep = importance[i].topk(d_ff).indices.sort().values
+        # rows of q_proj, columns of o_proj: the kept heads' slices, in order
+        head_dims = None if heads is None else (
+            kept_heads(heads[i], n_heads, config.n_kv_heads)[:, None] * config.head_dim
+            + torch.arange(config.head_dim)).flatten()
         prefix = f"layers.{i}."
         for name, tensor in source.items():
             if not name.startswith(prefix):
@@ -95,6 +139,10 @@ def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok:
                 tensor = tensor[keep]
             elif name.endswith("mlp.down_proj.weight"):
                 tensor = tensor[:, keep]
+            elif head_dims is not None and name.endswith("self_attn.q_proj.weight"):
+                tensor = tensor[head_dims]
+            elif head_dims is not None and name.endswith("self_attn.o_proj.weight"):
+                tensor = tensor[:, head_dims]
             state[name] = tensor
     small.load_state_dict({k: v.clone().float().contiguous() for k, v in state.items()})
     return small, new_config
@@ -122,7 +170,7 @@ def calibration_rows(data, target_tok: Tokenizer, source_tok: Tokenizer, rows: i
 
 
 def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layers: list[int], d_ff: int,
-                     out: str) -> tuple[ModelConfig, int]:
+                     out: str, n_heads: int | None = None) -> tuple[ModelConfig, int]:
     """Load `source` (default: the default model), prune it for `tokenizer`, save a HF directory at `out`."""
     from codegemma.checkpoints import load, save_hf
     from codegemma.data.shards import ShardDataset
@@ -139,6 +187,7 @@ def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layer
     if loaded.tokenizer is None:
         raise CodegemmaError(f"{source or 'the default model'}: no tokenizer to transfer embeddings from")
     rows = calibration_rows(data, target_tok, loaded.tokenizer)
-    small, config = pruned(loaded.model.eval(), loaded.config, loaded.tokenizer, target_tok, layers, d_ff, rows)
+    small, config = pruned(loaded.model.eval(), loaded.config, loaded.tokenizer, target_tok, layers, d_ff, rows,
+                           n_heads)
     save_hf(small, config, target_tok, out)
     return config, sum(p.numel() for p in small.parameters())

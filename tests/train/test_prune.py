@@ -10,9 +10,10 @@ from codegemma.train import prune, tokenizer_train
 from codegemma.train.evaluate import CopyProbe
 
 
-def small_model(tokenizer, n_layers: int = 3, seed: int = 0) -> tuple[Gemma, ModelConfig]:
+def small_model(tokenizer, n_layers: int = 3, seed: int = 0, n_kv_heads: int = 1) -> tuple[Gemma, ModelConfig]:
     config = ModelConfig.from_dict({**preset("tiny-gemma3").to_dict(), "vocab_size": tokenizer.vocab_size,
-                                    "n_layers": n_layers, "layer_types": ["local", "local", "global"][:n_layers]})
+                                    "n_layers": n_layers, "layer_types": ["local", "local", "global"][:n_layers],
+                                    "n_kv_heads": n_kv_heads})
     model = Gemma(config)
     model.init_weights(generator=torch.Generator().manual_seed(seed))
     return model.eval(), config
@@ -51,6 +52,36 @@ def test_dead_neurons_are_the_ones_cut(small_tokenizer):
     x = torch.tensor([small_tokenizer.encode("for key, value in items:\n    print(key)\n")])
     with torch.no_grad():
         assert torch.allclose(small.eval()(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_silent_heads_are_the_ones_cut(small_tokenizer, n_kv_heads):
+    """Query heads 1 and 2 of 4 add nothing to the residual stream (their o_proj columns are 0):
+    pruning to 2 heads keeps heads 0 and 3 (one per key/value group when there are 2), and the
+    outputs do not change."""
+    model, config = small_model(small_tokenizer, n_kv_heads=n_kv_heads)
+    assert config.n_heads == 4
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight[:, config.head_dim:3 * config.head_dim] = 0
+    importance = prune.head_importance(model, calibration(small_tokenizer), [0, 1, 2])
+    for i in range(3):
+        assert prune.kept_heads(importance[i], 2, n_kv_heads).tolist() == [0, 3]
+    small, small_config = prune.pruned(model, config, small_tokenizer, small_tokenizer, [0, 1, 2], config.d_ff,
+                                       calibration(small_tokenizer), n_heads=2)
+    assert small_config.n_heads == 2 and small_config.n_kv_heads == n_kv_heads
+    assert small.layers[0].self_attn.q_proj.weight.shape == (2 * config.head_dim, config.d_model)
+    x = torch.tensor([small_tokenizer.encode("for key, value in items:\n    print(key)\n")])
+    with torch.no_grad():
+        assert torch.allclose(small.eval()(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads, n_heads", [(1, 0), (1, 5), (2, 3)])
+def test_bad_head_counts_name_the_problem(small_tokenizer, n_kv_heads, n_heads):
+    model, config = small_model(small_tokenizer, n_kv_heads=n_kv_heads)
+    with pytest.raises(CodegemmaError, match="heads must be"):
+        prune.pruned(model, config, small_tokenizer, small_tokenizer, [0], config.d_ff, calibration(small_tokenizer),
+                     n_heads=n_heads)
 
 
 def test_first_layers_are_kept_in_order(small_tokenizer):
@@ -114,12 +145,13 @@ def test_cli_writes_a_model_the_loader_reads(small_tokenizer, small_tokenizer_pa
     save_hf(model, config, small_tokenizer, tmp_path / "source")
     out = tmp_path / "small"
     args = ["train", "prune", "--source", str(tmp_path / "source"), "--tokenizer", str(small_tokenizer_path),
-            "--calibration", str(shards), "--layers", "0-1", "--d-ff", "32", "--out", str(out)]
+            "--calibration", str(shards), "--layers", "0-1", "--d-ff", "32", "--heads", "2", "--out", str(out)]
     assert main(args) == 0
-    assert "2 layers, d_ff 32" in capsys.readouterr().out
+    assert "2 layers, 2 heads, d_ff 32" in capsys.readouterr().out
     loaded = load(str(out), progress=False)
-    assert (loaded.config.n_layers, loaded.config.d_ff) == (2, 32)
-    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 32
+    assert (loaded.config.n_layers, loaded.config.n_heads, loaded.config.d_ff) == (2, 2, 32)
+    hf_config = json.loads((out / "config.json").read_text())
+    assert (hf_config["intermediate_size"], hf_config["num_attention_heads"]) == (32, 2)
     assert main(args) != 0  # the output exists: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
     assert load(str(out), progress=False).config.d_ff == 32
