@@ -48,42 +48,15 @@ def transfer_embeddings(source_embed: torch.Tensor, source_tok: Tokenizer, targe
 
 
 @torch.no_grad()
-def mlp_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
-    """Per kept layer, each MLP neuron's |activation| summed over the calibration tokens, times the
-    norm of its output column (what the neuron adds to the residual stream)."""
+def _summed_over_calibration(model: Gemma, batches: list[torch.Tensor], modules: dict[int, torch.nn.Module],
+                             measure) -> dict[int, torch.Tensor]:
+    """Per key of `modules`, `measure(module, input)` of that module's input summed over the calibration batches."""
     sums: dict[int, torch.Tensor] = {}
     hooks = []
-    for i in layers:
-        down = model.layers[i].mlp.down_proj
-
-        def record(_module, inputs, i=i):
-            act = inputs[0].detach().abs().float().flatten(0, -2).sum(dim=0)
-            sums[i] = sums.get(i, 0) + act
-        hooks.append(down.register_forward_pre_hook(record))
-    try:
-        for ids in batches:
-            model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {i: sums[i] * model.layers[i].mlp.down_proj.weight.norm(dim=0) for i in layers}
-
-
-@torch.no_grad()
-def head_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
-    """Per kept layer, the norm of what each query head adds to the residual stream (its output
-    through its slice of o_proj), summed over the calibration tokens."""
-    sums: dict[int, torch.Tensor] = {}
-    hooks = []
-    for i in layers:
-        attention = model.layers[i].self_attn
-
-        def record(module, inputs, i=i, attention=attention):
-            heads = inputs[0].detach().float().flatten(0, -2).unflatten(-1, (attention.n_heads, attention.head_dim))
-            w = module.weight.float().unflatten(1, (attention.n_heads, attention.head_dim))  # [d_model, heads, dim]
-            added = torch.einsum("thd,mhd->thm", heads, w).norm(dim=-1).sum(dim=0)
-            sums[i] = sums.get(i, 0) + added
-        hooks.append(attention.o_proj.register_forward_pre_hook(record))
+    for i, module in modules.items():
+        def record(module, inputs, i=i):
+            sums[i] = sums.get(i, 0) + measure(module, inputs[0].detach().float())
+        hooks.append(module.register_forward_pre_hook(record))
     try:
         for ids in batches:
             model(ids)
@@ -91,6 +64,26 @@ def head_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]
         for h in hooks:
             h.remove()
     return sums
+
+
+def mlp_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per kept layer, each MLP neuron's |activation| summed over the calibration tokens, times the
+    norm of its output column (what the neuron adds to the residual stream)."""
+    downs = {i: model.layers[i].mlp.down_proj for i in layers}
+    sums = _summed_over_calibration(model, batches, downs, lambda _, act: act.abs().flatten(0, -2).sum(dim=0))
+    return {i: sums[i] * downs[i].weight.norm(dim=0) for i in layers}
+
+
+def head_importance(model: Gemma, batches: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per kept layer, the norm of what each query head adds to the residual stream (its output
+    through its slice of o_proj), summed over the calibration tokens."""
+    n_heads, head_dim = model.config.n_heads, model.config.head_dim
+
+    def added(o_proj, heads_out):
+        heads_out = heads_out.flatten(0, -2).unflatten(-1, (n_heads, head_dim))  # [tokens, heads, dim]
+        w = o_proj.weight.float().unflatten(1, (n_heads, head_dim))  # [d_model, heads, dim]
+        return torch.einsum("thd,mhd->thm", heads_out, w).norm(dim=-1).sum(dim=0)
+    return _summed_over_calibration(model, batches, {i: model.layers[i].self_attn.o_proj for i in layers}, added)
 
 
 def kept_heads(importance: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
