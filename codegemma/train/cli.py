@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                                      "a new tokenizer's vocabulary (a HF directory to start a recipe from)")
     p.add_argument("--source", default=None, help="GGUF file or HF directory (default: the default model)")
     p.add_argument("--tokenizer", required=True, help="the new vocabulary: tokenizer.json, HF directory or GGUF")
-    p.add_argument("--calibration", required=True, help="shard directory whose rows rank the MLP neurons")
+    p.add_argument("--calibration", required=True, help="shard directory whose rows rank the MLP neurons and heads")
     p.add_argument("--layers", default="0-5", help="source layers to keep, e.g. 0-5 or 0,1,2 (default 0-5)")
     p.add_argument("--d-ff", type=int, required=True, help="MLP neurons to keep per layer")
     p.add_argument("--heads", type=int, default=None, help="query heads to keep per layer (default: all)")
