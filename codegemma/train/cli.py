@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -74,7 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
-    p.add_argument("--orders", default="psm,spm", help="comma-separated FIM orders")
+    p.add_argument("--orders", default="psm,spm",
+                   help="comma-separated prompt orders: psm, spm (FIM), l2r (the prefix alone, any model)")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="default: 256, or the model's context less --max-new-tokens where that is smaller")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -173,21 +173,32 @@ def _experiment(args) -> int:
 def _infill_eval(args) -> int:
     import torch
 
-    from codegemma.fim import ORDERS
+    from codegemma.fim import sentinel_ids
     from codegemma.model import Gemma
     from codegemma.train.distributed import DistEnv
-    from codegemma.train.evaluate import Evaluator, check_fits_context, infill_scorers
+    from codegemma.train.evaluate import (
+        INFILL_ORDERS,
+        L2R,
+        Evaluator,
+        check_fits_context,
+        infill_scorers,
+    )
     from codegemma.train.export import load_trained
 
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
-    if not orders or any(o not in ORDERS for o in orders):
-        raise CodegemmaError(f"--orders: choose from {', '.join(ORDERS)}")
+    if not orders or any(o not in INFILL_ORDERS for o in orders):
+        raise CodegemmaError(f"--orders: choose from {', '.join(INFILL_ORDERS)}")
     state, config, tokenizer = load_trained(args.source, args.tokenizer or None)
     if tokenizer is None:
         raise CodegemmaError(f"{args.source}: no tokenizer with the model; pass --tokenizer")
     if tokenizer.vocab_size > config.vocab_size:
         raise CodegemmaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "
                              f"{config.vocab_size}: not the model's tokenizer")
+    if any(o != L2R for o in orders):
+        try:
+            sentinel_ids(tokenizer)
+        except ValueError as e:
+            raise CodegemmaError(f"--orders {','.join(orders)}: {e}; --orders l2r scores it left to right") from None
     max_prompt_tokens = args.max_prompt_tokens
     if max_prompt_tokens is None:
         max_prompt_tokens = min(256, config.max_seq_len - args.max_new_tokens)

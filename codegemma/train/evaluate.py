@@ -8,6 +8,8 @@ server sends SPM to FIM models by default), and
     gain, nats per middle token) is what the model takes from the suffix, 0 for a model that
     ignores it, which exact match at small scale cannot show, and
   - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
+The same lines can be scored left to right (order `l2r`: the prefix alone, no sentinels), the
+baseline any model has without a suffix; it also scores models that have no FIM sentinels.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
 experiment) sees the same ones.
 
@@ -37,6 +39,10 @@ from codegemma.train.distributed import DistEnv
 # Logit elements one batched forward pass of the middle loss may produce (512 MB in float32): 16
 # rows of 256 tokens for an 8192-token vocabulary, 2 for Gemma's 262,144.
 LOGITS_BUDGET = 2**27
+
+# Left to right: the prefix alone, as a completion without FIM would see it.
+L2R = "l2r"
+INFILL_ORDERS = (*ORDERS, L2R)
 
 SOURCE_SUFFIXES = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cs", ".kt", ".rb", ".sh")
 
@@ -92,24 +98,31 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
 
 
 class InfillScorer:
-    """Tokenizes FIM examples into PSM or SPM prompts within a token budget (prefix and suffix trimmed)."""
+    """Tokenizes FIM examples into PSM or SPM prompts within a token budget (prefix and suffix trimmed),
+    or into left-to-right prompts (L2R: the prefix alone, trimmed to the budget)."""
 
     def __init__(self, tokenizer, examples: list[InfillExample], max_prompt_tokens: int, add_bos: bool = True,
                  order: str = PSM):
-        if order not in ORDERS:
-            raise ValueError(f"unknown FIM order {order!r}; expected one of {ORDERS}")
+        if order not in INFILL_ORDERS:
+            raise ValueError(f"unknown infilling order {order!r}; expected one of {INFILL_ORDERS}")
         self.order = order
         self.tokenizer = tokenizer
-        self.ids = sentinel_ids(tokenizer)
+        self.ids = {} if order == L2R else sentinel_ids(tokenizer)
         self.examples = examples
         self.max_prompt_tokens = max_prompt_tokens
         self.bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-        self.stop_ids = set(self.ids.values()) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
+        # a left-to-right answer also ends at a sentinel where the vocabulary has them
+        stops = {tokenizer.token_to_id(text) for text in CODEGEMMA_SENTINELS.all()} - {None}
+        self.stop_ids = stops | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
 
     def prompt(self, ex: InfillExample) -> list[int]:
         s = CODEGEMMA_SENTINELS
         head = self.bos + self.tokenizer.encode(ex.path + "\n")
-        pre, suf = self.tokenizer.encode(ex.prefix), self.tokenizer.encode(ex.suffix)
+        pre = self.tokenizer.encode(ex.prefix)
+        if self.order == L2R:
+            keep = max(0, self.max_prompt_tokens - len(head))
+            return head + pre[max(0, len(pre) - keep):]
+        suf = self.tokenizer.encode(ex.suffix)
         room = max(0, self.max_prompt_tokens - len(head) - 3)
         keep_suf = min(len(suf), room // 2)
         keep_pre = min(len(pre), room - keep_suf)
@@ -289,7 +302,8 @@ class Evaluator:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
             s, n = scorer.middle_loss(inner, device)
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
-            result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
+            if scorer.order != L2R:  # a left-to-right prompt has no suffix to gain from
+                result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
             hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
             result[f"infill_exact_match{tag}"] = hits / max(total, 1)
         if self.copy_probe is not None:

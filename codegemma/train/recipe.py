@@ -69,7 +69,7 @@ class EvalSection:
     infill_examples: int = 64
     infill_max_new_tokens: int = 48
     infill_max_prompt_tokens: int = 512
-    infill_orders: list = field(default_factory=lambda: ["psm"])  # FIM prompt orders scored: psm, spm
+    infill_orders: list = field(default_factory=lambda: ["psm"])  # prompt orders scored: psm, spm, l2r
 
 
 @dataclass
@@ -139,9 +139,9 @@ class Recipe:
             raise CodegemmaError(f"{where}: data.fim_rate must be in [0, 1]")
         if self.data.seq_len < 2:
             raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
-        bad = [o for o in self.eval.infill_orders if o not in ("psm", "spm")]
+        bad = [o for o in self.eval.infill_orders if o not in ("psm", "spm", "l2r")]
         if bad:
-            raise CodegemmaError(f"{where}: eval.infill_orders must list 'psm' and/or 'spm', not {bad}")
+            raise CodegemmaError(f"{where}: eval.infill_orders must list some of 'psm', 'spm', 'l2r', not {bad}")
         return self
 
     def to_dict(self) -> dict:

@@ -70,6 +70,19 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
     assert len(err) == 4 and "--files" in err[0] and "--orders" in err[1] and "vocabulary" in err[2]
     assert "--max-prompt-tokens" in err[3] and "context" in err[3]
 
+    # left to right: the prefix alone, which also scores a model whose vocabulary has no FIM sentinels
+    plain = tmp_path / "plain" / "tokenizer.json"
+    plain.parent.mkdir()
+    plain.write_text(small_tokenizer_path.read_text().replace("<|fim_", "<|xim_"))
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--examples", "4",
+                 "--max-new-tokens", "3", "--orders", "l2r", "--tokenizer", str(plain)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"source", "examples", "fim_middle_loss_l2r", "infill_exact_match_l2r", "copy_gain"}
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--orders", "l2r,psm",
+                 "--tokenizer", str(plain)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--orders l2r,psm" in err[0] and "no FIM sentinel" in err[0] and "l2r" in err[0]
+
 
 def test_user_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"

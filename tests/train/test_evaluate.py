@@ -7,10 +7,18 @@ import torch
 from codegemma.config import ModelConfig, preset
 from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
-from codegemma.fim import PSM, SPM, encode_pieces, fim_prompt, sentinel_ids
+from codegemma.fim import (
+    CODEGEMMA_SENTINELS,
+    PSM,
+    SPM,
+    encode_pieces,
+    fim_prompt,
+    sentinel_ids,
+)
 from codegemma.model import Gemma
 from codegemma.train.distributed import DistEnv
 from codegemma.train.evaluate import (
+    L2R,
     CopyProbe,
     Evaluator,
     InfillScorer,
@@ -65,6 +73,37 @@ def test_prompt_is_trimmed_around_the_hole(small_tokenizer):
     assert "<|fim_prefix|>" in text and text.endswith("<|fim_middle|>")
 
 
+class _NoSentinels:
+    """A tokenizer whose vocabulary lacks the FIM sentinels (a model never trained to infill)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def token_to_id(self, text):
+        return None if text in CODEGEMMA_SENTINELS.all() else self.tokenizer.token_to_id(text)
+
+
+def test_l2r_prompt_is_the_prefix_alone(small_tokenizer):
+    tok = small_tokenizer
+    long = "".join(f"line_{i} = {i}\n" for i in range(200))
+    ex = single_line_examples([("big.py", long)], 1, seed=1)[0]
+    head = [tok.bos_id] + tok.encode("big.py\n")
+    whole = InfillScorer(tok, [ex], max_prompt_tokens=10**6, order=L2R).prompt(ex)
+    assert whole == head + tok.encode(ex.prefix)
+    trimmed = InfillScorer(tok, [ex], max_prompt_tokens=64, order=L2R).prompt(ex)
+    assert len(trimmed) == 64 and trimmed[:len(head)] == head
+    assert trimmed[len(head):] == whole[len(whole) - (64 - len(head)):]  # the end of the prefix
+    assert not set(whole) & set(sentinel_ids(tok).values())
+    # a model without sentinels is scored left to right, and only so
+    plain = _NoSentinels(tok)
+    assert InfillScorer(plain, [ex], max_prompt_tokens=64, order=L2R).prompt(ex) == trimmed
+    with pytest.raises(ValueError, match="no FIM sentinel"):
+        InfillScorer(plain, [ex], max_prompt_tokens=64, order=PSM)
+
+
 def test_prompt_and_answer_must_fit_the_context():
     check_fits_context(224, 32, 256, "eval")
     with pytest.raises(CodegemmaError, match="eval: a prompt of 256 tokens and an answer of 32 exceed .* 256"):
@@ -83,7 +122,7 @@ def test_scores_run_on_a_model(small_tokenizer):
     assert n == 3 and hits == 0
 
 
-@pytest.mark.parametrize("order", [PSM, SPM])
+@pytest.mark.parametrize("order", [PSM, SPM, L2R])
 def test_batched_scoring_equals_one_example_at_a_time(small_tokenizer, order):
     cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
     torch.manual_seed(0)
@@ -198,6 +237,12 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     result = Evaluator(DistEnv(), None, 0, scorers, 4, probe)(model)
     assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "copy_gain"}
     assert math.isfinite(result["copy_gain"])
+    # left to right: the same lines, no suffix and so no suffix gain
+    scorers, _ = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm", "l2r"])
+    result = Evaluator(DistEnv(), None, 0, scorers, 4)(model)
+    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "fim_middle_loss_l2r",
+                           "infill_exact_match_l2r"}
+    assert scorers[0].examples == scorers[1].examples and math.isfinite(result["fim_middle_loss_l2r"])
 
 
 def test_unigram_baseline(tmp_path):

@@ -7,8 +7,9 @@ from codegemma.train import recipe
 def test_load_with_overrides(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('objective = "sft"\n[train]\nsteps = 5\n[optim]\nbetas = [0.9, 0.99]\n')
-    r = recipe.load(path, ["train.steps=7", "optim.lr=1e-3", "out_dir=runs/x"])
+    r = recipe.load(path, ["train.steps=7", "optim.lr=1e-3", "out_dir=runs/x", "eval.infill_orders=['spm','l2r']"])
     assert (r.name, r.objective, r.train.steps, r.optim.lr, r.out_dir) == ("r", "sft", 7, 1e-3, "runs/x")
+    assert r.eval.infill_orders == ["spm", "l2r"]
     assert r.optim.betas == (0.9, 0.99)
 
 
@@ -17,6 +18,7 @@ def test_load_with_overrides(tmp_path):
     ("objective = 'rl'\n", "objective"),
     ("[train]\nsteps = 0\n", "train.steps"),
     ("[data]\nfim_rate = 1.5\n", "fim_rate"),
+    ("[eval]\ninfill_orders = ['psm', 'lr']\n", "infill_orders .*'lr'"),
     ("[train\n", "invalid TOML"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, message):
