@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 from pathlib import Path
 
@@ -87,11 +88,29 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
         tokenizer = tokenizer or loaded.tokenizer
         if recipe.model.fim_sentinels_from:
             tokenizer = add_fim_sentinels(model, tokenizer, recipe.model.fim_sentinels_from)
-        return model.train(), config, tokenizer
-    config = model_config(recipe, tokenizer)
-    model = Gemma(config)
-    model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+    else:
+        config = model_config(recipe, tokenizer)
+        model = Gemma(config)
+        model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+    freeze(model, recipe.model.freeze)
     return model.train(), config, tokenizer
+
+
+def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Stop training the parameters whose names match any of `patterns`; returns their names."""
+    names = [name for name, _ in model.named_parameters()]
+    frozen = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise CodegemmaError(f"model.freeze: {pattern!r} matches no parameter (names look like {names[1]!r})")
+        frozen += hits
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    if frozen and len(set(frozen)) == len(names):
+        raise CodegemmaError("model.freeze: the patterns freeze every parameter; nothing would train")
+    return sorted(set(frozen))
 
 
 def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:

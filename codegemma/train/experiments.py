@@ -57,28 +57,29 @@ def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> t
 
 def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: int = 256, seed: int = 0,
                 out: Path | None = None, fim_chunk_chars: int = 0, fim_suffix_line_rate: float = 0.0,
-                fim_line_rate: float = 0.0) -> Path:
+                fim_line_rate: float = 0.0, spm_rate: float = 0.5) -> Path:
     """Run the data pipeline over the demo corpus with one FIM rate and file order (cached by name);
     `fim_chunk_chars` > 0 makes each piece of that many characters of a file a FIM candidate, and
     `fim_suffix_line_rate` is the share of FIM examples whose suffix starts at a line start,
-    `fim_line_rate` the share whose middle is whole lines."""
+    `fim_line_rate` the share whose middle is whole lines, `spm_rate` the share in SPM order."""
     from codegemma.data.pipeline import build
     from codegemma.data.recipe import recipe_from_dict
 
     chunked = f"-chunk{fim_chunk_chars}" if fim_chunk_chars else ""
     chunked += f"-linesuffix{fim_suffix_line_rate:g}" if fim_suffix_line_rate else ""
     chunked += f"-lines{fim_line_rate:g}" if fim_line_rate else ""
+    chunked += f"-spm{spm_rate:g}" if spm_rate != 0.5 else ""
     out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
-                "file_order": order, "seq_len": seq_len}
+                "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len}
     if _built_with(out, settings):
         return out
     corpus, tokenizer = ensure_corpus(root)
     recipe = recipe_from_dict({
         "name": out.name, "out_dir": str(out), "tokenizer": str(tokenizer), "seed": seed, "seq_len": seq_len,
         "eval_fraction": 0.1, "workers": 1, "sources": [{"name": "stdlib", "path": str(corpus)}],
-        "fim": {"rate": fim_rate, "spm_rate": 0.5, "chunk_chars": fim_chunk_chars,
+        "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
                 "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},
     }, "demo data")
     build(recipe, progress=False)

@@ -26,6 +26,9 @@ class ModelSection:
     init_std: float = 0.02
     # continued pretraining: turn these existing vocabulary entries into the FIM sentinels
     fim_sentinels_from: list[str] = field(default_factory=list)
+    # parameters left as they start (glob patterns over names, e.g. "layers.*.self_attn.*"): the
+    # optimizer never sees them, and their weight gradients are not computed
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +142,8 @@ class Recipe:
             raise CodegemmaError(f"{where}: data.fim_rate must be in [0, 1]")
         if self.data.seq_len < 2:
             raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
+        if self.model.freeze and self.lora.enabled:
+            raise CodegemmaError(f"{where}: model.freeze and lora.enabled both choose what trains; use one")
         bad = [o for o in self.eval.infill_orders if o not in ("psm", "spm", "l2r")]
         if bad:
             raise CodegemmaError(f"{where}: eval.infill_orders must list some of 'psm', 'spm', 'l2r', not {bad}")

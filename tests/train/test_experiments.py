@@ -40,18 +40,20 @@ def _fake_demo_shards(out, **meta):
 def test_demo_shards_reuse_only_shards_built_with_the_same_settings(tmp_path):
     # `ensure_corpus` (the slow part) is never reached: cached shards are checked first
     out = tmp_path / "shards"
-    _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0,
+    _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0, spm_rate=0.5,
                       file_order="codegemma", seq_len=256)
     assert demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500) == out
     with pytest.raises(CodegemmaError, match=r"fim_suffix_line_rate=0.0 \(asked 0.5\)"):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, fim_suffix_line_rate=0.5)
     with pytest.raises(CodegemmaError, match=r"fim_rate=0.5 \(asked 0.0\)"):
         demo_shards(tmp_path, 0.0, out=out, fim_chunk_chars=500)
+    with pytest.raises(CodegemmaError, match=r"spm_rate=0.5 \(asked 1.0\)"):
+        demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, spm_rate=1.0)
 
 
 def test_demo_shards_from_before_fim_pieces_were_recorded_count_as_whole_file(tmp_path):
     out = tmp_path / "shards"
-    _fake_demo_shards(out, fim_rate=0.5, file_order="codegemma", seq_len=256)
+    _fake_demo_shards(out, fim_rate=0.5, spm_rate=0.5, file_order="codegemma", seq_len=256)
     assert demo_shards(tmp_path, 0.5, out=out) == out
     with pytest.raises(CodegemmaError, match=r"fim_chunk_chars=0 \(asked 500\)"):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codegemma.errors import CodegemmaError
 from codegemma.train import build, checkpoint, metrics, objectives
 from codegemma.train import recipe as recipe_mod
 from codegemma.train.distributed import DistEnv
@@ -58,6 +59,29 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
     for a, b in zip(h1, h2):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_frozen_parameters_stay_as_they_start(tmp_path, shards):
+    recipe = make_recipe(tmp_path, shards, steps=8)
+    recipe.model.freeze = ["layers.*.self_attn.*", "layers.0.mlp.*"]
+    start, _, _ = build.build_model(recipe_mod.from_dict({"model": {"preset": "tiny-gemma"}}), None)
+    trainer, _ = train(recipe)
+    after = dict(trainer.model.named_parameters())
+    for name, p in start.named_parameters():
+        moved = not torch.equal(p, after[name])
+        assert moved != ("self_attn" in name or name.startswith("layers.0.mlp")), name
+        assert after[name].requires_grad == moved
+    assert all(p.requires_grad for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_an_error(tmp_path, shards):
+    recipe = make_recipe(tmp_path, shards)
+    recipe.model.freeze = ["layers.*.attention.*"]
+    with pytest.raises(CodegemmaError, match="matches no parameter"):
+        build.build_model(recipe, None)
+    recipe.model.freeze = ["*"]
+    with pytest.raises(CodegemmaError, match="nothing would train"):
+        build.build_model(recipe, None)
 
 
 @pytest.mark.slow
