@@ -1,4 +1,4 @@
-"""Evaluation during training: held-out loss, loss on FIM middles, single-line infilling exact match.
+"""Evaluation during training: held-out loss, loss on FIM middles, single-line infilling scores.
 
 The FIM metrics use held-out source files, not shards: each example masks one whole, non-blank
 line of a file, builds a PSM or SPM prompt as the completion server does (`codegemma.fim`; the
@@ -7,7 +7,8 @@ server sends SPM to FIM models by default), and
   - scores it again with every suffix replaced by another example's: the difference (the suffix
     gain, nats per middle token) is what the model takes from the suffix, 0 for a model that
     ignores it, which exact match at small scale cannot show, and
-  - greedily generates until a newline or a FIM sentinel and checks the line for an exact match.
+  - greedily generates until a newline or a FIM sentinel and scores the line: exact match, and the
+    edit similarity of CrossCodeEval and RepoBench, which also credits a line right in part.
 The same lines can be scored left to right (order `l2r`: the prefix alone, no sentinels), the
 baseline any model has without a suffix; it also scores models that have no FIM sentinels.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
@@ -31,6 +32,7 @@ from torch import nn
 
 from codegemma.data.pipeline import HELDOUT_REPOSITORIES
 from codegemma.errors import CodegemmaError
+from codegemma.eval.metrics import edit_similarity
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
 from codegemma.kv_cache import KVCache
 from codegemma.train import distributed, losses
@@ -172,16 +174,26 @@ class InfillScorer:
         swapped_sum, _ = self.middle_loss(model, device, swapped)
         return (swapped_sum - true_sum) / max(count, 1)
 
-    @torch.no_grad()
     def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int,
                     batch_size: int = 16) -> tuple[int, int]:
         """Greedy single-line infilling: (exact matches, examples), `batch_size` prompts at a time."""
-        hits = 0
+        hits, _, n = self.line_scores(model, device, max_new_tokens, batch_size)
+        return hits, n
+
+    @torch.no_grad()
+    def line_scores(self, model: nn.Module, device: torch.device, max_new_tokens: int,
+                    batch_size: int = 16) -> tuple[int, float, int]:
+        """Greedy single-line infilling: exact matches (indentation included), the sum of edit
+        similarities (CrossCodeEval's line score, on stripped text) and the number of examples."""
+        hits, similarity = 0, 0.0
         for start in range(0, len(self.examples), batch_size):
             batch = self.examples[start:start + batch_size]
             lines = self._greedy_lines(model, device, [self.prompt(ex) for ex in batch], max_new_tokens)
-            hits += sum(line.rstrip() == ex.middle.rstrip("\n").rstrip() for line, ex in zip(lines, batch))
-        return hits, len(self.examples)
+            for line, ex in zip(lines, batch):
+                want = ex.middle.rstrip("\n").rstrip()
+                hits += line.rstrip() == want
+                similarity += edit_similarity(line, want)
+        return hits, similarity, len(self.examples)
 
     def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
                       max_new_tokens: int) -> list[str]:
@@ -304,8 +316,9 @@ class Evaluator:
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
             if scorer.order != L2R:  # a left-to-right prompt has no suffix to gain from
                 result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
-            hits, total = scorer.exact_match(inner, device, self.max_new_tokens)
+            hits, similarity, total = scorer.line_scores(inner, device, self.max_new_tokens)
             result[f"infill_exact_match{tag}"] = hits / max(total, 1)
+            result[f"infill_edit_similarity{tag}"] = similarity / max(total, 1)
         if self.copy_probe is not None:
             result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
         return result

@@ -186,7 +186,8 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
         l2r = segment_losses(_load_final(run_dir), plain / "eval", sep)
         results[f"{rate:g}"] = {"fim_rate": rate, "l2r_loss": l2r["all_loss"], "l2r_tokens": l2r["all_tokens"],
                                 **{f"{key}{tag}": final.get(f"{key}{tag}") for tag in ("", "_spm")
-                                   for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match")},
+                                   for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match",
+                                               "infill_edit_similarity")},
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
     _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / "fim-rate")
     return results

@@ -13,16 +13,17 @@ from codegemma.train import metrics  # noqa: E402
 
 _PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")]
 _CONTEXT_USE = ("copy_gain", "fim_suffix_gain", "fim_suffix_gain_spm")  # nats/token the context saves
-_EXACT_MATCH = ("infill_exact_match", "infill_exact_match_spm")
+_LINE_SCORES = ("infill_exact_match", "infill_exact_match_spm", "infill_edit_similarity",
+                "infill_edit_similarity_spm")
 
 
 def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
     """Four panels (loss with eval points, LR, gradient norm, throughput) in one PNG, and two more
     when the run scored infilling: what the model takes from its context (copy and suffix gains)
-    and exact match."""
+    and the single-line infilling scores (exact match, edit similarity)."""
     train = metrics.read(metrics_path, "train")
     evals = metrics.read(metrics_path, "eval")
-    infill = any(k in r for r in evals for k in _CONTEXT_USE + _EXACT_MATCH)
+    infill = any(k in r for r in evals for k in _CONTEXT_USE + _LINE_SCORES)
     fig, axes = plt.subplots(2, 3 if infill else 2, figsize=(15 if infill else 10, 7))
     panels = list(axes.flat)
     for ax, (key, label) in zip(panels, _PANELS):
@@ -34,7 +35,7 @@ def plot_run(metrics_path: str | Path, out_path: str | Path, title: str = "") ->
         _label(ax, label)
     if infill:
         for ax, keys, label in ((panels[4], _CONTEXT_USE, "gain from context (nats/token)"),
-                                (panels[5], _EXACT_MATCH, "single-line exact match")):
+                                (panels[5], _LINE_SCORES, "single-line infilling")):
             _plot_evals(ax, evals, keys)
             _label(ax, label)
     if title:

@@ -21,6 +21,7 @@ from codegemma.train.evaluate import (
     L2R,
     CopyProbe,
     Evaluator,
+    InfillExample,
     InfillScorer,
     check_fits_context,
     infill_scorers,
@@ -120,6 +121,18 @@ def test_scores_run_on_a_model(small_tokenizer):
     assert count > 0 and abs(total / count - math.log(cfg.vocab_size)) < 1.0  # near-uniform random model
     hits, n = scorer.exact_match(model, torch.device("cpu"), max_new_tokens=4)
     assert n == 3 and hits == 0
+
+
+def test_line_scores_need_the_indentation_for_a_match_but_not_for_similarity(small_tokenizer, monkeypatch):
+    examples = [InfillExample("a.py", "def f(x):\n", "    return x + 1\n", ""),
+                InfillExample("a.py", "", "import os\n", "\n"),
+                InfillExample("a.py", "", "x = 1\n", "")]
+    answers = ["return x + 1", "import os  ", "y = 2"]  # wrong indentation, trailing spaces, a miss
+    scorer = InfillScorer(small_tokenizer, examples, max_prompt_tokens=64)
+    monkeypatch.setattr(scorer, "_greedy_lines", lambda model, device, prompts, n: answers[:len(prompts)])
+    hits, similarity, n = scorer.line_scores(None, torch.device("cpu"), 8)
+    assert (hits, n) == (1, 3)
+    assert similarity == pytest.approx(1.0 + 1.0 + 3 / 5)  # "y = 2" against "x = 1": 2 edits in 5
 
 
 @pytest.mark.parametrize("order", [PSM, SPM, L2R])
@@ -235,13 +248,14 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     model = Gemma(cfg).eval()
     model.init_weights()
     result = Evaluator(DistEnv(), None, 0, scorers, 4, probe)(model)
-    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "copy_gain"}
+    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "infill_edit_similarity",
+                           "copy_gain"}
     assert math.isfinite(result["copy_gain"])
     # left to right: the same lines, no suffix and so no suffix gain
     scorers, _ = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm", "l2r"])
     result = Evaluator(DistEnv(), None, 0, scorers, 4)(model)
-    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "fim_middle_loss_l2r",
-                           "infill_exact_match_l2r"}
+    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "infill_edit_similarity",
+                           "fim_middle_loss_l2r", "infill_exact_match_l2r", "infill_edit_similarity_l2r"}
     assert scorers[0].examples == scorers[1].examples and math.isfinite(result["fim_middle_loss_l2r"])
 
 
