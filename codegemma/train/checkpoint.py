@@ -53,7 +53,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
-def _atomic_text(text: str, path: Path) -> None:
+def write_text_atomically(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -67,7 +67,7 @@ def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{step:08d}.pt"
     _atomic_torch_save(state, path)
-    _atomic_text(path.name + "\n", ckpt_dir / "latest")
+    write_text_atomically(path.name + "\n", ckpt_dir / "latest")
     if keep > 0:
         for old in list_steps(ckpt_dir)[:-keep]:
             (ckpt_dir / f"step_{old:08d}.pt").unlink(missing_ok=True)

@@ -71,7 +71,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_experiment)
 
     p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
-                                           "exact match, copy gain (the training evaluation, on a finished model)")
+                                           "exact match, edit similarity, copy gain (the training evaluation, on a finished model)")
     p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
@@ -81,6 +81,8 @@ def register(subparsers) -> None:
                    help="default: 256, or the model's context less --max-new-tokens where that is smaller")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
+    p.add_argument("--answers", default="",
+                   help="also write every greedy answer beside its line here (JSON Lines, one per line and order)")
     p.set_defaults(func=_infill_eval)
 
     p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl (several runs: overlaid)")
@@ -212,8 +214,23 @@ def _infill_eval(args) -> int:
         raise CodegemmaError(f"--files: {e}") from None
     model = Gemma(config)
     model.load_state_dict(state)
+    answers: list[dict] = []
+
+    def keep(scorer, lines):
+        for ex, line in zip(scorer.examples, lines):
+            answers.append({"order": scorer.order, "path": ex.path, "line": ex.prefix.count("\n") + 1,
+                            "expected": ex.middle.rstrip("\n"), "answer": line,
+                            "exact": line.rstrip() == ex.middle.rstrip("\n").rstrip()})
+
+    if args.answers and not Path(args.answers).parent.is_dir():
+        raise CodegemmaError(f"--answers: directory {Path(args.answers).parent} does not exist")
     with torch.no_grad():
-        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe)(model.eval())
+        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe,
+                           on_answers=keep if args.answers else None)(model.eval())
+    if args.answers:
+        from codegemma.train.checkpoint import write_text_atomically
+
+        write_text_atomically("".join(json.dumps(a) + "\n" for a in answers), Path(args.answers))
     print(json.dumps({"source": args.source, "examples": len(scorers[0].examples), **result}))
     return 0
 

@@ -177,23 +177,28 @@ class InfillScorer:
     def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int,
                     batch_size: int = 16) -> tuple[int, int]:
         """Greedy single-line infilling: (exact matches, examples), `batch_size` prompts at a time."""
-        hits, _, n = self.line_scores(model, device, max_new_tokens, batch_size)
-        return hits, n
+        hits, _ = self.line_scores(self.answers(model, device, max_new_tokens, batch_size))
+        return hits, len(self.examples)
 
     @torch.no_grad()
-    def line_scores(self, model: nn.Module, device: torch.device, max_new_tokens: int,
-                    batch_size: int = 16) -> tuple[int, float, int]:
-        """Greedy single-line infilling: exact matches (indentation included), the sum of edit
-        similarities (CrossCodeEval's line score, on stripped text) and the number of examples."""
-        hits, similarity = 0, 0.0
+    def answers(self, model: nn.Module, device: torch.device, max_new_tokens: int,
+                batch_size: int = 16) -> list[str]:
+        """The model's greedy line for every example, `batch_size` prompts at a time."""
+        lines = []
         for start in range(0, len(self.examples), batch_size):
             batch = self.examples[start:start + batch_size]
-            lines = self._greedy_lines(model, device, [self.prompt(ex) for ex in batch], max_new_tokens)
-            for line, ex in zip(lines, batch):
-                want = ex.middle.rstrip("\n").rstrip()
-                hits += line.rstrip() == want
-                similarity += edit_similarity(line, want)
-        return hits, similarity, len(self.examples)
+            lines += self._greedy_lines(model, device, [self.prompt(ex) for ex in batch], max_new_tokens)
+        return lines
+
+    def line_scores(self, answers: list[str]) -> tuple[int, float]:
+        """Exact matches (indentation included) of `answers` to this scorer's examples, and the sum of
+        their edit similarities (CrossCodeEval's line score, on stripped text)."""
+        hits, similarity = 0, 0.0
+        for line, ex in zip(answers, self.examples, strict=True):
+            want = ex.middle.rstrip("\n").rstrip()
+            hits += line.rstrip() == want
+            similarity += edit_similarity(line, want)
+        return hits, similarity
 
     def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
                       max_new_tokens: int) -> list[str]:
@@ -285,8 +290,10 @@ class Evaluator:
     """Called by the trainer with the model in eval mode under no_grad."""
 
     def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
-                 scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None):
+                 scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None,
+                 on_answers=None):
         self.env = env
+        self.on_answers = on_answers  # called with (scorer, its greedy lines) after each scorer generates
         self.eval_reader_factory = eval_reader_factory
         self.batches = batches
         self.scorers = list(scorers)
@@ -316,9 +323,12 @@ class Evaluator:
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
             if scorer.order != L2R:  # a left-to-right prompt has no suffix to gain from
                 result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
-            hits, similarity, total = scorer.line_scores(inner, device, self.max_new_tokens)
-            result[f"infill_exact_match{tag}"] = hits / max(total, 1)
-            result[f"infill_edit_similarity{tag}"] = similarity / max(total, 1)
+            answers = scorer.answers(inner, device, self.max_new_tokens)
+            if self.on_answers is not None:
+                self.on_answers(scorer, answers)
+            hits, similarity = scorer.line_scores(answers)
+            result[f"infill_exact_match{tag}"] = hits / max(len(answers), 1)
+            result[f"infill_edit_similarity{tag}"] = similarity / max(len(answers), 1)
         if self.copy_probe is not None:
             result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
         return result

@@ -48,10 +48,21 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
     files.mkdir()
     (files / "a.py").write_text("def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n")
     capsys.readouterr()
+    answers = tmp_path / "answers.jsonl"
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--examples", "4",
-                 "--max-new-tokens", "3"]) == 0
+                 "--max-new-tokens", "3", "--answers", str(answers)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 4 and report["infill_exact_match"] in (0, 0.25, 0.5, 0.75, 1)
+    assert 0 <= report["infill_edit_similarity_spm"] <= 1
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["order"] for r in records] == ["psm"] * 4 + ["spm"] * 4
+    source = (files / "a.py").read_text().splitlines()
+    for r in records:
+        assert r["path"] == "a.py" and source[r["line"] - 1] == r["expected"]
+    assert sum(r["exact"] for r in records[:4]) == 4 * report["infill_exact_match"]
+    assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files),
+                 "--answers", str(tmp_path / "no" / "such" / "dir.jsonl")]) == 1
+    assert "--answers" in capsys.readouterr().err
     for key in ("fim_middle_loss", "fim_suffix_gain", "fim_middle_loss_spm", "fim_suffix_gain_spm", "copy_gain"):
         assert abs(report[key]) < 20
 
@@ -77,7 +88,8 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--examples", "4",
                  "--max-new-tokens", "3", "--orders", "l2r", "--tokenizer", str(plain)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"source", "examples", "fim_middle_loss_l2r", "infill_exact_match_l2r", "copy_gain"}
+    assert set(report) == {"source", "examples", "fim_middle_loss_l2r", "infill_exact_match_l2r",
+                           "infill_edit_similarity_l2r", "copy_gain"}
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--orders", "l2r,psm",
                  "--tokenizer", str(plain)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
