@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_experiment)
 
     p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
-                                           "exact match, edit similarity, copy gain (the training evaluation, on a finished model)")
+                                           "exact match, edit similarity, copy gain (the training evaluation, "
+                                           "on a finished model)")
     p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
