@@ -54,12 +54,22 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def write_text_atomically(text: str, path: Path) -> None:
+    """`path` holds `text` or is left as it was; the file gets the usual permissions (the umask's),
+    not the owner-only ones of a temporary file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
