@@ -53,23 +53,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
-def write_text_atomically(text: str, path: Path) -> None:
-    """`path` holds `text` or is left as it was; the file gets the usual permissions (the umask's),
-    not the owner-only ones of a temporary file."""
+def _atomic_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
@@ -77,7 +67,7 @@ def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{step:08d}.pt"
     _atomic_torch_save(state, path)
-    write_text_atomically(path.name + "\n", ckpt_dir / "latest")
+    _atomic_text(path.name + "\n", ckpt_dir / "latest")
     if keep > 0:
         for old in list_steps(ckpt_dir)[:-keep]:
             (ckpt_dir / f"step_{old:08d}.pt").unlink(missing_ok=True)

@@ -223,15 +223,13 @@ def _infill_eval(args) -> int:
                             "expected": ex.middle.rstrip("\n"), "answer": line,
                             "exact": line.rstrip() == ex.middle.rstrip("\n").rstrip()})
 
-    if args.answers and not Path(args.answers).parent.is_dir():
-        raise CodegemmaError(f"--answers: directory {Path(args.answers).parent} does not exist")
     with torch.no_grad():
         result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe,
                            on_answers=keep if args.answers else None)(model.eval())
     if args.answers:
-        from codegemma.train.checkpoint import write_text_atomically
+        from codegemma.train.preference import write_jsonl
 
-        write_text_atomically("".join(json.dumps(a) + "\n" for a in answers), Path(args.answers))
+        write_jsonl(args.answers, answers)
     print(json.dumps({"source": args.source, "examples": len(scorers[0].examples), **result}))
     return 0
 
