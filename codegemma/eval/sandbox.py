@@ -335,20 +335,32 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process running as `uid`, until none is left (they may be forking)."""
-    for _ in range(100):
-        found = False
+def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
+    """SIGKILL every process running as `uid` until none is left alive (they may be forking).
+
+    A killed process lives on until the kernel has run its exit, which on a busy machine can take
+    longer than a scan of /proc: it counts as gone only once it is a zombie or has left /proc.
+    """
+    stop = time.monotonic() + deadline_s
+    while True:
+        alive = False
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
-                    if entry.stat().st_uid == uid:
+                    if entry.stat().st_uid == uid and not _is_zombie(entry.path):
                         os.kill(int(entry.name), signal.SIGKILL)
-                        found = True
+                        alive = True
                 except OSError:
                     pass
-        if not found:
+        if not alive or time.monotonic() > stop:
             return
+        time.sleep(0.002)
+
+
+def _is_zombie(proc_dir: str) -> bool:
+    with open(os.path.join(proc_dir, "stat"), "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"Z"  # the state field follows "(comm) "
 
 
 def _decode(data: bytes) -> str:
