@@ -96,8 +96,8 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
     return model.train(), config, tokenizer
 
 
-def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
-    """Stop training the parameters whose names match any of `patterns`; returns their names."""
+def freeze(model: torch.nn.Module, patterns: list[str]) -> None:
+    """Stop training the parameters whose names match any of `patterns`."""
     names = [name for name, _ in model.named_parameters()]
     frozen = []
     for pattern in patterns:
@@ -110,7 +110,6 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> list[str]:
         params[name].requires_grad_(False)
     if frozen and len(set(frozen)) == len(names):
         raise CodegemmaError("model.freeze: the patterns freeze every parameter; nothing would train")
-    return sorted(set(frozen))
 
 
 def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:

@@ -187,6 +187,7 @@ def _infill_eval(args) -> int:
         Evaluator,
         check_fits_context,
         infill_scorers,
+        is_exact,
     )
     from codegemma.train.export import load_trained
 
@@ -221,7 +222,7 @@ def _infill_eval(args) -> int:
         for ex, line in zip(scorer.examples, lines):
             answers.append({"order": scorer.order, "path": ex.path, "line": ex.prefix.count("\n") + 1,
                             "expected": ex.middle.rstrip("\n"), "answer": line,
-                            "exact": line.rstrip() == ex.middle.rstrip("\n").rstrip()})
+                            "exact": is_exact(line, ex)})
 
     with torch.no_grad():
         result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe,

@@ -99,6 +99,11 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
     return examples
 
 
+def is_exact(answer: str, example: InfillExample) -> bool:
+    """The answer is the masked line, indentation included (trailing whitespace aside)."""
+    return answer.rstrip() == example.middle.rstrip()
+
+
 class InfillScorer:
     """Tokenizes FIM examples into PSM or SPM prompts within a token budget (prefix and suffix trimmed),
     or into left-to-right prompts (L2R: the prefix alone, trimmed to the budget)."""
@@ -193,12 +198,8 @@ class InfillScorer:
     def line_scores(self, answers: list[str]) -> tuple[int, float]:
         """Exact matches (indentation included) of `answers` to this scorer's examples, and the sum of
         their edit similarities (CrossCodeEval's line score, on stripped text)."""
-        hits, similarity = 0, 0.0
-        for line, ex in zip(answers, self.examples, strict=True):
-            want = ex.middle.rstrip("\n").rstrip()
-            hits += line.rstrip() == want
-            similarity += edit_similarity(line, want)
-        return hits, similarity
+        hits = sum(is_exact(line, ex) for line, ex in zip(answers, self.examples, strict=True))
+        return hits, sum(edit_similarity(line, ex.middle) for line, ex in zip(answers, self.examples))
 
     def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
                       max_new_tokens: int) -> list[str]:
