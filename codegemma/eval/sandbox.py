@@ -360,7 +360,8 @@ def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
 def _is_zombie(proc_dir: str) -> bool:
     with open(os.path.join(proc_dir, "stat"), "rb") as f:
         stat = f.read()
-    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"Z"  # the state field follows "(comm) "
+    state = stat.rindex(b")") + 2  # the state field follows "(comm) "; comm may itself hold ")"
+    return stat[state:state + 1] == b"Z"
 
 
 def _decode(data: bytes) -> str:

@@ -98,18 +98,18 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
 
 def freeze(model: torch.nn.Module, patterns: list[str]) -> None:
     """Stop training the parameters whose names match any of `patterns`."""
-    names = [name for name, _ in model.named_parameters()]
-    frozen = []
-    for pattern in patterns:
-        hits = fnmatch.filter(names, pattern)
-        if not hits:
-            raise CodegemmaError(f"model.freeze: {pattern!r} matches no parameter (names look like {names[1]!r})")
-        frozen += hits
     params = dict(model.named_parameters())
+    frozen = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(params, pattern)
+        if not hits:
+            example = list(params)[1]
+            raise CodegemmaError(f"model.freeze: {pattern!r} matches no parameter (names look like {example!r})")
+        frozen.update(hits)
+    if frozen and len(frozen) == len(params):
+        raise CodegemmaError("model.freeze: the patterns freeze every parameter; nothing would train")
     for name in frozen:
         params[name].requires_grad_(False)
-    if frozen and len(set(frozen)) == len(names):
-        raise CodegemmaError("model.freeze: the patterns freeze every parameter; nothing would train")
 
 
 def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:

@@ -198,8 +198,9 @@ class InfillScorer:
     def line_scores(self, answers: list[str]) -> tuple[int, float]:
         """Exact matches (indentation included) of `answers` to this scorer's examples, and the sum of
         their edit similarities (CrossCodeEval's line score, on stripped text)."""
-        hits = sum(is_exact(line, ex) for line, ex in zip(answers, self.examples, strict=True))
-        return hits, sum(edit_similarity(line, ex.middle) for line, ex in zip(answers, self.examples))
+        pairs = list(zip(answers, self.examples, strict=True))
+        hits = sum(is_exact(line, ex) for line, ex in pairs)
+        return hits, sum(edit_similarity(line, ex.middle) for line, ex in pairs)
 
     def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
                       max_new_tokens: int) -> list[str]:
