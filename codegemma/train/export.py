@@ -84,11 +84,13 @@ def vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
     added = {t["content"]: t for t in data.get("added_tokens", [])}
     unk = model.get("unk_token")
     types = []
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         if piece == unk:
             types.append(UNKNOWN)
         elif piece in added:
             types.append(CONTROL if added[piece]["special"] else USER_DEFINED)
+            if added[piece].get("normalized"):  # a run of spaces: GGUF readers match it on the raw text
+                pieces[i] = piece.replace("▁", " ")
         elif _BYTE.match(piece):
             types.append(BYTE)
         else:

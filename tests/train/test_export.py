@@ -155,7 +155,7 @@ def test_default_model_exported_to_gguf_reads_the_same_in_llama_cpp(tmp_path, de
     loaded = load(default_gguf_path, progress=False)
     path = write_gguf(loaded.model.state_dict(), loaded.config, loaded.tokenizer, tmp_path / "m.gguf", "f32")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-    source = inspect.getsource(json.decoder)
+    source = inspect.getsource(json.decoder) + "x = f(1,\n" + " " * 40 + "2)\n"  # a 31 + 9 space run too
     ids = loaded.tokenizer.encode(source, add_bos=True)
     assert llm.tokenize(source.encode(), add_bos=True, special=False) == ids
     ids = ids[:128]
