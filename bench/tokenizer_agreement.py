@@ -23,16 +23,17 @@ from pathlib import Path
 import torch
 
 
-def source_files(root: Path, limit: int) -> list[tuple[Path, str]]:
+def source_texts(root: Path, limit: int) -> list[str]:
+    """The text of `limit` Python files under `root`, in a fixed random order."""
     paths = sorted(root.rglob("*.py"))
     random.Random(0).shuffle(paths)
-    out = []
+    texts = []
     for path in paths[:limit]:
         try:
-            out.append((path, path.read_text(encoding="utf-8")))
+            texts.append(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, OSError):
             continue
-    return out
+    return texts
 
 
 def line_loss(model, context: list[int], ids: list[int]) -> float:
@@ -59,17 +60,18 @@ def main():
     loaded = load(gguf, progress=False)
     tok, model = loaded.tokenizer, loaded.model
     llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    files = source_files(Path(args.root), args.files)
+    texts = source_texts(Path(args.root), args.files)
 
     # special=True: control tokens written in the text (`<eos>`) are tokens, as transformers and we read them
-    same = sum(tok.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True) for _, text in files)
-    print(f"llama.cpp: {same} of {len(files)} files tokenized identically")
+    same = sum(tok.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True) for text in texts)
+    print(f"llama.cpp: {same} of {len(texts)} files tokenized identically")
+    del llm  # freed now: llama-cpp-python's finalizer fails when it runs at interpreter exit
 
     directory, name = os.path.split(str(gguf))
     hf_tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
     ours_total = hf_total = 0.0
     ours_lower = scored = 0
-    for _, text in files:
+    for text in texts:
         for m in re.finditer(r"\n {32,}\S[^\n]*", text):
             line = text[m.start() + 1:m.end()]
             ours, theirs = tok.encode(line), hf_tok(line, add_special_tokens=False).input_ids
