@@ -4,7 +4,8 @@ Structured pruning as in Minitron (Muralidharan et al. 2024, arXiv 2407.14679): 
 run of the first layers, keep in each of them the MLP neurons that carry the most activation on
 calibration text, and give each token of a new (small) tokenizer the embedding of the same text in
 the source vocabulary (an exact piece match where there is one, else the mean of the rows of the
-source tokens that spell it; the FOCUS/WECHSEL idea without the similarity weighting). Attention
+source tokens that spell it; the FOCUS/WECHSEL idea without the similarity weighting; tokens with
+no text, the FIM sentinels among them, get distinct draws from the source rows' distribution). Attention
 is kept whole by default, so the source model's previous-token and induction heads, which a
 5-20M-parameter model trained from scratch does not form within a CPU budget (docs/experiments),
 come along; asked for fewer query heads, each layer keeps those that add the most to the residual
@@ -21,6 +22,7 @@ from codegemma.config import ModelConfig
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
 from codegemma.tokenizer import Tokenizer
+from codegemma.train.build import new_token_rows
 
 # Special tokens of the new vocabulary that mean the same as the source's under another name.
 _SAME_ROLE = ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn")
@@ -29,7 +31,7 @@ _SAME_ROLE = ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn"
 def transfer_embeddings(source_embed: torch.Tensor, source_tok: Tokenizer, target_tok: Tokenizer) -> torch.Tensor:
     """[target vocab, d_model] embedding rows for `target_tok`, built from `source_embed`."""
     rows = torch.empty(target_tok.vocab_size, source_embed.shape[1], dtype=source_embed.dtype)
-    mean = source_embed.mean(dim=0)
+    fresh = []
     role_of = {tid: role for role, tid in target_tok.special.items() if tid is not None}
     for tid in range(target_tok.vocab_size):
         role = role_of.get(tid)
@@ -43,7 +45,12 @@ def transfer_embeddings(source_embed: torch.Tensor, source_tok: Tokenizer, targe
             continue
         text = target_tok.decode([tid]) if role is None and not target_tok.is_special(tid) else ""
         ids = source_tok.encode(text) if text else []
-        rows[tid] = source_embed[ids].mean(dim=0) if ids else mean  # sentinels and unused slots: the mean row
+        if ids:
+            rows[tid] = source_embed[ids].mean(dim=0)
+        else:
+            fresh.append(tid)  # sentinels and unused slots: nothing to carry over
+    if fresh:
+        rows[fresh] = new_token_rows(source_embed, len(fresh))
     return rows
 
 

@@ -27,9 +27,22 @@ def test_unused_tokens_become_fim_sentinels(small_tokenizer):
     tok = build.add_fim_sentinels(model, plain, unused)
     assert [tok.token_to_id(s) for s in sentinels] == ids
     assert tok.encode("<|fim_prefix|>x<|fim_suffix|>")[0] == ids[0]
-    mean = model.embed_tokens.weight.mean(0)
-    for i in ids:
-        assert torch.allclose(model.embed_tokens.weight[i], mean, atol=1e-3)
+    rows = model.embed_tokens.weight.detach()
+    norms = rows.norm(dim=1)
+    typical = norms[[i for i in range(len(rows)) if i not in ids]].median()
+    cos = torch.nn.functional.cosine_similarity(rows[ids][:, None], rows[ids][None], dim=-1)
+    assert (cos - torch.eye(4)).abs().max() < 0.5  # four different inputs, not four copies of one
+    assert ((norms[ids] / typical - 1).abs() < 0.5).all()  # each of an ordinary size
+
+
+def test_new_token_rows_follow_the_trained_rows():
+    """New rows are drawn from the trained rows' mean and covariance, the same for the same seed."""
+    mix = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    trained = torch.randn(20000, 16, generator=torch.Generator().manual_seed(2)) @ mix + 3.0
+    new = build.new_token_rows(trained, 20000)
+    assert torch.allclose(new.mean(0), trained.mean(0), atol=0.15)
+    assert torch.allclose(new.T.cov(), trained.T.cov(), rtol=0.1, atol=0.3)
+    assert torch.equal(build.new_token_rows(trained, 3), build.new_token_rows(trained, 3))
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tmp_path):

@@ -5,6 +5,7 @@ import torch
 
 from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
+from codegemma.fim import sentinel_ids
 from codegemma.model import Gemma
 from codegemma.train import prune, tokenizer_train
 from codegemma.train.evaluate import CopyProbe
@@ -118,6 +119,8 @@ def test_embeddings_of_a_new_vocabulary(small_tokenizer, tmp_path):
             absent += 1
     assert exact > 100 and absent > 0
     assert torch.equal(rows[target.special["bos"]], source_embed[small_tokenizer.special["bos"]])
+    sentinels = rows[list(sentinel_ids(target).values())]  # nothing to carry over: distinct draws
+    assert torch.cdist(sentinels, sentinels).add(torch.eye(4)).min() > 0.5
 
 
 @pytest.mark.parametrize("layers, d_ff, message", [
