@@ -117,10 +117,9 @@ def new_token_rows(embed: torch.Tensor, count: int, seed: int = 0) -> torch.Tens
 
     Each row is drawn from a normal with the mean and covariance of the trained rows (Hewitt 2021,
     "Initializing new word embeddings for pretrained language models"): an ordinary-sized input,
-    and a different one per token. Starting them all at the mean row leaves the model unable to
-    tell <|fim_prefix|>, <|fim_suffix|> and <|fim_middle|> apart, and a small model at a low
-    learning rate barely separates them (cosine 0.8-0.9 after 500 steps), which is what a PSM
-    prompt needs most.
+    and a different one per token. Started all at the mean row, <|fim_prefix|>, <|fim_suffix|>
+    and <|fim_middle|> are one input to the model, and a small model at a low learning rate
+    barely tells them apart later (cosine 0.8-0.9 after the tiny-cpu recipe's 500 steps).
     """
     rows = embed.detach().float()
     mean = rows.mean(dim=0)
