@@ -1,8 +1,9 @@
 """Evaluation during training: held-out loss, loss on FIM middles, single-line infilling scores.
 
 The FIM metrics use held-out source files, not shards: each example masks one whole, non-blank
-line of a file, builds a PSM or SPM prompt as the completion server does (`codegemma.fim`; the
-server sends SPM to FIM models by default), and
+line of a file, builds its PSM or SPM prompt with the completion server's own prompt builder
+(`codegemma.complete.prompt`: the file's budget shared 3:1 between prefix and suffix, cut at line
+starts; the server sends SPM to FIM models by default), and
   - scores the teacher-forced loss of the middle tokens given prefix and suffix,
   - scores it again with every suffix replaced by another example's: the difference (the suffix
     gain, nats per middle token) is what the model takes from the suffix, 0 for a model that
@@ -24,16 +25,19 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from codegemma.complete.budget import Budget
+from codegemma.complete.prompt import FIM, build_prompt
 from codegemma.data.pipeline import HELDOUT_REPOSITORIES
 from codegemma.errors import CodegemmaError
 from codegemma.eval.metrics import edit_similarity
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
+from codegemma.profiles import resolve_profile
 from codegemma.kv_cache import KVCache
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
@@ -114,31 +118,26 @@ class InfillScorer:
             raise ValueError(f"unknown infilling order {order!r}; expected one of {INFILL_ORDERS}")
         self.order = order
         self.tokenizer = tokenizer
-        self.ids = {} if order == L2R else sentinel_ids(tokenizer)
+        if order != L2R:
+            sentinel_ids(tokenizer)  # a one-line error where the vocabulary has no FIM sentinels
         self.examples = examples
         self.max_prompt_tokens = max_prompt_tokens
         self.bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+        if order != L2R:
+            self.profile = replace(resolve_profile(tokenizer), add_bos=add_bos)
         # a left-to-right answer also ends at a sentinel where the vocabulary has them
         stops = {tokenizer.token_to_id(text) for text in CODEGEMMA_SENTINELS.all()} - {None}
         self.stop_ids = stops | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
 
     def prompt(self, ex: InfillExample) -> list[int]:
-        s = CODEGEMMA_SENTINELS
-        head = self.bos + self.tokenizer.encode(ex.path + "\n")
-        pre = self.tokenizer.encode(ex.prefix)
         if self.order == L2R:
+            # the path line and the prefix, as training saw files; the whole budget is the prefix's
+            head = self.bos + self.tokenizer.encode(ex.path + "\n")
+            pre = self.tokenizer.encode(ex.prefix)
             keep = max(0, self.max_prompt_tokens - len(head))
             return head + pre[max(0, len(pre) - keep):]
-        suf = self.tokenizer.encode(ex.suffix)
-        room = max(0, self.max_prompt_tokens - len(head) - 3)
-        keep_suf = min(len(suf), room // 2)
-        keep_pre = min(len(pre), room - keep_suf)
-        keep_suf = min(len(suf), room - keep_pre)  # give the suffix what the prefix did not need
-        pre, suf = pre[len(pre) - keep_pre:], suf[:keep_suf]
-        # the layout of codegemma.fim.fim_prompt(prefix, suffix, order, path), trimmed token-wise
-        if self.order == PSM:
-            return head + [self.ids[s.prefix]] + pre + [self.ids[s.suffix]] + suf + [self.ids[s.middle]]
-        return head + [self.ids[s.prefix], self.ids[s.suffix]] + suf + [self.ids[s.middle]] + pre
+        return build_prompt(self.tokenizer, self.profile, ex.prefix, ex.suffix, path=ex.path,
+                            budget=Budget(max_prompt_tokens=self.max_prompt_tokens), mode=FIM, order=self.order).ids
 
     @torch.no_grad()
     def middle_loss(self, model: nn.Module, device: torch.device,

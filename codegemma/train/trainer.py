@@ -57,8 +57,10 @@ class Trainer:
         self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy, self.bf16)
         self.forward_model = torch.compile(self.model) if recipe.train.compile else self.model
         self.fsdp = fsdp
+        # the fused AdamW (one kernel for all parameters) on CPUs too: there PyTorch's default steps
+        # one parameter at a time, ~90 ms of the tiny-cpu recipe's ~1 s step, against ~25
         self.optimizer, self.scheduler = optim.build(self.raw_model, recipe.optim, recipe.train.steps,
-                                                     fused=self.device.type == "cuda" and not fsdp)
+                                                     fused=self.device.type in ("cuda", "cpu") and not fsdp)
         self.step = 0
         self.tokens_seen = 0
         self.logger = metrics.MetricsLogger(self.out_dir, recipe.log.tensorboard, enabled=self.env.is_main)

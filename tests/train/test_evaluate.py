@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from codegemma.complete.budget import Budget
+from codegemma.complete.prompt import FIM, build_prompt
 from codegemma.config import ModelConfig, preset
 from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
@@ -16,6 +18,7 @@ from codegemma.fim import (
     sentinel_ids,
 )
 from codegemma.model import Gemma
+from codegemma.profiles import resolve_profile
 from codegemma.train.distributed import DistEnv
 from codegemma.train.evaluate import (
     L2R,
@@ -72,6 +75,24 @@ def test_prompt_is_trimmed_around_the_hole(small_tokenizer):
     assert len(ids) <= 64
     text = tok.decode(ids)
     assert "<|fim_prefix|>" in text and text.endswith("<|fim_middle|>")
+
+
+@pytest.mark.parametrize("order", [PSM, SPM])
+def test_trimmed_prompt_is_what_the_completion_server_sends(small_tokenizer, order):
+    """Scores must be of the prompts users get: the server's budget split (3:1, prefix first) and
+    its cuts at line starts, not a split of the evaluation's own."""
+    tok = small_tokenizer
+    long = "".join(f"value_{i} = compute({i}, {i * 7})\n" for i in range(300))
+    ex = single_line_examples([("big.py", long)], 1, seed=5)[0]
+    ids = InfillScorer(tok, [ex], max_prompt_tokens=160, order=order).prompt(ex)
+    served = build_prompt(tok, resolve_profile(tok), ex.prefix, ex.suffix, path="big.py",
+                          budget=Budget(max_prompt_tokens=160), mode=FIM, order=order)
+    assert ids == served.ids and len(ids) <= 160
+    cut = len(ex.prefix) - len(served.prefix)
+    assert ex.prefix.endswith(served.prefix) and cut > 0 and ex.prefix[cut - 1] == "\n"  # cut at a line start
+    assert served.suffix.endswith("\n") and ex.suffix.startswith(served.suffix)
+    kept_prefix, kept_suffix = len(tok.encode(served.prefix)), len(tok.encode(served.suffix))
+    assert kept_prefix > 2 * kept_suffix  # most of the budget goes to the text before the hole
 
 
 class _NoSentinels:
