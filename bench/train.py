@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma import bf16_matmuls
 from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.config import ModelConfig, preset
 from codegemma.model import Gemma
@@ -86,11 +87,16 @@ class Runner:
         with torch.device(args.device):
             self.model, self.logits, self.loss = (ours if name == "ours" else theirs)(cfg, state)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.device = torch.device(args.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)  # the trainer's, for both
         self.bf16 = args.precision == "bf16"
+        # bf16 on a CPU: the trainer runs bf16 products and float32 elsewhere (codegemma.bf16_matmuls);
+        # transformers has autocast
+        self.bf16_products = self.bf16 and name == "ours" and self.device.type == "cpu"
 
     def autocast(self):
+        if self.bf16_products:
+            return bf16_matmuls.enabled()
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def probe(self, ids: torch.Tensor) -> torch.Tensor:
@@ -170,7 +176,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                        help="bf16: autocast over float32 weights, as the trainer does on GPUs")
+                        help="bf16: autocast over float32 weights, as the trainer does on GPUs (on a CPU the "
+                             "trainer, and so `ours`, runs bf16 products only)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--sequential", action="store_true", help="time one model at a time (large models)")
     parser.add_argument("--runners", default=",".join(RUNNERS))

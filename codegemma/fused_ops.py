@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from codegemma import kernels
+from codegemma import bf16_matmuls, kernels
 
 
 def cpu_float32(*tensors: torch.Tensor) -> bool:
@@ -211,6 +211,11 @@ class _Rope(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+def _bf16_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A batched product through bf16 operands, float32 out (codegemma.bf16_matmuls)."""
+    return torch.bmm(a.to(torch.bfloat16), b.to(torch.bfloat16)).float()
+
+
 def _query_blocks(T: int, G: int):
     """(first position, first row, rows, keys) of each query block of causal_attention."""
     for t0 in range(0, T, ATTENTION_BLOCK):
@@ -231,14 +236,16 @@ class _CausalAttention(torch.autograd.Function):
         G = TG // T
         mask_u8 = mask.contiguous().view(torch.uint8) if mask is not None else None
         qf, kf, vf = q.view(B * Hkv, TG, D), k.view(B * Hkv, T, D), v.view(B * Hkv, T, D)
+        ctx.low = bf16_matmuls.active()  # backward runs outside the context: remember it
+        bmm = _bf16_bmm if ctx.low else torch.bmm
         probs, outs = [], []
         for t0, row, rows, keys in _query_blocks(T, G):
-            p = torch.bmm(qf[:, row:row + rows], kf[:, :keys].transpose(1, 2))
+            p = bmm(qf[:, row:row + rows], kf[:, :keys].transpose(1, 2))
             kernels.library().attention_softmax_forward(
                 p.data_ptr(), mask_u8.data_ptr() if mask_u8 is not None else None, B * Hkv, Hkv, rows, keys, t0, G,
                 T, scale, _threads())
             probs.append(p)
-            outs.append(torch.bmm(p, vf[:, :keys]))
+            outs.append(bmm(p, vf[:, :keys]))
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         ctx.save_for_backward(q, k, v, out, *probs)
         ctx.scale = scale
@@ -255,14 +262,15 @@ class _CausalAttention(torch.autograd.Function):
         qf, kf, vf = q.view(B * Hkv, TG, D), k.view(B * Hkv, T, D), v.view(B * Hkv, T, D)
         grad_q = torch.empty_like(qf)
         grad_k, grad_v = torch.zeros_like(kf), torch.zeros_like(vf)
+        bmm = _bf16_bmm if ctx.low else torch.bmm
         for (t0, row, rows, keys), p in zip(_query_blocks(T, G), probs):
             g = grad[:, row:row + rows]
-            ds = torch.bmm(g, vf[:, :keys].transpose(1, 2))
+            ds = bmm(g, vf[:, :keys].transpose(1, 2))
             kernels.library().attention_softmax_backward(
                 ds.data_ptr(), p.data_ptr(), g.data_ptr(), out[:, row:row + rows].data_ptr(), B * Hkv, rows, keys, D,
                 TG * D, ctx.scale, _threads())
-            grad_q[:, row:row + rows] = torch.bmm(ds, kf[:, :keys])
-            grad_k[:, :keys] += torch.bmm(ds.transpose(1, 2), qf[:, row:row + rows])
-            grad_v[:, :keys] += torch.bmm(p.transpose(1, 2), g)
+            grad_q[:, row:row + rows] = bmm(ds, kf[:, :keys])
+            grad_k[:, :keys] += bmm(ds.transpose(1, 2), qf[:, row:row + rows])
+            grad_v[:, :keys] += bmm(p.transpose(1, 2), g)
         shape = (B, Hkv, T, D)
         return grad_q.view(B, Hkv, TG, D), grad_k.view(shape), grad_v.view(shape), None, None

@@ -11,14 +11,15 @@ so it is computed there, chunk by chunk, and backward only scales it by the inco
 logit is computed twice.
 
 In float32 on a CPU a chunk's logits are computed transposed ([vocab, rows], the faster product
-there) and its softmax, NLL and gradient scale come from one C kernel (codegemma.fused_ops).
+there) and its softmax, NLL and gradient scale come from one C kernel (codegemma.fused_ops); inside
+codegemma.bf16_matmuls.enabled() the products are bf16 ones and the rest stays float32.
 """
 
 from __future__ import annotations
 
 import torch
 
-from codegemma import fused_ops
+from codegemma import bf16_matmuls, fused_ops
 
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk on a CPU: 8 MB in float32, which stays in cache
 GPU_CHUNK_ELEMENTS = 1 << 27  # on a GPU: 512 MB, so that each chunk's matmuls keep the GPU busy
@@ -31,7 +32,7 @@ def chunk_rows(vocab_size: int, device: torch.device) -> int:
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None):
     """Float32 logits of one chunk, and tanh(z / cap) when capped (its derivative needs it)."""
-    z = h @ weight.t()
+    z = bf16_matmuls.mm(h, weight.t())
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # softmax in float32 at least
     if softcap is None:
         return z, None
@@ -81,16 +82,23 @@ def _nll_and_grad_(z: torch.Tensor, t: torch.Tensor | None, targets: torch.Tenso
     return g
 
 
-def _transposed_chunk(hc, w, targets, weights, nll, grad_h, grad_w, r0):
+def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0):
     """One chunk with its logits transposed, through the C kernel (float32 on a CPU): there,
     W @ h^T ([V, rows] out) is the faster product, and the gradient's row scale goes on the small
-    operand of each product instead of a pass over the logits."""
-    z_t = w @ hc.t()
+    operand of each product instead of a pass over the logits. With `w_low` (w in bf16, inside
+    codegemma.bf16_matmuls.enabled()) the three products are bf16 ones, their results float32."""
+    low = torch.bfloat16
+    z_t = w @ hc.t() if w_low is None else (w_low @ hc.t().to(low)).float()
     scale = fused_ops.softmax_xent_columns_(z_t, targets, weights, nll)
+    z_low = None if w_low is None else z_t.to(low)
     if grad_h is not None:
-        grad_h[r0:r0 + len(targets)] = (z_t.t() @ w).mul_(scale[:, None])
+        g = z_t.t() @ w if w_low is None else (z_low.t() @ w_low).float()
+        grad_h[r0:r0 + len(targets)] = g.mul_(scale[:, None])
     if grad_w is not None:
-        grad_w.addmm_(z_t, hc * scale[:, None])
+        if w_low is None:
+            grad_w.addmm_(z_t, hc * scale[:, None])
+        else:
+            grad_w += (z_low @ (hc * scale[:, None]).to(low)).float()
 
 
 class _WeightedNLL(torch.autograd.Function):
@@ -105,11 +113,12 @@ class _WeightedNLL(torch.autograd.Function):
                   if ctx.needs_input_grad[1] else None)
         step = chunk_rows(w.shape[0], h.device)
         transposed = softcap is None and fused_ops.cpu_float32(h, w, nll)
+        w_low = w.to(torch.bfloat16) if transposed and bf16_matmuls.active() else None
         for r0 in range(0, N, step):
             hc = h[r0:r0 + step]
             if transposed:
-                _transposed_chunk(hc, w, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step], grad_h,
-                                  grad_w, r0)
+                _transposed_chunk(hc, w, w_low, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step],
+                                  grad_h, grad_w, r0)
                 continue
             z, t = _chunk_logits(hc, w, softcap)
             g = _nll_and_grad_(z, t, targets[r0:r0 + step], weights[r0:r0 + step], nll[r0:r0 + step])

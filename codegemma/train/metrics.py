@@ -42,11 +42,12 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def peak_flops(device: torch.device, bf16: bool = False) -> float:
     """Peak FLOP/s of one device: bf16 data-sheet numbers for known GPUs, an FMA estimate for CPUs.
 
-    The CPU figure assumes two 256-bit FMA units per core (32 float32 FLOPs per cycle) at the
-    maximum clock over the cores this process may use; it is an upper bound, so CPU MFU is a lower
-    bound on utilisation. With `bf16` (autocast) on a CPU whose dot-product instructions take bf16
-    (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles; without them bf16
-    products run at the float32 rate.
+    The CPU figure assumes two FMA units per core, 256-bit (32 float32 FLOPs per cycle) or, with
+    `avx512f`, 512-bit (64), at the maximum clock over the cores this process may use; it is an
+    upper bound, so CPU MFU is a lower bound on utilisation. With `bf16` on a CPU whose dot-product instructions take bf16
+    (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles; with AMX tiles
+    (`amx_bf16`) it is Intel's 1,024 bf16 FLOPs per cycle and core; without either, bf16 products
+    run at the float32 rate.
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -58,7 +59,12 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
     mhz = (freq.max or freq.current) if freq else 0.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = min(cores, torch.get_num_threads())
-    per_cycle = 64 if bf16 and "avx512_bf16" in cpu_flags().split() else 32
+    flags = cpu_flags().split()
+    per_cycle = 64 if "avx512f" in flags else 32
+    if bf16 and "amx_bf16" in flags:
+        per_cycle = 1024
+    elif bf16 and "avx512_bf16" in flags:
+        per_cycle *= 2
     return threads * (mhz or 2500.0) * 1e6 * per_cycle
 
 

@@ -3,9 +3,10 @@
 One optimizer step = `grad_accum` micro-batches on each of `world_size` processes. Losses are sums
 divided by the trained-token (or pair) count of the whole global batch, so a run's trajectory does
 not depend on how the global batch is split across processes and micro-batches. AdamW with warmup
-and cosine decay, gradient clipping, bf16 autocast on GPUs and float32 on CPUs, optional
-torch.compile and activation checkpointing. Metrics go to JSONL and TensorBoard; checkpoints hold
-everything needed to continue the run bit-for-bit.
+and cosine decay, gradient clipping, bf16 autocast on GPUs and float32 on CPUs (`bf16` on a CPU:
+bf16 matrix products and float32 elsewhere, codegemma.bf16_matmuls), optional torch.compile and
+activation checkpointing. Metrics go to JSONL and TensorBoard; checkpoints hold everything needed
+to continue the run bit-for-bit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from codegemma import bf16_matmuls
 from codegemma.train import checkpoint as ckpt
 from codegemma.train import distributed, metrics, optim
 from codegemma.train.distributed import DistEnv
@@ -121,9 +123,11 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------
     def _autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        if not self.bf16:
+            return nullcontext()
+        if self.device.type == "cpu":  # bf16 products only, so the float32 CPU kernels keep the rest
+            return bf16_matmuls.enabled()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_step(self) -> dict:
         micro = [to_device(next(self.data), self.device) for _ in range(self.recipe.train.grad_accum)]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from codegemma import bf16_matmuls
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, checkpoint, metrics, objectives
 from codegemma.train import recipe as recipe_mod
@@ -59,6 +60,17 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
     for a, b in zip(h1, h2):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_bf16_on_a_cpu_follows_float32(tmp_path, shards):
+    """`precision = "bf16"` on a CPU: bf16 products (codegemma.bf16_matmuls), float32 elsewhere."""
+    _, h32 = train(make_recipe(tmp_path / "a", shards, steps=6))
+    trainer, h16 = train(make_recipe(tmp_path / "b", shards, steps=6, precision="bf16"))
+    with trainer._autocast():
+        assert bf16_matmuls.active() and not torch.is_autocast_enabled("cpu")
+    for a, b in zip(h32, h16):
+        assert b["loss"] == pytest.approx(a["loss"], rel=5e-3)
+    assert [a["loss"] for a in h32] != [b["loss"] for b in h16]
 
 
 def test_frozen_parameters_stay_as_they_start(tmp_path, shards):

@@ -1,0 +1,88 @@
+"""bfloat16 matrix products, float32 everything else: bf16 training on a CPU.
+
+`torch.autocast` on a CPU runs the linear layers in bfloat16 and hands their bfloat16 outputs on,
+so the float32 C kernels of `codegemma.fused_ops` (norms, gated GELU, RoPE, attention softmax)
+step aside for PyTorch's generic elementwise ops in bfloat16. On a CPU with AMX, where a bf16
+product runs ~7x faster than a float32 one (one core: ~1,100 against ~150 GFLOP/s at the tiny-cpu
+recipe's shapes), the tiny-cpu step then gains only ~1.5x. Inside `enabled()` only the products
+are bfloat16: the linear layers' (through a TorchFunctionMode, so LoRA adapters and any module
+that calls `F.linear` are covered) and the LM head's (`codegemma.head_loss`). Their operands are
+rounded to bf16, oneDNN accumulates in float32, and the results come back as float32, so the
+activations, the kernels and the softmax stay float32, as does the master copy of the weights.
+The rounding is autocast's: products to bf16 precision (8 significant bits), nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_ACTIVE = contextvars.ContextVar("bf16_matmuls", default=False)
+
+
+def supported() -> bool:
+    """This CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), which oneDNN uses."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def active() -> bool:
+    return _ACTIVE.get()
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b as float32, through a bf16 product when `active()`."""
+    if not active():
+        return a @ b
+    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+
+
+class _Linear(torch.autograd.Function):
+    """x @ w^T (+ b) with bf16 products in both directions; float32 in and out."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        xb, wb = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        ctx.save_for_backward(xb, wb)
+        ctx.has_bias = bias is not None
+        y = F.linear(xb, wb).to(x.dtype)
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        xb, wb = ctx.saved_tensors
+        gb = grad.to(torch.bfloat16)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (gb @ wb).to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (gb.reshape(-1, gb.shape[-1]).t() @ xb.reshape(-1, xb.shape[-1])).to(grad.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class _LinearMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu":
+                return _Linear.apply(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def enabled():
+    """Run the float32 model's products in bf16 on a CPU for the duration (forward; backward
+    follows, since each product records its own bf16 backward)."""
+    token = _ACTIVE.set(True)
+    try:
+        with _LinearMode():
+            yield
+    finally:
+        _ACTIVE.reset(token)

@@ -1,0 +1,96 @@
+"""bf16 products with float32 everything else (codegemma.bf16_matmuls): exactly bf16 products where
+promised, float32 results, the CPU kernels still in use, and a training step close to float32's."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codegemma import bf16_matmuls, head_loss, kernels
+from codegemma.config import preset
+from codegemma.model import Gemma
+
+
+def _bf16(t):
+    return t.detach().to(torch.bfloat16)
+
+
+def test_linear_runs_bf16_products_and_returns_float32():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 48, requires_grad=True)
+    w = torch.randn(32, 48, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
+    g = torch.randn(3, 5, 32)
+    with bf16_matmuls.enabled():
+        assert bf16_matmuls.active()
+        y = F.linear(x, w, b)
+    assert not bf16_matmuls.active()
+    y.backward(g)  # backward outside the context still takes the bf16 products
+    assert y.dtype == torch.float32
+    assert torch.equal(y, F.linear(_bf16(x), _bf16(w)).float() + b)
+    assert torch.equal(x.grad, (_bf16(g) @ _bf16(w)).float())
+    assert torch.equal(w.grad, (_bf16(g).reshape(-1, 32).t() @ _bf16(x).reshape(-1, 48)).float())
+    torch.testing.assert_close(b.grad, g.sum((0, 1)))
+
+
+def test_outside_the_context_products_stay_float32():
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 48), torch.randn(32, 48)
+    with bf16_matmuls.enabled():
+        pass
+    assert torch.equal(F.linear(x, w), x @ w.t())
+    assert torch.equal(bf16_matmuls.mm(x, w.t()), x @ w.t())
+
+
+def test_head_loss_takes_bf16_products():
+    torch.manual_seed(0)
+    h = torch.randn(70, 64, requires_grad=True)
+    w = torch.randn(300, 64, requires_grad=True)
+    targets = torch.randint(0, 300, (70,))
+    weights = torch.ones(70)
+    ref_total, _ = head_loss.weighted_nll(h, w, targets, weights)
+    ref_total.backward()
+    ref_grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with bf16_matmuls.enabled():
+        total, _ = head_loss.weighted_nll(h, w, targets, weights)
+    total.backward()
+    assert total.dtype == torch.float32 and total != ref_total  # the products were rounded
+    torch.testing.assert_close(total, ref_total, rtol=2e-3, atol=0)
+    for got, want in zip((h.grad, w.grad), ref_grads):
+        assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
+
+
+def _graph_node_names(tensor):
+    names, seen, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(type(node).__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the kernels")
+def test_training_step_keeps_the_float32_kernels_and_follows_float32():
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    ids = torch.randint(0, 100, (2, 141))
+    segments = torch.cat([torch.ones(2, 61, dtype=torch.long), 2 * torch.ones(2, 80, dtype=torch.long)], dim=1)
+    weights = torch.ones(2, 140, dtype=torch.bool)
+    runs = []
+    for low in (False, True):
+        model.zero_grad()
+        with bf16_matmuls.enabled() if low else torch.autocast("cpu", enabled=False):
+            total, _ = model(ids[:, :-1], segment_ids=segments[:, :-1], targets=ids[:, 1:], loss_weights=weights)
+        names = _graph_node_names(total)
+        assert {"_CausalAttentionBackward", "_RmsNormBackward", "_GegluBackward"} <= names
+        assert ("_LinearBackward" in names) == low
+        total.backward()
+        runs.append((total.item(), [p.grad.clone() for p in model.parameters()]))
+    (loss32, grads32), (loss16, grads16) = runs
+    assert loss16 == pytest.approx(loss32, rel=2e-3) and loss16 != loss32
+    for a, b in zip(grads32, grads16):
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.995
