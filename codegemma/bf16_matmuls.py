@@ -6,7 +6,8 @@ step aside for PyTorch's generic elementwise ops in bfloat16. On a CPU with AMX,
 product runs ~7x faster than a float32 one (one core: ~1,100 against ~150 GFLOP/s at the tiny-cpu
 recipe's shapes), the tiny-cpu step then gains only ~1.5x. Inside `enabled()` only the products
 are bfloat16: the linear layers' (through a TorchFunctionMode, so LoRA adapters and any module
-that calls `F.linear` are covered) and the LM head's (`codegemma.head_loss`). Their operands are
+that calls `F.linear` are covered), the LM head's (`codegemma.head_loss`) and the attention
+kernel's (`codegemma.fused_ops`). Their operands are
 rounded to bf16, oneDNN accumulates in float32, and the results come back as float32, so the
 activations, the kernels and the softmax stay float32, as does the master copy of the weights.
 The rounding is autocast's: products to bf16 precision (8 significant bits), nothing else.
@@ -22,11 +23,6 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _ACTIVE = contextvars.ContextVar("bf16_matmuls", default=False)
-
-
-def supported() -> bool:
-    """This CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), which oneDNN uses."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def active() -> bool:
@@ -69,7 +65,8 @@ class _LinearMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            x = args[0] if args else kwargs["input"]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu":
                 return _Linear.apply(x, weight, bias)

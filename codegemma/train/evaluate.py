@@ -37,8 +37,8 @@ from codegemma.data.pipeline import HELDOUT_REPOSITORIES
 from codegemma.errors import CodegemmaError
 from codegemma.eval.metrics import edit_similarity
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
-from codegemma.profiles import resolve_profile
 from codegemma.kv_cache import KVCache
+from codegemma.profiles import resolve_profile
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
 

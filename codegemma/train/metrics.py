@@ -44,10 +44,10 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
 
     The CPU figure assumes two FMA units per core, 256-bit (32 float32 FLOPs per cycle) or, with
     `avx512f`, 512-bit (64), at the maximum clock over the cores this process may use; it is an
-    upper bound, so CPU MFU is a lower bound on utilisation. With `bf16` on a CPU whose dot-product instructions take bf16
-    (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles; with AMX tiles
-    (`amx_bf16`) it is Intel's 1,024 bf16 FLOPs per cycle and core; without either, bf16 products
-    run at the float32 rate.
+    upper bound, so CPU MFU is a lower bound on utilisation. With `bf16` on a CPU whose dot-product
+    instructions take bf16 (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles;
+    with AMX tiles (`amx_bf16`) it is Intel's 1,024 bf16 FLOPs per cycle and core; without either,
+    bf16 products run at the float32 rate.
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
