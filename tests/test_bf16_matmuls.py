@@ -9,6 +9,8 @@ from codegemma import bf16_matmuls, head_loss, kernels
 from codegemma.config import preset
 from codegemma.model import Gemma
 
+from .test_fused_ops import _graph_node_names
+
 
 def _bf16(t):
     return t.detach().to(torch.bfloat16)
@@ -58,18 +60,6 @@ def test_head_loss_takes_bf16_products():
     torch.testing.assert_close(total, ref_total, rtol=2e-3, atol=0)
     for got, want in zip((h.grad, w.grad), ref_grads):
         assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
-
-
-def _graph_node_names(tensor):
-    names, seen, stack = set(), set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        names.add(type(node).__name__)
-        stack.extend(f for f, _ in node.next_functions)
-    return names
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the kernels")
