@@ -29,11 +29,15 @@ def active() -> bool:
     return _ACTIVE.get()
 
 
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (batched too) through bf16 operands, float32 out."""
+    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    return (torch.bmm(a, b) if a.dim() == 3 else a @ b).float()
+
+
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b as float32, through a bf16 product when `active()`."""
-    if not active():
-        return a @ b
-    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+    return product(a, b) if active() else a @ b
 
 
 class _Linear(torch.autograd.Function):

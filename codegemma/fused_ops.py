@@ -211,11 +211,6 @@ class _Rope(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-def _bf16_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A batched product through bf16 operands, float32 out (codegemma.bf16_matmuls)."""
-    return torch.bmm(a.to(torch.bfloat16), b.to(torch.bfloat16)).float()
-
-
 def _query_blocks(T: int, G: int):
     """(first position, first row, rows, keys) of each query block of causal_attention."""
     for t0 in range(0, T, ATTENTION_BLOCK):
@@ -237,7 +232,7 @@ class _CausalAttention(torch.autograd.Function):
         mask_u8 = mask.contiguous().view(torch.uint8) if mask is not None else None
         qf, kf, vf = q.view(B * Hkv, TG, D), k.view(B * Hkv, T, D), v.view(B * Hkv, T, D)
         ctx.low = bf16_matmuls.active()  # backward runs outside the context: remember it
-        bmm = _bf16_bmm if ctx.low else torch.bmm
+        bmm = bf16_matmuls.product if ctx.low else torch.bmm
         probs, outs = [], []
         for t0, row, rows, keys in _query_blocks(T, G):
             p = bmm(qf[:, row:row + rows], kf[:, :keys].transpose(1, 2))
@@ -262,7 +257,7 @@ class _CausalAttention(torch.autograd.Function):
         qf, kf, vf = q.view(B * Hkv, TG, D), k.view(B * Hkv, T, D), v.view(B * Hkv, T, D)
         grad_q = torch.empty_like(qf)
         grad_k, grad_v = torch.zeros_like(kf), torch.zeros_like(vf)
-        bmm = _bf16_bmm if ctx.low else torch.bmm
+        bmm = bf16_matmuls.product if ctx.low else torch.bmm
         for (t0, row, rows, keys), p in zip(_query_blocks(T, G), probs):
             g = grad[:, row:row + rows]
             ds = bmm(g, vf[:, :keys].transpose(1, 2))

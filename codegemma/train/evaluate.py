@@ -118,12 +118,11 @@ class InfillScorer:
             raise ValueError(f"unknown infilling order {order!r}; expected one of {INFILL_ORDERS}")
         self.order = order
         self.tokenizer = tokenizer
-        if order != L2R:
-            sentinel_ids(tokenizer)  # a one-line error where the vocabulary has no FIM sentinels
         self.examples = examples
         self.max_prompt_tokens = max_prompt_tokens
         self.bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
         if order != L2R:
+            sentinel_ids(tokenizer)  # a one-line error where the vocabulary has no FIM sentinels
             self.profile = replace(resolve_profile(tokenizer), add_bos=add_bos)
         # a left-to-right answer also ends at a sentinel where the vocabulary has them
         stops = {tokenizer.token_to_id(text) for text in CODEGEMMA_SENTINELS.all()} - {None}
