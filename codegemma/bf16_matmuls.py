@@ -22,11 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from codegemma.kernels import cpu_flags
+
 _ACTIVE = contextvars.ContextVar("bf16_matmuls", default=False)
 
 
 def active() -> bool:
     return _ACTIVE.get()
+
+
+def native_on_this_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products. Elsewhere
+    oneDNN widens the operands to float32 first, and bf16 products are no faster than float32 ones."""
+    flags = cpu_flags().split()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -204,6 +204,9 @@ class Pipeline:
                     "bos_id": encoder.bos_id, "eos_id": encoder.eos_id, "pad_id": encoder.pad_id,
                     "fim_rate": self.recipe.fim.rate, "spm_rate": self.recipe.fim.spm_rate,
                     "fim_chunk_chars": self.recipe.fim.chunk_chars,
+                    # chunks left plain run on as their file's text (shards from before wrote each
+                    # chunk as a file of its own)
+                    "fim_chunks_run_on": self.recipe.fim.chunk_chars > 0,
                     "fim_suffix_line_rate": self.recipe.fim.suffix_line_rate,
                     "fim_line_rate": self.recipe.fim.line_rate,
                     "file_order": self.recipe.packing.order, "shares": realised_shares(plan, lengths)}

@@ -25,7 +25,7 @@ class FimConfig:
     spm_rate: float = 0.5
     include_paths: bool = True
     # 0: each file is one FIM candidate (document level). N > 0: a file longer than N characters is
-    # cut at line ends into pieces of at most N, each a FIM candidate with its own path line. With
+    # cut at line ends into pieces of at most N, each a FIM candidate (`repository_pieces`). With
     # a short context, a whole-file FIM example rarely fits one row (the demo corpus at 256 tokens:
     # under 1% of rows hold prefix, suffix and middle together); pieces that fit give infilling
     # examples the model can learn from, the effect context-level FIM has (Bavarian et al. 2022).
@@ -52,16 +52,25 @@ def sample_rng(seed: int, key: str) -> random.Random:
 
 
 def repository_pieces(files: list[tuple[str, str]], rng: random.Random, fim: FimConfig) -> list[list[str]]:
-    """FIM pieces of each file, in order. With `fim.chunk_chars`, a long file's pieces are those of
-    its chunks, each transformed on its own (path line included), joined by <|file_separator|>."""
+    """FIM pieces of each file, in order. With `fim.chunk_chars`, a long file's chunks are each
+    transformed on its own. A FIM chunk is a document of its own (path line included), set off by
+    <|file_separator|>; the chunks left plain between them run on as the file's text, under one path
+    line, so that a model does not learn that files end every `chunk_chars` characters."""
     out = []
     for path, text in files:
         pieces: list[str] = []
+        plain_run = False  # whether the last piece is plain text that the next plain chunk continues
         for i, part in enumerate(line_chunks(text, fim.chunk_chars)):
-            if i:
-                pieces.append(CODEGEMMA_SENTINELS.file_separator)
-            pieces += transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None,
-                                     suffix_line_rate=fim.suffix_line_rate, line_rate=fim.line_rate)
+            chunk = transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None,
+                                   suffix_line_rate=fim.suffix_line_rate, line_rate=fim.line_rate)
+            plain = CODEGEMMA_SENTINELS.prefix not in chunk
+            if plain and plain_run:
+                pieces[-1] += part
+            else:
+                if i:
+                    pieces.append(CODEGEMMA_SENTINELS.file_separator)
+                pieces += chunk
+            plain_run = plain
         out.append(pieces)
     return out
 

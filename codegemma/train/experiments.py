@@ -72,7 +72,8 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
-                "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len}
+                "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
+                "fim_chunks_run_on": fim_chunk_chars > 0}
     if _built_with(out, settings):
         return out
     corpus, tokenizer = ensure_corpus(root)

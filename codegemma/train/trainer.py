@@ -12,6 +12,7 @@ to continue the run bit-for-bit.
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,6 +54,10 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.out_dir = Path(out_dir or recipe.out_dir)
         self.bf16 = use_bf16(recipe, self.device)
+        if self.bf16 and self.device.type == "cpu" and not bf16_matmuls.native_on_this_cpu() and self.env.is_main:
+            warnings.warn("train.precision = 'bf16' on a CPU without AMX or AVX512-BF16: its bf16 products run "
+                          "no faster than float32 ones there (--set train.precision=float32 avoids the "
+                          "rounding)", stacklevel=2)
         if recipe.train.activation_checkpointing:
             _enable_activation_checkpointing(self.raw_model)
         fsdp = self.env.distributed and recipe.distributed.strategy == "fsdp"

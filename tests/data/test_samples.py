@@ -59,6 +59,30 @@ def test_chunked_fim_makes_each_piece_of_a_long_file_a_candidate():
         FimConfig(chunk_chars=-1)
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_chunks_left_plain_run_on_as_the_files_text(rate):
+    """A file separator and a fresh path line only around FIM chunks: without FIM a chunked file is
+    the whole file, and no two plain documents of one file are next to each other."""
+    text = "".join(f"value_{i} = {i}\n" for i in range(300))
+    [pieces] = repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=rate, chunk_chars=500))
+    separator = CODEGEMMA_SENTINELS.file_separator
+    documents, current = [], []
+    for piece in pieces + [separator]:
+        if piece == separator:
+            documents.append(current)
+            current = []
+        else:
+            current.append(piece)
+    kinds = [CODEGEMMA_SENTINELS.prefix in d for d in documents]
+    assert not any(a is b is False for a, b in zip(kinds, kinds[1:]))
+    restored = [undo_fim(d) for d in documents]
+    assert "".join(part if path else part.removeprefix("big.py\n") for path, part in restored) == text
+    if rate == 0.0:
+        assert pieces == [f"big.py\n{text}"]
+    else:
+        assert 0 < sum(kinds) < len(line_chunks(text, 500)) and not all(kinds)
+
+
 def test_suffix_line_rate_reaches_every_fim_example_of_a_repository():
     text = "".join(f"value_{i} = {i}\n" for i in range(40))
     files = [(f"m{i}.py", text) for i in range(30)]

@@ -41,7 +41,7 @@ def test_demo_shards_reuse_only_shards_built_with_the_same_settings(tmp_path):
     # `ensure_corpus` (the slow part) is never reached: cached shards are checked first
     out = tmp_path / "shards"
     _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0, spm_rate=0.5,
-                      file_order="codegemma", seq_len=256)
+                      file_order="codegemma", seq_len=256, fim_chunks_run_on=True)
     assert demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500) == out
     with pytest.raises(CodegemmaError, match=r"fim_suffix_line_rate=0.0 \(asked 0.5\)"):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, fim_suffix_line_rate=0.5)
@@ -49,6 +49,14 @@ def test_demo_shards_reuse_only_shards_built_with_the_same_settings(tmp_path):
         demo_shards(tmp_path, 0.0, out=out, fim_chunk_chars=500)
     with pytest.raises(CodegemmaError, match=r"spm_rate=0.5 \(asked 1.0\)"):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, spm_rate=1.0)
+
+
+def test_chunked_demo_shards_from_before_plain_chunks_ran_on_are_not_reused(tmp_path):
+    out = tmp_path / "shards"
+    _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0, spm_rate=0.5,
+                      file_order="codegemma", seq_len=256)
+    with pytest.raises(CodegemmaError, match=r"fim_chunks_run_on=0 \(asked True\)"):
+        demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500)
 
 
 def test_demo_shards_from_before_fim_pieces_were_recorded_count_as_whole_file(tmp_path):

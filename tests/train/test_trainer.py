@@ -73,6 +73,19 @@ def test_bf16_on_a_cpu_follows_float32(tmp_path, shards):
     assert [a["loss"] for a in h32] != [b["loss"] for b in h16]
 
 
+@pytest.mark.parametrize("flags, warns", [("flags : fpu avx512f", True), ("flags : avx512f amx_bf16", False),
+                                          ("flags : avx512f avx512_bf16", False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, shards, monkeypatch, flags, warns):
+    import warnings
+    monkeypatch.setattr(bf16_matmuls, "cpu_flags", lambda: flags)
+    recipe = make_recipe(tmp_path, shards, steps=1, precision="bf16")
+    model, _, _ = build.build_model(recipe, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(recipe, model, objectives.LanguageModeling(), iter(()))
+    assert any("AMX or AVX512-BF16" in str(w.message) for w in caught) == warns
+
+
 def test_frozen_parameters_stay_as_they_start(tmp_path, shards):
     recipe = make_recipe(tmp_path, shards, steps=8)
     recipe.model.freeze = ["layers.*.self_attn.*", "layers.0.mlp.*"]
