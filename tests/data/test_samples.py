@@ -39,17 +39,22 @@ def test_line_chunks_cut_at_line_ends_and_keep_everything(text, max_chars):
         assert len(chunk) <= max_chars or len(chunk.splitlines(keepends=True)) == 1
 
 
-def test_chunked_fim_makes_each_piece_of_a_long_file_a_candidate():
-    text = "".join(f"value_{i} = {i}\n" for i in range(300))  # ~4.5k characters
-    [pieces] = repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=1.0, chunk_chars=500))
-    separator = CODEGEMMA_SENTINELS.file_separator
-    chunks, current = [], []
-    for piece in pieces + [separator]:
-        if piece == separator:
-            chunks.append(current)
+def documents_of(pieces: list[str]) -> list[list[str]]:
+    """One file's pieces split at <|file_separator|> into the documents a model sees."""
+    documents, current = [], []
+    for piece in pieces + [CODEGEMMA_SENTINELS.file_separator]:
+        if piece == CODEGEMMA_SENTINELS.file_separator:
+            documents.append(current)
             current = []
         else:
             current.append(piece)
+    return documents
+
+
+def test_chunked_fim_makes_each_piece_of_a_long_file_a_candidate():
+    text = "".join(f"value_{i} = {i}\n" for i in range(300))  # ~4.5k characters
+    [pieces] = repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=1.0, chunk_chars=500))
+    chunks = documents_of(pieces)
     assert len(chunks) == len(line_chunks(text, 500)) >= 9
     restored = [undo_fim(c) for c in chunks]
     assert all(path == "big.py" for path, _ in restored)  # every chunk carries the path line
@@ -65,14 +70,7 @@ def test_chunks_left_plain_run_on_as_the_files_text(rate):
     the whole file, and no two plain documents of one file are next to each other."""
     text = "".join(f"value_{i} = {i}\n" for i in range(300))
     [pieces] = repository_pieces([("big.py", text)], random.Random(0), FimConfig(rate=rate, chunk_chars=500))
-    separator = CODEGEMMA_SENTINELS.file_separator
-    documents, current = [], []
-    for piece in pieces + [separator]:
-        if piece == separator:
-            documents.append(current)
-            current = []
-        else:
-            current.append(piece)
+    documents = documents_of(pieces)
     kinds = [CODEGEMMA_SENTINELS.prefix in d for d in documents]
     assert not any(a is b is False for a, b in zip(kinds, kinds[1:]))
     restored = [undo_fim(d) for d in documents]
