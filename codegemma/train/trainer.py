@@ -56,7 +56,7 @@ class Trainer:
         self.bf16 = use_bf16(recipe, self.device)
         if self.bf16 and self.device.type == "cpu" and not bf16_matmuls.native_on_this_cpu() and self.env.is_main:
             warnings.warn("train.precision = 'bf16' on a CPU without AMX or AVX512-BF16: its bf16 products run "
-                          "no faster than float32 ones there (--set train.precision=float32 avoids the "
+                          "no faster than float32 ones there (--set train.precision=fp32 avoids the "
                           "rounding)", stacklevel=2)
         if recipe.train.activation_checkpointing:
             _enable_activation_checkpointing(self.raw_model)
