@@ -170,12 +170,15 @@ class InfillScorer:
         """Middle loss (nats per token) with each example's suffix swapped for the next example's,
         minus the loss with the true suffixes (`middle_loss`'s result, computed if not given):
         how much the model uses the suffix."""
-        n = len(self.examples)
-        swapped = [InfillExample(ex.path, ex.prefix, ex.middle, self.examples[(i + 1) % n].suffix)
-                   for i, ex in enumerate(self.examples)]
         true_sum, count = true_loss or self.middle_loss(model, device)
-        swapped_sum, _ = self.middle_loss(model, device, swapped)
+        swapped_sum, _ = self.middle_loss(model, device, self.swapped_examples())
         return (swapped_sum - true_sum) / max(count, 1)
+
+    def swapped_examples(self) -> list[InfillExample]:
+        """This scorer's examples, each with the next one's suffix (the last with the first's)."""
+        n = len(self.examples)
+        return [InfillExample(ex.path, ex.prefix, ex.middle, self.examples[(i + 1) % n].suffix)
+                for i, ex in enumerate(self.examples)]
 
     def exact_match(self, model: nn.Module, device: torch.device, max_new_tokens: int,
                     batch_size: int = 16) -> tuple[int, int]:
@@ -185,11 +188,13 @@ class InfillScorer:
 
     @torch.no_grad()
     def answers(self, model: nn.Module, device: torch.device, max_new_tokens: int,
-                batch_size: int = 16) -> list[str]:
-        """The model's greedy line for every example, `batch_size` prompts at a time."""
+                batch_size: int = 16, examples: list[InfillExample] | None = None) -> list[str]:
+        """The model's greedy line for every example (of `examples`, default this scorer's),
+        `batch_size` prompts at a time."""
+        examples = self.examples if examples is None else examples
         lines = []
-        for start in range(0, len(self.examples), batch_size):
-            batch = self.examples[start:start + batch_size]
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
             lines += self._greedy_lines(model, device, [self.prompt(ex) for ex in batch], max_new_tokens)
         return lines
 
@@ -291,8 +296,12 @@ class Evaluator:
 
     def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
                  scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None,
-                 on_answers=None):
+                 on_answers=None, share_examples: bool = False):
         self.env = env
+        # Each process scores every world_size-th infilling example and the sums and lines are
+        # gathered: for a model every process holds whole (DDP). An FSDP-sharded model needs every
+        # process in every forward pass, so there each one scores all of them.
+        self.share_examples = share_examples and env.distributed
         self.on_answers = on_answers  # called with (scorer, its greedy lines) after each scorer generates
         self.eval_reader_factory = eval_reader_factory
         self.batches = batches
@@ -315,15 +324,19 @@ class Evaluator:
             total = distributed.all_reduce_sum(total, self.env)
             count = distributed.all_reduce_sum(count, self.env)
             result["loss"] = (total / count.clamp(min=1)).item()
-        # every process scores the same examples: a sharded (FSDP) model needs all of them
         inner = getattr(model, "module", model)
         for scorer in self.scorers:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
-            s, n = scorer.middle_loss(inner, device)
-            result[f"fim_middle_loss{tag}"] = s / max(n, 1)
+            s, n = scorer.middle_loss(inner, device, self._share(scorer.examples))
             if scorer.order != L2R:  # a left-to-right prompt has no suffix to gain from
-                result[f"fim_suffix_gain{tag}"] = scorer.suffix_gain(inner, device, (s, n))
-            answers = scorer.answers(inner, device, self.max_new_tokens)
+                swapped, _ = scorer.middle_loss(inner, device, self._share(scorer.swapped_examples()))
+                s, n, swapped = self._sum(s, n, swapped)
+                result[f"fim_suffix_gain{tag}"] = (swapped - s) / max(n, 1)
+            else:
+                s, n = self._sum(s, n)
+            result[f"fim_middle_loss{tag}"] = s / max(n, 1)
+            answers = self._gathered(scorer.answers(inner, device, self.max_new_tokens,
+                                                    examples=self._share(scorer.examples)))
             if self.on_answers is not None:
                 self.on_answers(scorer, answers)
             hits, similarity = scorer.line_scores(answers)
@@ -332,6 +345,27 @@ class Evaluator:
         if self.copy_probe is not None:
             result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
         return result
+
+    def _share(self, examples: list) -> list:
+        """This process's share of `examples`."""
+        return examples[self.env.rank::self.env.world_size] if self.share_examples else examples
+
+    def _sum(self, *values: float) -> list[float]:
+        """Each value summed over the processes' shares."""
+        if not self.share_examples:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.env.device)
+        return distributed.all_reduce_sum(total, self.env).tolist()
+
+    def _gathered(self, lines: list[str]) -> list[str]:
+        """Every process's lines, back in the examples' order (the shares interleave)."""
+        if not self.share_examples:
+            return lines
+        parts = distributed.gather_objects(lines, self.env)
+        out: list[str] = [""] * sum(len(part) for part in parts)
+        for rank, part in enumerate(parts):
+            out[rank::self.env.world_size] = part
+        return out
 
 
 def unigram_baseline(train_shards: str | Path, eval_shards: str | Path, vocab_size: int) -> float:

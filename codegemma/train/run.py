@@ -82,7 +82,8 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
             raise CodegemmaError(f"eval.infill_files: {e}") from None
     if factory is None and not scorers:
         return None
-    return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens, probe)
+    return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens, probe,
+                     share_examples=recipe.distributed.strategy != "fsdp")
 
 
 def make_objective(recipe: Recipe, model):

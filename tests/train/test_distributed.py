@@ -43,3 +43,46 @@ def test_processes_match_one(tmp_path, strategy, procs):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
     assert (tmp_path / "two" / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_processes_share_the_infilling_evaluation(tmp_path, small_tokenizer_path):
+    """Under DDP each process scores every other infilling example; the gathered metrics are the
+    single process's (losses within float rounding, the same greedy lines)."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = tmp_path / "heldout"
+    files.mkdir()
+    for source in sorted((stdlib / "json").glob("*.py")):
+        (files / source.name).write_text(source.read_text(encoding="utf-8"))
+    shards = write_shards(tmp_path / "shards", n=32, vocab=600)
+    extra = f"""[model.overrides]
+vocab_size = 600
+[eval]
+every = 2
+infill_files = "{files.as_posix()}"
+infill_examples = 7
+infill_orders = ["psm", "spm", "l2r"]
+infill_max_prompt_tokens = 96
+infill_max_new_tokens = 8
+"""
+    for name in ("one", "two"):
+        text = recipe_toml(tmp_path / name, shards, 2, extra)
+        # `tokenizer` is a top-level key, so it goes before the first table
+        text = text.replace('name = "test"', f'name = "test"\ntokenizer = "{small_tokenizer_path.as_posix()}"', 1)
+        (tmp_path / f"{name}.toml").write_text(text)
+    cli = ["-m", "codegemma", "train", "run"]
+    _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=4"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          *cli, str(tmp_path / "two.toml"), "--set", "train.batch_size=2"])
+    one, two = (metrics.read(tmp_path / name / "metrics.jsonl", kind="eval") for name in ("one", "two"))
+    assert one and len(one) == len(two)
+    for a, b in zip(one, two):
+        assert {k for k in a if k.startswith("infill_exact_match")} == {
+            "infill_exact_match", "infill_exact_match_spm", "infill_exact_match_l2r"}
+        for key, value in a.items():
+            if key.startswith("infill_exact_match"):
+                assert b[key] == value, key
+            elif isinstance(value, float):
+                assert abs(b[key] - value) < 1e-4 * max(1.0, abs(value)), (key, value, b[key])

@@ -310,3 +310,13 @@ def test_read_files_names_held_out_files_as_training_did(tmp_path):
     (tmp_path / "repositories.json").write_text('{"repo-a1b2": 1')
     with pytest.raises(CodegemmaError, match="repositories.json: not a JSON list"):
         read_files(tmp_path)
+
+
+def test_processes_of_a_ddp_run_share_the_infilling_examples():
+    """Each DDP process scores every world_size-th example; an FSDP-sharded model (share off) and a
+    single process score them all."""
+    examples = list(range(7))
+    assert Evaluator(DistEnv(rank=1, world_size=2), share_examples=True)._share(examples) == [1, 3, 5]
+    assert Evaluator(DistEnv(rank=0, world_size=2), share_examples=True)._share(examples) == [0, 2, 4, 6]
+    assert Evaluator(DistEnv(rank=1, world_size=2), share_examples=False)._share(examples) == examples
+    assert Evaluator(DistEnv(), share_examples=True)._share(examples) == examples
