@@ -84,6 +84,8 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
     p.add_argument("--answers", default="",
                    help="also write every greedy answer beside its line here (JSON Lines, one per line and order)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: matrix products in bf16, as a bf16 training run evaluates (default fp32)")
     p.set_defaults(func=_infill_eval)
 
     p = sub.add_parser("plot", help="PNG curves of a run from its metrics.jsonl (several runs: overlaid)")
@@ -176,11 +178,14 @@ def _experiment(args) -> int:
 
 
 def _infill_eval(args) -> int:
+    from contextlib import nullcontext
+
     import torch
 
+    from codegemma import bf16_matmuls
     from codegemma.fim import sentinel_ids
     from codegemma.model import Gemma
-    from codegemma.train.distributed import DistEnv
+    from codegemma.train import distributed
     from codegemma.train.evaluate import (
         INFILL_ORDERS,
         L2R,
@@ -224,9 +229,17 @@ def _infill_eval(args) -> int:
                             "expected": ex.middle.rstrip("\n"), "answer": line,
                             "exact": is_exact(line, ex)})
 
-    with torch.no_grad():
-        result = Evaluator(DistEnv(), None, 0, scorers, args.max_new_tokens, probe,
-                           on_answers=keep if args.answers else None)(model.eval())
+    # under torchrun (CPU processes over gloo) each process scores a share of the lines
+    env = distributed.init("cpu")
+    products = bf16_matmuls.enabled() if args.precision == "bf16" else nullcontext()
+    try:
+        with torch.no_grad(), products:
+            result = Evaluator(env, None, 0, scorers, args.max_new_tokens, probe,
+                               on_answers=keep if args.answers else None, share_examples=True)(model.eval())
+    finally:
+        distributed.shutdown(env)
+    if not env.is_main:
+        return 0
     if args.answers:
         from codegemma.train.preference import write_jsonl
 

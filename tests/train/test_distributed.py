@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ def _run(args: list[str]):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.slow
@@ -86,3 +88,20 @@ infill_max_new_tokens = 8
                 assert b[key] == value, key
             elif isinstance(value, float):
                 assert abs(b[key] - value) < 1e-4 * max(1.0, abs(value)), (key, value, b[key])
+
+    # a finished model's evaluation, shared the same way under torchrun
+    evaluate = ["-m", "codegemma", "train", "infill-eval", str(tmp_path / "one" / "final"), "--files", str(files),
+                "--examples", "7", "--orders", "psm,l2r", "--max-prompt-tokens", "96", "--max-new-tokens", "8"]
+    alone = _run([sys.executable, *evaluate, "--answers", str(tmp_path / "alone.jsonl")])
+    shared = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *evaluate,
+                   "--answers", str(tmp_path / "shared.jsonl")])
+    alone, shared = json.loads(alone.stdout), json.loads(shared.stdout.strip().splitlines()[-1])
+    assert set(alone) == set(shared)
+    for key, value in alone.items():
+        assert shared[key] == pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) \
+            else shared[key] == value, key
+    # the same answers, once each, in the examples' order
+    assert (tmp_path / "shared.jsonl").read_text() == (tmp_path / "alone.jsonl").read_text()
+    bf16 = json.loads(_run([sys.executable, *evaluate, "--precision", "bf16"]).stdout)
+    assert bf16["fim_middle_loss"] != alone["fim_middle_loss"]  # the products did run in bf16
+    assert abs(bf16["fim_middle_loss"] - alone["fim_middle_loss"]) < 0.05
