@@ -271,6 +271,8 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "infill_edit_similarity",
                            "copy_gain"}
     assert math.isfinite(result["copy_gain"])
+    # the evaluator's suffix gain (summed over processes' shares) is the scorer's
+    assert result["fim_suffix_gain"] == pytest.approx(scorers[0].suffix_gain(model, torch.device("cpu")), abs=1e-9)
     # left to right: the same lines, no suffix and so no suffix gain
     scorers, _ = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm", "l2r"])
     result = Evaluator(DistEnv(), None, 0, scorers, 4)(model)
