@@ -1,9 +1,12 @@
+import pytest
+
 from codegemma.eval import sandbox
 from codegemma.eval.babelcode.build import Builder, _compile_log, _is_verdict, program_key
 from codegemma.eval.babelcode.languages import LANGUAGES
 from tests.eval.babelcode.test_languages import ADD
 
 
+@pytest.mark.toolchain("csharp")
 def test_compiles_are_cached_by_content_including_compile_errors(tmp_path):
     lang = LANGUAGES["csharp"]
     builder = Builder(lang, tmp_path)

@@ -49,6 +49,7 @@ LOOP = {"cpp": "volatile long k = 0; while (true) { k++; }", "csharp": "while (t
 SLOW = {"kotlin", "java", "cpp", "rust", "go", "csharp"}  # compiler start-up or a cold precompiled header
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in LANGUAGES])
 def test_harness_verdicts(name):
     lang = LANGUAGES[name]
@@ -83,6 +84,7 @@ def test_prompt_ends_in_the_signature_and_stops_close_the_function(name):
 
 
 @pytest.mark.slow
+@pytest.mark.toolchain("cpp")
 def test_cpp_calls_the_problems_function_not_a_std_namesake():
     lang = LANGUAGES["cpp"]
     gcd = Question("T/gcd", "test", "gcd", (("x", T.INT), ("y", T.INT)), T.INT, "Greatest common divisor.",
@@ -93,6 +95,7 @@ def test_cpp_calls_the_problems_function_not_a_std_namesake():
     assert [run_build(lang, b, 2).status for b in builds] == ["failed", "failed"], [b.log[-300:] for b in builds]
 
 
+@pytest.mark.toolchain("csharp")
 def test_csharp_harness_survives_a_method_named_like_a_system_class():
     lang = LANGUAGES["csharp"]
     q = Question("T/convert", "test", "convert", (("x", T.INT),), T.list_of(T.FLOAT), "Split a number.",

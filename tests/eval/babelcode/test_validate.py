@@ -18,6 +18,7 @@ def datasets():
     return {d: load(d) for d in ("humaneval", "mbpp")}
 
 
+@pytest.mark.toolchain
 @pytest.mark.parametrize("dataset", ["humaneval", "mbpp"])
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in LANGUAGES])
 def test_stubs_compile_and_fail_on_a_handful(datasets, dataset, name):
@@ -42,6 +43,7 @@ def test_python_translation_agrees_with_original_tests_everywhere_but_the_known_
 
 
 @pytest.mark.exhaustive
+@pytest.mark.toolchain
 @pytest.mark.parametrize("dataset", ["humaneval", "mbpp"])
 @pytest.mark.parametrize("name", list(LANGUAGES))
 def test_every_harness_compiles_and_catches_a_wrong_stub(datasets, dataset, name):
