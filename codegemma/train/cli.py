@@ -192,7 +192,6 @@ def _infill_eval(args) -> int:
         Evaluator,
         check_fits_context,
         infill_scorers,
-        is_exact,
     )
     from codegemma.train.export import load_trained
 
@@ -221,29 +220,17 @@ def _infill_eval(args) -> int:
         raise CodegemmaError(f"--files: {e}") from None
     model = Gemma(config)
     model.load_state_dict(state)
-    answers: list[dict] = []
-
-    def keep(scorer, lines):
-        for ex, line in zip(scorer.examples, lines):
-            answers.append({"order": scorer.order, "path": ex.path, "line": ex.prefix.count("\n") + 1,
-                            "expected": ex.middle.rstrip("\n"), "answer": line,
-                            "exact": is_exact(line, ex)})
-
     # under torchrun (CPU processes over gloo) each process scores a share of the lines
     env = distributed.init("cpu")
     products = bf16_matmuls.enabled() if args.precision == "bf16" else nullcontext()
     try:
         with torch.no_grad(), products:
             result = Evaluator(env, None, 0, scorers, args.max_new_tokens, probe,
-                               on_answers=keep if args.answers else None, share_examples=True)(model.eval())
+                               answers_path=args.answers or None, share_examples=True)(model.eval())
     finally:
         distributed.shutdown(env)
     if not env.is_main:
         return 0
-    if args.answers:
-        from codegemma.train.preference import write_jsonl
-
-        write_jsonl(args.answers, answers)
     print(json.dumps({"source": args.source, "examples": len(scorers[0].examples), **result}))
     return 0
 

@@ -41,6 +41,7 @@ from codegemma.kv_cache import KVCache
 from codegemma.profiles import resolve_profile
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
+from codegemma.train.preference import write_jsonl
 
 # Logit elements one batched forward pass of the middle loss may produce (512 MB in float32): 16
 # rows of 256 tokens for an 8192-token vocabulary, 2 for Gemma's 262,144.
@@ -49,6 +50,9 @@ LOGITS_BUDGET = 2**27
 # Left to right: the prefix alone, as a completion without FIM would see it.
 L2R = "l2r"
 INFILL_ORDERS = (*ORDERS, L2R)
+
+# A run's greedy infilling answers of its last evaluation, in its out_dir (`answer_records`).
+INFILL_ANSWERS = "infill-answers.jsonl"
 
 SOURCE_SUFFIXES = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cs", ".kt", ".rb", ".sh")
 
@@ -106,6 +110,13 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
 def is_exact(answer: str, example: InfillExample) -> bool:
     """The answer is the masked line, indentation included (trailing whitespace aside)."""
     return answer.rstrip() == example.middle.rstrip()
+
+
+def answer_records(order: str, examples: list[InfillExample], answers: list[str]) -> list[dict]:
+    """One JSON record per example: the order, the file and line masked, the line and the answer."""
+    return [{"order": order, "path": ex.path, "line": ex.prefix.count("\n") + 1,
+             "expected": ex.middle.rstrip("\n"), "answer": line, "exact": is_exact(line, ex)}
+            for ex, line in zip(examples, answers, strict=True)]
 
 
 class InfillScorer:
@@ -296,13 +307,15 @@ class Evaluator:
 
     def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
                  scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None,
-                 on_answers=None, share_examples: bool = False):
+                 answers_path: str | Path | None = None, share_examples: bool = False):
         self.env = env
         # Each process scores every world_size-th infilling example and the sums and lines are
         # gathered: for a model every process holds whole (DDP). An FSDP-sharded model needs every
         # process in every forward pass, so there each one scores all of them.
         self.share_examples = share_examples and env.distributed
-        self.on_answers = on_answers  # called with (scorer, its greedy lines) after each scorer generates
+        # Where the main process writes each evaluation's greedy lines (`answer_records`, every
+        # order's), replacing the last evaluation's: a run's file holds its final answers.
+        self.answers_path = answers_path
         self.eval_reader_factory = eval_reader_factory
         self.batches = batches
         self.scorers = list(scorers)
@@ -325,6 +338,7 @@ class Evaluator:
             count = distributed.all_reduce_sum(count, self.env)
             result["loss"] = (total / count.clamp(min=1)).item()
         inner = getattr(model, "module", model)
+        records = []
         for scorer in self.scorers:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
             s, n = scorer.middle_loss(inner, device, self._share(scorer.examples))
@@ -337,13 +351,14 @@ class Evaluator:
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
             answers = self._gathered(scorer.answers(inner, device, self.max_new_tokens,
                                                     examples=self._share(scorer.examples)))
-            if self.on_answers is not None:
-                self.on_answers(scorer, answers)
+            records += answer_records(scorer.order, scorer.examples, answers)
             hits, similarity = scorer.line_scores(answers)
             result[f"infill_exact_match{tag}"] = hits / max(len(answers), 1)
             result[f"infill_edit_similarity{tag}"] = similarity / max(len(answers), 1)
         if self.copy_probe is not None:
             result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
+        if self.answers_path and records and self.env.is_main:
+            write_jsonl(self.answers_path, records)
         return result
 
     def _share(self, examples: list) -> list:

@@ -14,7 +14,7 @@ import torch
 
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, distributed, metrics, objectives
-from codegemma.train.evaluate import Evaluator, check_fits_context, infill_scorers
+from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
 from codegemma.train.trainer import Trainer
 
@@ -83,6 +83,7 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
     if factory is None and not scorers:
         return None
     return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens, probe,
+                     answers_path=Path(recipe.out_dir) / INFILL_ANSWERS,
                      share_examples=recipe.distributed.strategy != "fsdp")
 
 

@@ -88,6 +88,12 @@ infill_max_new_tokens = 8
                 assert b[key] == value, key
             elif isinstance(value, float):
                 assert abs(b[key] - value) < 1e-4 * max(1.0, abs(value)), (key, value, b[key])
+    # each run's last evaluation left its greedy lines in its out_dir, the same lines in both
+    runs = [[json.loads(line) for line in (tmp_path / name / "infill-answers.jsonl").read_text().splitlines()]
+            for name in ("one", "two")]
+    assert runs[0] == runs[1] and len(runs[0]) == 3 * 7
+    for order, tag in (("psm", ""), ("spm", "_spm"), ("l2r", "_l2r")):
+        assert sum(r["exact"] for r in runs[0] if r["order"] == order) == round(one[-1][f"infill_exact_match{tag}"] * 7)
 
     # a finished model's evaluation, shared the same way under torchrun
     evaluate = ["-m", "codegemma", "train", "infill-eval", str(tmp_path / "one" / "final"), "--files", str(files),
@@ -102,6 +108,9 @@ infill_max_new_tokens = 8
             else shared[key] == value, key
     # the same answers, once each, in the examples' order
     assert (tmp_path / "shared.jsonl").read_text() == (tmp_path / "alone.jsonl").read_text()
+    # and they are the lines the run's own last evaluation wrote
+    assert [json.loads(line) for line in (tmp_path / "alone.jsonl").read_text().splitlines()] == [
+        r for r in runs[0] if r["order"] in ("psm", "l2r")]
     bf16 = json.loads(_run([sys.executable, *evaluate, "--precision", "bf16"]).stdout)
     assert bf16["fim_middle_loss"] != alone["fim_middle_loss"]  # the products did run in bf16
     assert abs(bf16["fim_middle_loss"] - alone["fim_middle_loss"]) < 0.05
