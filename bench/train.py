@@ -9,10 +9,14 @@ rounds' ratios; on a GPU, where two large models may not fit together, `--sequen
 model at a time. Reported: training tokens per second (median over rounds), model FLOPs
 utilisation, and the ratio.
 
-    python bench/train.py [--recipe recipes/tiny-cpu-scratch.toml | --preset gemma3-270m] [--batch 8]
+    python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
                           [--seq-len 256] [--rounds 12] [--steps 2] [--threads 0]
                           [--device cpu|cuda] [--precision float32|bf16] [--compile] [--sequential]
                           [--runners ours,transformers] [--json docs/experiments/train-speed.json]
+
+By default it times the tiny-cpu recipe's model at the recipe's own precision (`train.precision`):
+bf16 on a GPU, and on a CPU whose instructions multiply bf16 (AMX or AVX512-BF16); float32 on
+other CPUs, where the trainer's bf16 products are no faster (it warns there too).
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ def theirs(cfg: ModelConfig, state: dict):
         return m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(), use_cache=False).loss
 
     return model, lambda m, ids: m(input_ids=ids[:, :-1], use_cache=False).logits, loss
+
+
+def default_precision(recipe_path: str | None, device: str) -> str:
+    """The precision the recipe trains in on this device (float32 for a preset on a CPU)."""
+    wanted = recipe_mod.load(recipe_path, []).train.precision if recipe_path else "auto"
+    if device.startswith("cuda"):
+        return "float32" if wanted == "fp32" else "bf16"
+    return "bf16" if wanted == "bf16" and bf16_matmuls.native_on_this_cpu() else "float32"
 
 
 def recipe_config(path: str, vocab_size: int) -> ModelConfig:
@@ -166,7 +178,7 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/tiny-cpu-scratch.toml", help="take the model from this recipe")
+    parser.add_argument("--recipe", default="recipes/tiny-cpu.toml", help="take the model from this recipe")
     parser.add_argument("--preset", default=None, help="or from a model preset (e.g. gemma3-270m)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="the recipe's tokenizer size")
     parser.add_argument("--batch", type=int, default=8)
@@ -175,9 +187,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+    parser.add_argument("--precision", choices=("float32", "bf16"), default=None,
                         help="bf16: autocast over float32 weights, as the trainer does on GPUs (on a CPU the "
-                             "trainer, and so `ours`, runs bf16 products only)")
+                             "trainer, and so `ours`, runs bf16 products only); default: the recipe's, where "
+                             "this device runs it natively (see above)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--sequential", action="store_true", help="time one model at a time (large models)")
     parser.add_argument("--runners", default=",".join(RUNNERS))
@@ -186,6 +199,8 @@ def main() -> int:
     names = [n for n in args.runners.split(",") if n]
     if not names or any(n not in RUNNERS for n in names):
         parser.error(f"--runners: choose from {', '.join(RUNNERS)}")
+    if args.precision is None:
+        args.precision = default_precision(None if args.preset else args.recipe, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
