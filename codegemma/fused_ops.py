@@ -8,7 +8,7 @@ and roll, the softmax's max, exp, sum and scaling), each a full pass through mem
 (8 x 256 tokens, two cores), forward and backward of the activation take 5 ms instead of 11, a
 norm 0.5 ms instead of 2.4, the queries' RoPE 0.4 instead of 0.8-1.5: together with the head's
 kernel (codegemma.head_loss) the training step went from ~800 to ~700 ms. Attention
-(`causal_attention`) runs as batched products per block of 128 queries, skipping the key blocks
+(`causal_attention`) runs as batched products per block of 64 queries, skipping the key blocks
 after the diagonal, around a masked-softmax kernel; the query heads of a key head form one matrix.
 Forward and backward take ~11-13 ms a layer where SDPA's CPU flash kernel takes ~16-21, which
 makes the step 5-8% faster (the demo shards' packed batches; the benchmark's).
@@ -103,8 +103,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, groups: i
 
 
 # causal_attention computes the scores of query blocks of this many positions against the keys up to
-# the block's end: blocks above the diagonal are skipped (a quarter of the products at 256 tokens).
-ATTENTION_BLOCK = 128
+# the block's end: blocks above the diagonal are skipped (3/8 of the products at 256 tokens). Blocks
+# of 64 took the tiny-cpu layer's forward and backward from 33.6 ms to 28.5 ms against blocks of 128
+# (2 threads, batch 8 x 256); 32 saved no more.
+ATTENTION_BLOCK = 64
 # It keeps each layer's attention probabilities for backward: up to this many (64 MB) per layer;
 # longer rows keep SDPA's flash kernel, which recomputes them.
 ATTENTION_MAX_SCORES = 1 << 24

@@ -178,9 +178,9 @@ def _attention_mask(kind, B, T):
 
 
 @pytest.mark.parametrize("B,H,Hkv,T,D,kind", [
-    (2, 4, 1, 150, 64, "causal"),     # multi-query, two query blocks, the second ragged
+    (2, 4, 1, 150, 64, "causal"),     # multi-query, three query blocks of 64, the last ragged
     (2, 4, 2, 130, 32, "documents"),  # grouped-query, document mask
-    (1, 3, 3, 260, 16, "window"),     # multi-head, three blocks, sliding window
+    (1, 3, 3, 260, 16, "window"),     # multi-head, five blocks, sliding window
     (3, 2, 1, 9, 8, "documents"),     # one short block
 ])
 def test_causal_attention_matches_sdpa(B, H, Hkv, T, D, kind):
