@@ -117,6 +117,10 @@ def _run(args) -> int:
     from codegemma.train.run import run
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
+    missing = recipe_mod.missing_inputs(recipe)
+    if missing:
+        raise CodegemmaError(f"{args.recipe}: not found: {'; '.join(missing)} (point the recipe or --set KEY=PATH "
+                             f"at them; the recipe's comments and docs/training.md show how to build them)")
     summary = run(recipe, resume=not args.no_resume)
     if summary.get("final"):
         print(json.dumps(summary))

@@ -214,6 +214,18 @@ def set_override(data: dict, dotted: str) -> None:
     node[parts[-1]] = parsed
 
 
+def missing_inputs(recipe: Recipe) -> list[str]:
+    """`section.key path` for each file or directory the recipe reads that is not there (the default
+    model and presets, which need no file, aside), so a run can name them all before it starts."""
+    from codegemma.config import PRESETS
+
+    named = [("tokenizer", recipe.tokenizer), ("data.train", recipe.data.train), ("data.eval", recipe.data.eval),
+             ("eval.infill_files", recipe.eval.infill_files)]
+    if recipe.model.init not in (None, "", "default") and recipe.model.init not in PRESETS:
+        named.insert(0, ("model.init", recipe.model.init))
+    return [f"{key} {value}" for key, value in named if value and not Path(value).exists()]
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     try:

@@ -102,3 +102,17 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("codegemma train: error:") for line in err)
     assert "missing.toml" in err[1]
+
+
+def test_run_names_every_missing_input_before_it_starts(tmp_path, shards, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=3))
+    missing = {"model.init": tmp_path / "no-start", "tokenizer": tmp_path / "no-tokenizer.json",
+               "data.eval": tmp_path / "no-eval"}
+    overrides = [arg for key, path in missing.items() for arg in ("--set", f"{key}={path.as_posix()}")]
+    assert main(["train", "run", str(recipe), *overrides]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("codegemma train: error:")
+    assert all(f"{key} {path.as_posix()}" in err[0] for key, path in missing.items())
+    assert "data.train" not in err[0]  # what exists is not listed
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written

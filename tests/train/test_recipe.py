@@ -41,3 +41,14 @@ def test_shipped_recipes_load():
     assert {"tiny-cpu.toml", "codegemma-2b.toml", "codegemma-7b.toml", "continue-gemma.toml"} <= set(names)
     for path in root.glob("*.toml"):
         recipe.load(path)
+
+
+def test_missing_inputs_skip_presets_and_the_default_model(tmp_path):
+    r = recipe.Recipe()
+    for start in ("gemma3-270m", "default", None):
+        r.model.init = start
+        assert recipe.missing_inputs(r) == []
+    r.model.init = str(tmp_path / "start")
+    r.data.train = str(tmp_path)
+    r.eval.infill_files = str(tmp_path / "heldout")
+    assert recipe.missing_inputs(r) == [f"model.init {tmp_path / 'start'}", f"eval.infill_files {tmp_path / 'heldout'}"]
