@@ -66,8 +66,13 @@ def register(subparsers) -> None:
     p.add_argument("experiment", choices=("fim-rate", "packing"))
     p.add_argument("--root", default="runs/demo", help="demo corpus, tokenizer and shard cache")
     p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
-    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples", "fim-chunk-chars"):
+    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples", "fim-chunk-chars",
+                 "eval-every"):
         p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--init", default=None, help="start every variant from this checkpoint (e.g. the tiny-cpu "
+                                                  "recipe's runs/demo/gemma3-270m-pruned) instead of from scratch")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-3; a pretrained start wants less)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None, help="train.precision of the runs")
     p.set_defaults(func=_experiment)
 
     p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "

@@ -4,9 +4,10 @@
     codegemma train experiment packing    # dependency-ordered multi-file packing vs random file order
 
 Both use the demo corpus (the Python standard library, split by repository into train and held-out
-parts by the data pipeline) and a small Gemma-architecture model trained from scratch. Every
+parts by the data pipeline) and a small Gemma-architecture model trained from scratch, or every
+variant from the same checkpoint (`--init`, e.g. the tiny-cpu recipe's pruned Gemma 3 270M). Every
 variant sees the same number of tokens; results, curves and a summary go to `--out`
-(docs/experiments/<name>/ by default).
+(docs/experiments/<name>/ by default), the runs to <root>/experiments/<name of --out>/.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Scale:
     batch_size: int = 8
     steps: int = 400
     lr: float = 3e-3
+    init: str = ""  # start every variant from this checkpoint instead of a fresh model of the size above
+    precision: str = "auto"  # the recipes' train.precision (bf16: bf16 products on a CPU)
+    eval_every: int = 0  # steps between the runs' evaluations (0: four in a run)
     infill_examples: int = 64
     fim_chunk_chars: int = 0  # > 0: FIM per line-aligned piece of a file (see data.samples.FimConfig)
     seed: int = 0
@@ -106,17 +110,21 @@ def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale
             infill_dir: Path | None):
     from codegemma.train import recipe as recipe_mod
 
-    return recipe_mod.from_dict({
-        "name": name, "out_dir": str(out_dir), "seed": scale.seed, "tokenizer": str(tokenizer),
-        "model": {"preset": "tiny-gemma", "overrides": {
+    if scale.init:
+        model = {"init": scale.init}
+    else:
+        model = {"preset": "tiny-gemma", "overrides": {
             "d_model": scale.d_model, "n_layers": scale.n_layers, "n_heads": scale.n_heads, "n_kv_heads": 1,
-            "head_dim": scale.head_dim, "d_ff": scale.d_ff, "max_seq_len": scale.seq_len}},
+            "head_dim": scale.head_dim, "d_ff": scale.d_ff, "max_seq_len": scale.seq_len}}
+    return recipe_mod.from_dict({
+        "name": name, "out_dir": str(out_dir), "seed": scale.seed, "tokenizer": str(tokenizer), "model": model,
         "data": {"train": str(train), "seq_len": scale.seq_len},
         "optim": {"lr": scale.lr, "warmup_steps": max(1, scale.steps // 10)},
-        "train": {"steps": scale.steps, "batch_size": scale.batch_size},
+        "train": {"steps": scale.steps, "batch_size": scale.batch_size, "precision": scale.precision},
+        # left to right (the prefix alone) scores the same lines without a suffix: the baseline
         "eval": {"every": eval_every, "infill_files": str(infill_dir) if infill_dir else "",
                  "infill_examples": scale.infill_examples, "infill_max_prompt_tokens": scale.seq_len - 32,
-                 "infill_max_new_tokens": 32, "infill_orders": ["psm", "spm"]},
+                 "infill_max_new_tokens": 32, "infill_orders": ["psm", "spm", "l2r"]},
         "log": {"every": 10, "tensorboard": False, "plots": True, "progress": False},
         "checkpoint": {"every": max(50, scale.steps // 4)},
     })
@@ -176,9 +184,9 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
     results = {}
     for rate in rates:
         shards = demo_shards(root, rate, seq_len=scale.seq_len, fim_chunk_chars=scale.fim_chunk_chars)
-        run_dir = root / "experiments" / "fim-rate" / f"fim{rate:g}"
-        recipe = _recipe(f"fim{rate:g}", run_dir, tokenizer, shards / "train", scale, scale.steps // 4,
-                         plain / "heldout")
+        run_dir = root / "experiments" / out.name / f"fim{rate:g}"
+        every = scale.eval_every or scale.steps // 4
+        recipe = _recipe(f"fim{rate:g}", run_dir, tokenizer, shards / "train", scale, every, plain / "heldout")
         run(recipe)
         final = _final_eval(run_dir)
         from codegemma.tokenizer import Tokenizer
@@ -186,11 +194,11 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
         sep = Tokenizer.from_file(tokenizer).special["file_separator"]
         l2r = segment_losses(_load_final(run_dir), plain / "eval", sep)
         results[f"{rate:g}"] = {"fim_rate": rate, "l2r_loss": l2r["all_loss"], "l2r_tokens": l2r["all_tokens"],
-                                **{f"{key}{tag}": final.get(f"{key}{tag}") for tag in ("", "_spm")
+                                **{f"{key}{tag}": final.get(f"{key}{tag}") for tag in ("", "_spm", "_l2r")
                                    for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match",
                                                "infill_edit_similarity")},
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
-    _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / "fim-rate")
+    _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / out.name)
     return results
 
 
@@ -208,12 +216,12 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
     results = {}
     for order in orders:
         shards = demo_shards(root, 0.0, order, scale.seq_len)
-        run_dir = root / "experiments" / "packing" / order
+        run_dir = root / "experiments" / out.name / order
         recipe = _recipe(order, run_dir, tokenizer, shards / "train", scale, 0, None)
         run(recipe)
         losses = segment_losses(_load_final(run_dir), held_out / "eval", sep)
         results[order] = {"order": order, **losses, "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
-    _write(out, "packing", scale, results, _plot_packing, root / "experiments" / "packing")
+    _write(out, "packing", scale, results, _plot_packing, root / "experiments" / out.name)
     return results
 
 
@@ -253,9 +261,10 @@ def _plot_fim(runs: Path, results: dict):
     rates = list(results)
     panels = [("l2r_loss", "held-out left-to-right loss (no FIM)"), ("fim_middle_loss", "held-out FIM-middle loss"),
               ("infill_exact_match", "single-line infilling exact match")]
-    width = 0.4
+    width = 0.27
     for ax, (key, title) in zip(axes[1:], panels):
-        orders = [("", "PSM"), ("_spm", "SPM")] if key != "l2r_loss" else [("", None)]
+        orders = [("", "PSM"), ("_spm", "SPM"), ("_l2r", "left to right")] if key != "l2r_loss" else [("", None)]
+        orders = [(tag, label) for tag, label in orders if any(results[r].get(key + tag) is not None for r in rates)]
         for i, (tag, label) in enumerate(orders):
             xs = [j + (i - (len(orders) - 1) / 2) * width for j in range(len(rates))]
             values = [results[r].get(key + tag) or 0.0 for r in rates]
@@ -292,7 +301,8 @@ def _plot_packing(runs: Path, results: dict):
 
 def scale_from(args) -> Scale:
     scale = Scale() if args.experiment == "fim-rate" else Scale(seq_len=1024, batch_size=2)
-    for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "infill_examples", "fim_chunk_chars"):
+    for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "infill_examples", "fim_chunk_chars",
+                "init", "lr", "precision", "eval_every"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(scale, key, value)

@@ -30,6 +30,11 @@ def test_experiment_recipes_are_valid(tmp_path):
     scale = Scale(steps=8)
     r = _recipe("x", tmp_path / "run", tmp_path / "tok.json", tmp_path / "train", scale, 4, tmp_path / "heldout")
     assert r.model.overrides["d_model"] == scale.d_model and r.train.steps == 8 and r.eval.every == 4
+    assert r.eval.infill_orders == ["psm", "spm", "l2r"]  # the left-to-right baseline on the same lines
+    start = Scale(steps=8, init=str(tmp_path / "start"), lr=2e-4, precision="bf16")
+    r = _recipe("x", tmp_path / "run", tmp_path / "tok.json", tmp_path / "train", start, 4, None)
+    assert (r.model.init, r.model.overrides) == (str(tmp_path / "start"), {})
+    assert (r.optim.lr, r.train.precision) == (2e-4, "bf16")
 
 
 def _fake_demo_shards(out, **meta):
