@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codegemma.config import PRESETS
 from codegemma.errors import CodegemmaError
 
 OBJECTIVES = ("pretrain", "sft", "dpo")
@@ -217,8 +218,6 @@ def set_override(data: dict, dotted: str) -> None:
 def missing_inputs(recipe: Recipe) -> list[str]:
     """`section.key path` for each file or directory the recipe reads that is not there (the default
     model and presets, which need no file, aside), so a run can name them all before it starts."""
-    from codegemma.config import PRESETS
-
     named = [("tokenizer", recipe.tokenizer), ("data.train", recipe.data.train), ("data.eval", recipe.data.eval),
              ("eval.infill_files", recipe.eval.infill_files)]
     if recipe.model.init not in (None, "", "default") and recipe.model.init not in PRESETS:
