@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     demo.add_argument("--stdlib-tests", action="store_true", help="include the standard library's test package")
     demo.add_argument("--site-packages", action="store_true", help="add installed distributions' sources")
     demo.add_argument("--debian", nargs="+", metavar="PACKAGE", help="add Debian source packages (apt-get source)")
+    demo.add_argument("--max-file-kb", type=float, help="leave out source files larger than this")
+    demo.add_argument("--language", action="append", metavar="NAME",
+                      help="take only files of this language (repeatable; default: any the pipeline knows)")
     demo.set_defaults(func=_demo)
 
     order = sub.add_parser("order", help="print the multi-file packing order of one repository")
@@ -69,7 +72,8 @@ def _demo(args) -> int:
     from codegemma.data.demo_corpus import build_demo_corpus
 
     counts = build_demo_corpus(args.out, args.max_mb, stdlib=not args.no_stdlib, site_packages=args.site_packages,
-                               debian=args.debian, include_tests=args.stdlib_tests)
+                               debian=args.debian, include_tests=args.stdlib_tests, max_file_kb=args.max_file_kb,
+                               languages=args.language)
     print(f"{counts['repositories']} repositories, {counts['bytes'] / 1e6:.1f} MB in {args.out}")
     return 0
 

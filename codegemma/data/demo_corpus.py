@@ -15,11 +15,30 @@ from importlib import metadata
 from pathlib import Path
 
 from codegemma.data.atomic import publish_dir, staging_dir
-from codegemma.data.languages import detect_language
+from codegemma.data.languages import EXTENSIONS, FILENAMES, detect_language
 from codegemma.data.licenses import is_license_file
 from codegemma.errors import CodegemmaError
 
 SKIP = {"site-packages", "__pycache__", "dist-packages", "lib-dynload", "config-3.11-x86_64-linux-gnu"}
+
+
+class _Selection:
+    """Which source files a corpus takes: at most `max_file_bytes` each and of `languages` (None: any).
+    Small files give a short context several files to a row, as long files give CodeGemma's 8192."""
+
+    def __init__(self, max_file_bytes: int | None = None, languages: list[str] | None = None):
+        self.max_file_bytes = max_file_bytes
+        self.languages = {name.lower() for name in languages} if languages else None
+        known = {name.lower() for name in (*EXTENSIONS.values(), *FILENAMES.values())}
+        unknown = sorted((self.languages or set()) - known)
+        if unknown:
+            raise CodegemmaError(f"unknown language(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+    def wants(self, src: Path) -> bool:
+        language = detect_language(src.name)
+        if language is None or (self.languages is not None and language.lower() not in self.languages):
+            return False
+        return self.max_file_bytes is None or src.stat().st_size <= self.max_file_bytes
 
 
 class _Budget:
@@ -45,10 +64,11 @@ def _copy(src: Path, dst: Path, budget: _Budget) -> bool:
     return True
 
 
-def stdlib_repositories(out: Path, budget: _Budget, include_tests: bool = False) -> int:
+def stdlib_repositories(out: Path, budget: _Budget, include_tests: bool = False,
+                        selection: _Selection = _Selection()) -> int:
     root = Path(sysconfig.get_paths()["stdlib"])
     made = 0
-    toplevel = sorted(p for p in root.glob("*.py") if p.is_file())
+    toplevel = sorted(p for p in root.glob("*.py") if p.is_file() and selection.wants(p))
     for path in toplevel:
         _copy(path, out / "stdlib" / path.name, budget)
     made += bool(toplevel)
@@ -56,7 +76,7 @@ def stdlib_repositories(out: Path, budget: _Budget, include_tests: bool = False)
         if package.name == "test" and not include_tests:
             continue
         files = sorted(f for f in package.rglob("*") if f.is_file() and "__pycache__" not in f.parts
-                       and detect_language(f.name) is not None)
+                       and selection.wants(f))
         copied = [f for f in files if _copy(f, out / f"stdlib-{package.name}" / package.name / f.relative_to(package), budget)]
         made += bool(copied)
         if budget.left == 0:
@@ -64,7 +84,7 @@ def stdlib_repositories(out: Path, budget: _Budget, include_tests: bool = False)
     return made
 
 
-def site_package_repositories(out: Path, budget: _Budget) -> int:
+def site_package_repositories(out: Path, budget: _Budget, selection: _Selection = _Selection()) -> int:
     made = 0
     seen = set()
     for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
@@ -72,19 +92,18 @@ def site_package_repositories(out: Path, budget: _Budget) -> int:
         if not name or name in seen or not dist.files:
             continue
         seen.add(name)
-        copied = 0
+        sources, licenses = [], []
         for entry in dist.files:
             rel = Path(str(entry))
             src = Path(dist.locate_file(entry))
             if "__pycache__" in rel.parts or not src.is_file() or rel.parts[0] == "..":
                 continue
             if rel.parts[0].endswith(".dist-info") and is_license_file(rel.name):
-                target = out / f"pypi-{name}" / rel.name  # the license travels to the repository root
-            elif detect_language(rel.name) is not None and not rel.parts[0].endswith((".dist-info", ".egg-info")):
-                target = out / f"pypi-{name}" / rel
-            else:
-                continue
-            copied += _copy(src, target, budget)
+                licenses.append((src, out / f"pypi-{name}" / rel.name))  # to the repository root
+            elif selection.wants(src) and not rel.parts[0].endswith((".dist-info", ".egg-info")):
+                sources.append((src, out / f"pypi-{name}" / rel))
+        # a distribution without selected sources makes no repository, not one of license files only
+        copied = sum(_copy(src, target, budget) for src, target in sources + licenses) if sources else 0
         made += copied > 0
         if budget.left == 0:
             break
@@ -109,13 +128,16 @@ def debian_sources(out: Path, packages: list[str]) -> int:
 
 
 def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool = True, site_packages: bool = False,
-                      debian: list[str] | None = None, include_tests: bool = False) -> dict:
+                      debian: list[str] | None = None, include_tests: bool = False, max_file_kb: float | None = None,
+                      languages: list[str] | None = None) -> dict:
+    """Debian tarballs are kept whole: `max_file_kb` and `languages` select the files of the others."""
     out = Path(out)
     stage = staging_dir(out)
     budget = _Budget(int(max_mb * 1e6) if max_mb else None)
+    selection = _Selection(int(max_file_kb * 1000) if max_file_kb else None, languages)
     try:
-        counts = {"stdlib": stdlib_repositories(stage, budget, include_tests) if stdlib else 0,
-                  "site_packages": site_package_repositories(stage, budget) if site_packages else 0,
+        counts = {"stdlib": stdlib_repositories(stage, budget, include_tests, selection) if stdlib else 0,
+                  "site_packages": site_package_repositories(stage, budget, selection) if site_packages else 0,
                   "debian": debian_sources(stage, debian) if debian else 0}
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

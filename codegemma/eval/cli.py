@@ -53,7 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--languages", default=None,
                    help="BabelCode tasks (babelcode-humaneval, babelcode-mbpp): comma-separated languages out of "
                         "cpp,csharp,go,java,javascript,kotlin,python,rust (default: all eight)")
-    p.add_argument("--fim-order", default="psm", choices=["psm", "spm"], help="FIM prompt order for infilling")
+    p.add_argument("--fim-order", default="psm", choices=["psm", "spm", "l2r"],
+                   help="FIM prompt order for infilling; l2r: the prefix alone (single-line only, any model)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="infilling: trim prefix and suffix at line starts to this many prompt tokens, as the "
+                        "completion server does (for a model with a short context)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", default=None, help="run directory (default: eval-runs/<model>/<task>); with "
                    "--validate-only, where validation-<task>.json is written")
@@ -76,6 +80,10 @@ def _task_options(args) -> dict:
         options["data_path"] = args.data
     if args.task.startswith("humaneval-infill"):
         options["fim_order"] = args.fim_order
+        if args.max_prompt_tokens is not None:
+            options["max_prompt_tokens"] = args.max_prompt_tokens
+    elif args.max_prompt_tokens is not None or args.fim_order != "psm":
+        raise CodegemmaError(f"--fim-order and --max-prompt-tokens apply to the humaneval-infill tasks, not {args.task}")
     if args.languages is not None:
         if args.task not in MULTILINGUAL_TASKS:
             raise CodegemmaError(f"--languages applies to {' and '.join(MULTILINGUAL_TASKS)}, not {args.task}")
@@ -109,8 +117,16 @@ def run_command(args) -> int:
     max_new = args.max_new_tokens or (128 if task.kind == INFILLING else 512)
     settings = GenerationSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new,
                                   seed=args.seed, batch_size=args.batch_size)
+    fim = task.kind == INFILLING and args.fim_order != "l2r"
     generator = model_generator(args.model, dtype=args.dtype, profile_name=args.profile,
-                                fim_order=args.fim_order if task.kind == INFILLING else None)
+                                fim_order=args.fim_order if fim else None)
+    if task.kind == INFILLING:
+        task.count_tokens = generator.count_tokens
+        # runs with other prompts must not resume each other (run.json holds this)
+        if args.fim_order == "l2r":
+            generator.info["fim_order"] = "l2r"
+        if args.max_prompt_tokens is not None:
+            generator.info["max_prompt_tokens"] = args.max_prompt_tokens
     out = Path(args.out or Path("eval-runs") / re.sub(r"[^\w.-]+", "-", generator.name).strip("-") / task.name)
     summary = run_eval(task, generator, settings, out, limit=args.limit, workers=workers,
                        progress=not args.no_progress)

@@ -45,7 +45,7 @@ def model_generator(spec: str | None = None, dtype: str = "float32", profile_nam
     info = {"source": source, "profile": profile.name, "dtype": dtype,
             "fim_order": profile.fim_order if profile.fim_supported else None}
     return Generator(name=_display_name(spec, loaded.source), profile=profile, encode=encode, generate=generate,
-                     info=info)
+                     info=info, count_tokens=lambda text: len(tokenizer.encode(text, add_bos=False)))
 
 
 def _display_name(spec: str | None, source: str) -> str:

@@ -64,6 +64,7 @@ class Generator:
     encode: Callable[[str | list[str]], list[int]]
     generate: Callable[[list[list[int]], GenerationSettings], list[str]]
     info: dict = field(default_factory=dict)
+    count_tokens: Callable[[str], int] | None = None  # tokens of a text without <bos> (prompt budgets)
 
 
 class HarnessInvalid(CodegemmaError):

@@ -73,6 +73,9 @@ def register(subparsers) -> None:
                                                   "recipe's runs/demo/gemma3-270m-pruned) instead of from scratch")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-3; a pretrained start wants less)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None, help="train.precision of the runs")
+    p.add_argument("--seed", type=int, default=None, help="the runs' seed (0)")
+    p.add_argument("--corpus", default=None, help="packing: the repository collection (default: the Python files "
+                                                  "of at most 3 KB of the installed distributions, built on first use)")
     p.set_defaults(func=_experiment)
 
     p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
@@ -180,8 +183,15 @@ def _experiment(args) -> int:
 
     scale = experiments.scale_from(args)
     out = Path(args.out or f"docs/experiments/{args.experiment}")
-    run = experiments.fim_rate if args.experiment == "fim-rate" else experiments.packing
-    results = run(Path(args.root), out, scale=scale)
+    if args.experiment == "fim-rate":
+        if args.corpus:
+            raise CodegemmaError("--corpus is for the packing experiment; fim-rate uses the demo corpus")
+        results = experiments.fim_rate(Path(args.root), out, scale=scale)
+    else:
+        corpus = Path(args.corpus) if args.corpus else None
+        if corpus is not None and not corpus.is_dir():
+            raise CodegemmaError(f"--corpus {corpus}: not a directory of repositories")
+        results = experiments.packing(Path(args.root), out, scale=scale, corpus=corpus)
     print(json.dumps(results, indent=1))
     return 0
 

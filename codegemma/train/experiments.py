@@ -3,11 +3,13 @@
     codegemma train experiment fim-rate   # FIM rate 0 vs 0.5 vs 0.9 at equal tokens
     codegemma train experiment packing    # dependency-ordered multi-file packing vs random file order
 
-Both use the demo corpus (the Python standard library, split by repository into train and held-out
-parts by the data pipeline) and a small Gemma-architecture model trained from scratch, or every
-variant from the same checkpoint (`--init`, e.g. the tiny-cpu recipe's pruned Gemma 3 270M). Every
-variant sees the same number of tokens; results, curves and a summary go to `--out`
-(docs/experiments/<name>/ by default), the runs to <root>/experiments/<name of --out>/.
+FIM rate uses the demo corpus (the Python standard library), packing a corpus of small Python files
+(`small_file_corpus`), each split by repository into train and held-out parts by the data pipeline
+and tokenized with the demo corpus's tokenizer. Every variant is a small Gemma-architecture model
+trained from scratch, or starts from the same checkpoint (`--init`, e.g. the tiny-cpu recipe's
+pruned Gemma 3 270M). Every variant sees the same number of tokens; results, curves and a
+summary go to `--out` (docs/experiments/<name>/ by default), the runs to
+<root>/experiments/<name of --out>/.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> t
 
 def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: int = 256, seed: int = 0,
                 out: Path | None = None, fim_chunk_chars: int = 0, fim_suffix_line_rate: float = 0.0,
-                fim_line_rate: float = 0.0, spm_rate: float = 0.5) -> Path:
-    """Run the data pipeline over the demo corpus with one FIM rate and file order (cached by name);
+                fim_line_rate: float = 0.0, spm_rate: float = 0.5, corpus: Path | None = None) -> Path:
+    """Run the data pipeline over the demo corpus (or `corpus`, tokenized with the demo corpus's
+    tokenizer) with one FIM rate and file order (cached by name);
     `fim_chunk_chars` > 0 makes each piece of that many characters of a file a FIM candidate, and
     `fim_suffix_line_rate` is the share of FIM examples whose suffix starts at a line start,
     `fim_line_rate` the share whose middle is whole lines, `spm_rate` the share in SPM order."""
@@ -73,17 +76,19 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     chunked += f"-linesuffix{fim_suffix_line_rate:g}" if fim_suffix_line_rate else ""
     chunked += f"-lines{fim_line_rate:g}" if fim_line_rate else ""
     chunked += f"-spm{spm_rate:g}" if spm_rate != 0.5 else ""
-    out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}"
+    source = f"-{corpus.name}" if corpus else ""
+    out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}{source}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
                 "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
                 "fim_chunks_run_on": fim_chunk_chars > 0}
     if _built_with(out, settings):
         return out
-    corpus, tokenizer = ensure_corpus(root)
+    demo_corpus, tokenizer = ensure_corpus(root)
+    source = {"name": corpus.name if corpus else "stdlib", "path": str(corpus or demo_corpus)}
     recipe = recipe_from_dict({
         "name": out.name, "out_dir": str(out), "tokenizer": str(tokenizer), "seed": seed, "seq_len": seq_len,
-        "eval_fraction": 0.1, "workers": 1, "sources": [{"name": "stdlib", "path": str(corpus)}],
+        "eval_fraction": 0.1, "workers": 1, "sources": [source],
         "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
                 "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},
     }, "demo data")
@@ -131,32 +136,76 @@ def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale
 
 
 @torch.no_grad()
-def segment_losses(model, shards: Path, file_separator: int, max_batches: int = 50, batch_size: int = 8) -> dict:
+def segment_losses(model, shards: Path, file_separator: int, max_batches: int = 50, batch_size: int = 8,
+                   bos: int | None = None) -> dict:
     """Held-out loss over all trained positions, and over positions after a file separator only
-    (tokens of files that have other files of their repository before them in context)."""
+    (tokens of files that have other files of their repository before them in context).
+
+    With `bos`, the same later-file tokens are scored a second time with each file alone: every
+    separator becomes <bos> and starts a document of its own, so a file's tokens are predicted from
+    that file only, as a standalone sample would be. `later_files_alone_loss` minus
+    `later_files_loss` is then what the files before them are worth to the model, and `per_file`
+    holds each later file's (loss sum, tokens) in shard order, for paired comparisons of models."""
     from codegemma.data.shards import ShardReader
     from codegemma.train import losses
 
     reader = ShardReader(shards, batch_size, shuffle=False)
-    sums = {"all": 0.0, "later_files": 0.0}
-    counts = {"all": 0, "later_files": 0}
+    sums = {"all": 0.0, "later_files": 0.0, "later_files_alone": 0.0}
+    counts = dict.fromkeys(sums, 0)
+    per_file = []
     for _ in range(min(max_batches, reader.batches_per_epoch)):
         batch = next(reader)
         inputs, seg, targets, trained = losses.shift(batch)
         nll = losses.token_nll(model(inputs, segment_ids=seg), targets)
-        # a target is "later" if a file separator occurs earlier in its own segment
-        is_sep = (inputs == file_separator)
-        seen_sep = torch.zeros_like(is_sep)
+        is_sep = inputs == file_separator
+        # which file of its segment each position is in: 0 for the first, k after the k-th separator
+        file_index = torch.zeros_like(inputs)
         for row in range(inputs.shape[0]):
             for s in seg[row].unique().tolist():
                 where = seg[row] == s
-                seen_sep[row, where] = torch.cumsum(is_sep[row, where].long(), 0) > 0
-        later = trained & seen_sep
+                file_index[row, where] = torch.cumsum(is_sep[row, where].long(), 0)
+        later = trained & (file_index > 0)
         sums["all"] += (nll * trained).sum().item()
         counts["all"] += int(trained.sum())
         sums["later_files"] += (nll * later).sum().item()
         counts["later_files"] += int(later.sum())
-    return {f"{k}_loss": sums[k] / max(counts[k], 1) for k in sums} | {f"{k}_tokens": counts[k] for k in counts}
+        if bos is None:
+            continue
+        alone_inputs = torch.where(is_sep, torch.full_like(inputs, bos), inputs)
+        starts = torch.ones_like(is_sep)
+        starts[:, 1:] = (seg[:, 1:] != seg[:, :-1]) | is_sep[:, 1:]
+        alone_seg = torch.where(seg == 0, 0, torch.cumsum(starts.long(), 1))
+        alone = losses.token_nll(model(alone_inputs, segment_ids=alone_seg), targets)
+        sums["later_files_alone"] += (alone * later).sum().item()
+        counts["later_files_alone"] += int(later.sum())
+        for row in range(inputs.shape[0]):
+            keys = torch.stack([seg[row], file_index[row]], 1)[later[row]]
+            for key in torch.unique_consecutive(keys, dim=0):
+                here = later[row] & (seg[row] == key[0]) & (file_index[row] == key[1])
+                per_file.append((nll[row][here].sum().item(), alone[row][here].sum().item(), int(here.sum())))
+    out = {f"{k}_loss": sums[k] / max(counts[k], 1) for k in sums} | {f"{k}_tokens": counts[k] for k in counts}
+    if bos is None:
+        for key in ("later_files_alone_loss", "later_files_alone_tokens"):
+            out.pop(key)
+    else:
+        out["per_file"] = per_file
+    return out
+
+
+def paired_difference(a: list, b: list) -> dict:
+    """Mean per-token loss difference of model b minus model a over the same files, from each
+    file's (loss sum, tokens) under either model (each file weighted by its tokens), with a
+    standard error from the spread between files."""
+    import math
+
+    if len(a) != len(b) or any(x[1] != y[1] for x, y in zip(a, b)):
+        raise CodegemmaError("paired losses must cover the same files")
+    tokens = sum(x[1] for x in a)
+    diffs = [(y[0] - x[0]) / x[1] for x, y in zip(a, b)]
+    weights = [x[1] / tokens for x in a]
+    mean = sum(w * d for w, d in zip(weights, diffs))
+    variance = sum(w * w * (d - mean) ** 2 for w, d in zip(weights, diffs))
+    return {"mean": mean, "stderr": math.sqrt(variance), "files": len(a), "tokens": tokens}
 
 
 def _final_eval(run_dir: Path) -> dict:
@@ -202,27 +251,74 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
     return results
 
 
-def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale | None = None) -> dict:
+def small_file_corpus(root: Path, max_file_kb: float = 3.0) -> Path:
+    """The packing experiment's corpus (built once, then reused): the Python files of at most
+    `max_file_kb` of the installed distributions, one repository each. The standard library's
+    files are long (median 6.8 KB): at a 1024-token context 0.6% of its training tokens have another
+    file before them in their row, so file order could not matter there. Files of a few KB put two
+    or three files in a row, as CodeGemma's 8192 tokens do with files of ordinary length."""
+    corpus = root / f"corpus-small-files-{max_file_kb:g}kb"
+    if not corpus.is_dir():
+        from codegemma.data.demo_corpus import build_demo_corpus
+
+        build_demo_corpus(corpus, None, stdlib=False, site_packages=True, max_file_kb=max_file_kb,
+                          languages=["python"])
+    return corpus
+
+
+def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale | None = None,
+            corpus: Path | None = None) -> dict:
     """Multi-file packing: train on repositories whose files are in dependency order vs random order,
     then measure the loss on held-out repositories' files given the files before them (dependency
-    order, no FIM), where knowing how repositories are laid out should help."""
+    order, no FIM), where knowing how repositories are laid out should help; the same files scored
+    alone say how much the files before them are worth, and the paired difference between the
+    orders over the same files says whether the order helps."""
     from codegemma.tokenizer import Tokenizer
     from codegemma.train.run import run
 
     scale = scale or Scale(seq_len=1024, batch_size=2, steps=400)
     _, tokenizer = ensure_corpus(root)
-    sep = Tokenizer.from_file(tokenizer).special["file_separator"]
-    held_out = demo_shards(root, 0.0, "codegemma", scale.seq_len)
-    results = {}
+    corpus = corpus or small_file_corpus(root)
+    special = Tokenizer.from_file(tokenizer).special
+    held_out = demo_shards(root, 0.0, "codegemma", scale.seq_len, corpus=corpus)
+    results, per_file = {}, {}
     for order in orders:
-        shards = demo_shards(root, 0.0, order, scale.seq_len)
+        shards = demo_shards(root, 0.0, order, scale.seq_len, corpus=corpus)
         run_dir = root / "experiments" / out.name / order
         recipe = _recipe(order, run_dir, tokenizer, shards / "train", scale, 0, None)
         run(recipe)
-        losses = segment_losses(_load_final(run_dir), held_out / "eval", sep)
-        results[order] = {"order": order, **losses, "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
-    _write(out, "packing", scale, results, _plot_packing, root / "experiments" / out.name)
+        losses = segment_losses(_load_final(run_dir), held_out / "eval", special["file_separator"],
+                                bos=special["bos"])
+        per_file[order] = losses.pop("per_file")
+        results[order] = {"order": order, **losses, "context_gain": losses["later_files_alone_loss"]
+                          - losses["later_files_loss"], "train_tokens": scale.steps * scale.batch_size * scale.seq_len,
+                          "train_later_file_share": later_file_share(shards / "train", special["file_separator"])}
+    if len(orders) == 2:
+        first, second = orders
+        results[f"{second}_minus_{first}"] = {
+            condition: paired_difference([(f[i], f[2]) for f in per_file[first]], [(f[i], f[2]) for f in per_file[second]])
+            for i, condition in enumerate(("given_files_before", "alone"))}
+    _write(out, "packing", scale, {"corpus": str(corpus), **results}, _plot_packing, root / "experiments" / out.name)
     return results
+
+
+def later_file_share(shards: Path, file_separator: int) -> float:
+    """The share of trained tokens in `shards` that have another file of their sample before them."""
+    from codegemma.data.shards import ShardDataset
+
+    dataset = ShardDataset(shards)
+    later = total = 0
+    for start in range(0, len(dataset), 256):
+        batch = {k: torch.from_numpy(v) for k, v in dataset.batch(range(start, min(start + 256, len(dataset)))).items()}
+        tokens, seg, mask = batch["tokens"], batch["segment_ids"], batch["loss_mask"] & (batch["segment_ids"] != 0)
+        # a separator's count so far, restarted at every segment: subtract the count where the segment began
+        count = torch.cumsum((tokens == file_separator).long(), 1)
+        starts = torch.ones_like(mask)
+        starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        before = torch.cummax(torch.where(starts, count - (tokens == file_separator).long(), 0), 1).values
+        later += int((mask & (count - before > 0)).sum())
+        total += int(mask.sum())
+    return later / max(total, 1)
 
 
 def _write(out: Path, name: str, scale: Scale, results: dict, plot, runs: Path) -> None:
@@ -283,18 +379,24 @@ def _plot_fim(runs: Path, results: dict):
 def _plot_packing(runs: Path, results: dict):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     _curves(axes[0], runs, "loss")
     axes[0].set_title("training loss")
-    orders = list(results)
-    width = 0.35
-    xs = range(len(orders))
-    axes[1].bar([x - width / 2 for x in xs], [results[o]["all_loss"] for o in orders], width, label="all tokens")
-    axes[1].bar([x + width / 2 for x in xs], [results[o]["later_files_loss"] for o in orders], width,
-                label="files after the first")
-    axes[1].set_xticks(list(xs), orders)
+    orders = [key for key, value in results.items() if isinstance(value, dict) and "order" in value]
+    bars = [("all_loss", "all tokens"), ("later_files_loss", "files after the first, given the files before"),
+            ("later_files_alone_loss", "the same files alone")]
+    bars = [(key, label) for key, label in bars if all(key in results[o] for o in orders)]
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(orders))]
+        values = [results[o][key] for o in orders]
+        axes[1].bar(xs, values, width, label=label)
+        for x, v in zip(xs, values):
+            axes[1].annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
+    axes[1].set_xticks(range(len(orders)), [f"{o} order" for o in orders])
+    axes[1].set_ylabel("loss (nats per token)")
     axes[1].set_title("held-out repositories, dependency order")
-    axes[1].legend()
+    axes[1].legend(fontsize=8, loc="lower center")
     fig.tight_layout()
     return fig
 
@@ -302,7 +404,7 @@ def _plot_packing(runs: Path, results: dict):
 def scale_from(args) -> Scale:
     scale = Scale() if args.experiment == "fim-rate" else Scale(seq_len=1024, batch_size=2)
     for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "infill_examples", "fim_chunk_chars",
-                "init", "lr", "precision", "eval_every"):
+                "init", "lr", "precision", "eval_every", "seed"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(scale, key, value)

@@ -32,3 +32,28 @@ def test_default_model_runs_end_to_end_and_cannot_infill(default_generator, tmp_
     with pytest.raises(ModelCannotInfill):
         run_eval(get_task("humaneval-infill-single-line", data_path=infilling_dir), default_generator,
                  GenerationSettings(), tmp_path / "infill", limit=1, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_left_to_right_infilling_within_a_prompt_budget_runs_end_to_end(default_generator, tmp_path, infilling_dir,
+                                                                      capsys):
+    """A model without FIM takes the left-to-right single-line task, its prompts trimmed to the budget
+    by its own tokenizer; the checks run the whole untrimmed program."""
+    import json
+
+    from codegemma.cli import main
+
+    out = tmp_path / "run"
+    assert main(["eval", "humaneval-infill-single-line", "--data", infilling_dir, "--fim-order", "l2r",
+                 "--max-prompt-tokens", "48", "--max-new-tokens", "16", "--limit", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    problems = get_task("humaneval-infill-single-line", data_path=infilling_dir).problems(3)
+    assert len(samples) == 3
+    for sample, problem in zip(samples, problems):
+        assert default_generator.count_tokens(sample["prompt"]) <= 47
+        assert problem.data["prompt"].endswith(sample["prompt"]) and sample["prompt"] != problem.data["prompt"]
+    assert json.loads((out / "run.json").read_text())["generator"]["fim_order"] == "l2r"
+    assert main(["eval", "humaneval", "--max-prompt-tokens", "48", "--validate-only"]) == 1
+    assert "apply to the humaneval-infill tasks" in capsys.readouterr().err

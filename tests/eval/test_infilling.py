@@ -1,5 +1,6 @@
 import pytest
 
+from codegemma.errors import CodegemmaError
 from codegemma.eval.infilling import FILES
 from codegemma.eval.runner import validate
 from codegemma.eval.task import ModelCannotInfill, get_task
@@ -28,6 +29,40 @@ def test_non_fim_model_is_refused_clearly(infilling_dir):
     task = get_task("humaneval-infill-single-line", data_path=infilling_dir)
     with pytest.raises(ModelCannotInfill, match="gemma3"):
         task.prompt(task.problems(1)[0], FakeProfile(name="gemma3", fim_supported=False, sentinels=None))
+
+
+def test_left_to_right_prompt_is_the_prefix_for_any_model(infilling_dir):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir, fim_order="l2r")
+    p = task.problems(1)[0]
+    assert task.prompt(p, FakeProfile(name="gemma3", fim_supported=False, sentinels=None)) == p.data["prompt"]
+    with pytest.raises(CodegemmaError, match="single-line"):
+        get_task("humaneval-infill-multi-line", data_path=infilling_dir, fim_order="l2r")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.mark.parametrize("order", ["psm", "spm", "l2r"])
+def test_prompt_budget_keeps_the_text_next_to_the_hole_whole_lines_within_the_budget(infilling_dir, order):
+    task = get_task("humaneval-infill-single-line", data_path=infilling_dir, fim_order=order, max_prompt_tokens=40)
+    task.count_tokens = _words  # a stand-in tokenizer: one token per word
+    long = max(task.problems(), key=lambda p: _words(p.data["prompt"] + p.data["suffix"]))
+    prompt = task.prompt(long, FakeProfile())
+    if order == "l2r":
+        prefix, suffix = prompt, ""
+    else:
+        prefix, suffix = (prompt[1], prompt[3]) if order == "psm" else (prompt[4], prompt[2])
+    assert long.data["prompt"].endswith(prefix) and long.data["suffix"].startswith(suffix)
+    assert 0 < _words(prefix) and _words(prefix) + _words(suffix) <= 40 - 1 - (0 if order == "l2r" else 3)
+    assert prefix == long.data["prompt"] or long.data["prompt"][-len(prefix) - 1] == "\n"  # cut at a line start
+    short = min(task.problems(), key=lambda p: _words(p.data["prompt"] + p.data["suffix"]))
+    assert _words(short.data["prompt"] + short.data["suffix"]) < 36  # fits: left as it is
+    assert (task.prompt(short, FakeProfile()) == short.data["prompt"] if order == "l2r"
+            else short.data["prompt"] in task.prompt(short, FakeProfile()))
+    unbound = get_task("humaneval-infill-single-line", data_path=infilling_dir, max_prompt_tokens=40)
+    with pytest.raises(CodegemmaError, match="tokenizer"):
+        unbound.prompt(long, FakeProfile())
 
 
 def test_single_line_completion_keeps_one_line(infilling_dir):

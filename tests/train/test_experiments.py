@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from codegemma.config import preset
 from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
-from codegemma.train.experiments import Scale, _recipe, demo_shards, segment_losses
+from codegemma.model import Gemma
+from codegemma.train.experiments import (Scale, _recipe, demo_shards, later_file_share, paired_difference,
+                                         segment_losses)
 
 
 def test_later_file_loss_counts_only_tokens_after_a_separator(tmp_path):
@@ -24,6 +27,60 @@ def test_later_file_loss_counts_only_tokens_after_a_separator(tmp_path):
     # trained targets: 10, 11, sep, 12, 13 (segment 1) and 14 (segment 2); later: targets after the separator
     assert out["all_tokens"] == 6 and out["later_files_tokens"] == 2
     assert np.isclose(out["all_loss"], np.log(vocab)) and np.isclose(out["later_files_loss"], np.log(vocab))
+
+
+def _nll(model, ids):
+    """Next-token losses of one document on its own."""
+    logits = model(torch.tensor([ids]))[0, :-1]
+    return torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[1:]), reduction="none")
+
+
+def test_later_files_alone_are_scored_as_standalone_documents(tmp_path):
+    """Each later file is scored twice: after the files before it, and as a sample of its own
+    (<bos> then the file), which must equal running the model on that file alone."""
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma3"))  # sliding window 8: the rows below reach past it
+    model.init_weights()
+    model.eval()
+    bos, sep, eos = 2, 70, 1
+    first, second, third = [10, 11, 12, 13, 14, 15, 16, 17, 18], [20, 21, 22, 23], [30, 31]
+    doc1 = [bos, *first, sep, *second, sep, *third, eos]
+    doc2 = [bos, 40, 41, sep, 42, eos]
+    row = doc1 + doc2 + [0, 0]
+    seg = [1] * len(doc1) + [2] * len(doc2) + [0, 0]
+    writer = ShardWriter(tmp_path / "s", len(row))
+    writer.add(row, seg, [s > 0 for s in seg])
+    writer.close()
+    with torch.no_grad():
+        out = segment_losses(model, tmp_path / "s", sep, batch_size=1, bos=bos)
+        # the targets from each document's first separator on
+        together = torch.cat([_nll(model, doc1)[1 + len(first):], _nll(model, doc2)[3:]])
+        alone = [_nll(model, [bos, *second, sep]), _nll(model, [bos, *third, eos]), _nll(model, [bos, 42, eos])]
+    assert out["later_files_tokens"] == out["later_files_alone_tokens"] == 5 + 3 + 2
+    assert np.isclose(out["later_files_loss"], together.mean().item(), atol=1e-5)
+    assert np.isclose(out["later_files_alone_loss"], torch.cat(alone).mean().item(), atol=1e-5)
+    assert [f[2] for f in out["per_file"]] == [5, 3, 2]
+    assert np.allclose([f[1] for f in out["per_file"]], [a.sum().item() for a in alone], atol=1e-4)
+
+
+def test_paired_difference_weights_files_by_tokens():
+    a = [(10.0, 10), (2.0, 1)]  # per-token losses 1.0 and 2.0
+    b = [(8.0, 10), (3.0, 1)]  # 0.8 and 3.0
+    out = paired_difference(a, b)
+    assert np.isclose(out["mean"], (11.0 - 12.0) / 11) and out["files"] == 2 and out["tokens"] == 11
+    assert out["stderr"] > 0
+    with pytest.raises(CodegemmaError, match="same files"):
+        paired_difference(a, b[:1])
+
+
+def test_later_file_share_counts_tokens_after_a_separator_in_their_own_document(tmp_path):
+    sep = 70
+    writer = ShardWriter(tmp_path / "s", 8)
+    writer.add([2, 10, sep, 11, 2, 12, 13, 0], [1, 1, 1, 1, 2, 2, 2, 0], [True] * 7 + [False])
+    writer.add([2, 14, 15, 16, 17, 18, 19, 1], [1] * 8, [True] * 8)
+    writer.close()
+    # later: the separator's position onward in the first document (sep, 11); 15 trained tokens in all
+    assert np.isclose(later_file_share(tmp_path / "s", sep), 2 / 15)
 
 
 def test_experiment_recipes_are_valid(tmp_path):
