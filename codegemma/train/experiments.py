@@ -379,24 +379,37 @@ def _plot_fim(runs: Path, results: dict):
 def _plot_packing(runs: Path, results: dict):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    orders = [key for key, value in results.items() if isinstance(value, dict) and "order" in value]
+    paired = next((value for key, value in results.items() if "_minus_" in key), None)
+    fig, axes = plt.subplots(1, 3 if paired else 2, figsize=(15 if paired else 10, 4))
     _curves(axes[0], runs, "loss")
     axes[0].set_title("training loss")
-    orders = [key for key, value in results.items() if isinstance(value, dict) and "order" in value]
-    bars = [("all_loss", "all tokens"), ("later_files_loss", "files after the first, given the files before"),
-            ("later_files_alone_loss", "the same files alone")]
+    bars = [("later_files_loss", "given the files before them"), ("later_files_alone_loss", "alone")]
     bars = [(key, label) for key, label in bars if all(key in results[o] for o in orders)]
     width = 0.8 / len(bars)
+    values = []
     for i, (key, label) in enumerate(bars):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(orders))]
-        values = [results[o][key] for o in orders]
-        axes[1].bar(xs, values, width, label=label)
-        for x, v in zip(xs, values):
-            axes[1].annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
-    axes[1].set_xticks(range(len(orders)), [f"{o} order" for o in orders])
+        ys = [results[o][key] for o in orders]
+        values += ys
+        axes[1].bar(xs, ys, width, label=label)
+        for x, y in zip(xs, ys):
+            axes[1].annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
+    axes[1].set_ylim(min(values) - 0.1, max(values) + 0.12)  # the differences are hundredths of a nat
+    axes[1].set_xticks(range(len(orders)), [f"trained in {o} order" for o in orders])
     axes[1].set_ylabel("loss (nats per token)")
-    axes[1].set_title("held-out repositories, dependency order")
-    axes[1].legend(fontsize=8, loc="lower center")
+    axes[1].set_title("held-out files after the first of their sample")
+    axes[1].legend(fontsize=8, loc="upper center", ncol=2)
+    if paired:
+        name = next(key for key in results if "_minus_" in key)
+        conditions = list(paired)
+        means = [paired[c]["mean"] for c in conditions]
+        axes[2].bar(range(len(conditions)), means, 0.5, yerr=[2 * paired[c]["stderr"] for c in conditions],
+                    capsize=6, color="tab:gray")
+        axes[2].axhline(0, color="black", linewidth=0.8)
+        axes[2].set_xticks(range(len(conditions)), [c.replace("_", " ") for c in conditions])
+        axes[2].set_title(f"{name.replace('_', ' ')}, same files (± 2 s.e.)")
+        axes[2].set_ylabel("loss difference (nats per token)")
     fig.tight_layout()
     return fig
 

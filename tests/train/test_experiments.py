@@ -127,3 +127,20 @@ def test_demo_shards_from_before_fim_pieces_were_recorded_count_as_whole_file(tm
     assert demo_shards(tmp_path, 0.5, out=out) == out
     with pytest.raises(CodegemmaError, match=r"fim_chunk_chars=0 \(asked 500\)"):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500)
+
+
+def test_packing_plot_shows_the_paired_difference_when_there_is_one(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from codegemma.train.experiments import _plot_packing
+
+    for order in ("codegemma", "random"):
+        (tmp_path / order).mkdir()
+        (tmp_path / order / "metrics.jsonl").write_text(json.dumps({"step": 10, "kind": "train", "loss": 3.0}) + "\n")
+    arm = {"later_files_loss": 2.4, "later_files_alone_loss": 2.7}
+    results = {"codegemma": {"order": "codegemma", **arm}, "random": {"order": "random", **arm}}
+    assert len(_plot_packing(tmp_path, results).axes) == 2
+    paired = {"given_files_before": {"mean": 0.03, "stderr": 0.01}, "alone": {"mean": 0.0, "stderr": 0.01}}
+    fig = _plot_packing(tmp_path, {**results, "random_minus_codegemma": paired, "corpus": "somewhere"})
+    assert len(fig.axes) == 3 and "random minus codegemma" in fig.axes[2].get_title()
+    plt.close("all")
