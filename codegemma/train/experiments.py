@@ -295,9 +295,11 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
                           "train_later_file_share": later_file_share(shards / "train", special["file_separator"])}
     if len(orders) == 2:
         first, second = orders
+        # per file: (loss sum given the files before, alone, and what the files before are worth; tokens)
+        sums = {order: [(f[0], f[1], f[1] - f[0], f[2]) for f in per_file[order]] for order in orders}
         results[f"{second}_minus_{first}"] = {
-            condition: paired_difference([(f[i], f[2]) for f in per_file[first]], [(f[i], f[2]) for f in per_file[second]])
-            for i, condition in enumerate(("given_files_before", "alone"))}
+            condition: paired_difference([(f[i], f[3]) for f in sums[first]], [(f[i], f[3]) for f in sums[second]])
+            for i, condition in enumerate(("given_files_before", "alone", "worth_of_files_before"))}
     _write(out, "packing", scale, {"corpus": str(corpus), **results}, _plot_packing, root / "experiments" / out.name)
     return results
 
