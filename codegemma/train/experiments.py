@@ -76,8 +76,8 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     chunked += f"-linesuffix{fim_suffix_line_rate:g}" if fim_suffix_line_rate else ""
     chunked += f"-lines{fim_line_rate:g}" if fim_line_rate else ""
     chunked += f"-spm{spm_rate:g}" if spm_rate != 0.5 else ""
-    source = f"-{corpus.name}" if corpus else ""
-    out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}{source}"
+    corpus_tag = f"-{corpus.name}" if corpus else ""
+    out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}{corpus_tag}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
                 "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
