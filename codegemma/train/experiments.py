@@ -158,12 +158,7 @@ def segment_losses(model, shards: Path, file_separator: int, max_batches: int = 
         inputs, seg, targets, trained = losses.shift(batch)
         nll = losses.token_nll(model(inputs, segment_ids=seg), targets)
         is_sep = inputs == file_separator
-        # which file of its segment each position is in: 0 for the first, k after the k-th separator
-        file_index = torch.zeros_like(inputs)
-        for row in range(inputs.shape[0]):
-            for s in seg[row].unique().tolist():
-                where = seg[row] == s
-                file_index[row, where] = torch.cumsum(is_sep[row, where].long(), 0)
+        file_index = files_within_segments(inputs, seg, file_separator)
         later = trained & (file_index > 0)
         sums["all"] += (nll * trained).sum().item()
         counts["all"] += int(trained.sum())
@@ -304,6 +299,18 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
     return results
 
 
+def files_within_segments(tokens: torch.Tensor, seg: torch.Tensor, file_separator: int) -> torch.Tensor:
+    """[B, T]: which file of its segment (packed document) each position is in, 0 for the first and
+    k from the k-th separator on: the separators counted so far, less those before the segment."""
+    is_sep = (tokens == file_separator).long()
+    count = torch.cumsum(is_sep, 1)
+    starts = torch.ones_like(seg, dtype=torch.bool)
+    starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    # segments are contiguous and the counts only grow, so the latest start's count is the running max
+    before = torch.cummax(torch.where(starts, count - is_sep, 0), 1).values
+    return count - before
+
+
 def later_file_share(shards: Path, file_separator: int) -> float:
     """The share of trained tokens in `shards` that have another file of their sample before them."""
     from codegemma.data.shards import ShardDataset
@@ -313,12 +320,7 @@ def later_file_share(shards: Path, file_separator: int) -> float:
     for start in range(0, len(dataset), 256):
         batch = {k: torch.from_numpy(v) for k, v in dataset.batch(range(start, min(start + 256, len(dataset)))).items()}
         tokens, seg, mask = batch["tokens"], batch["segment_ids"], batch["loss_mask"] & (batch["segment_ids"] != 0)
-        # a separator's count so far, restarted at every segment: subtract the count where the segment began
-        count = torch.cumsum((tokens == file_separator).long(), 1)
-        starts = torch.ones_like(mask)
-        starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
-        before = torch.cummax(torch.where(starts, count - (tokens == file_separator).long(), 0), 1).values
-        later += int((mask & (count - before > 0)).sum())
+        later += int((mask & (files_within_segments(tokens, seg, file_separator) > 0)).sum())
         total += int(mask.sum())
     return later / max(total, 1)
 
