@@ -329,13 +329,27 @@ def _write(out: Path, name: str, scale: Scale, results: dict, plot, runs: Path) 
     """Results and plots go to `out` (docs); checkpoints and weights stay in the run directories."""
     from codegemma.train.plots import save
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"experiment": name, "scale": asdict(scale),
-                                                  "results": results}, indent=1) + "\n")
+    from codegemma.data import atomic
+
+    atomic.write_text(out / "results.json", json.dumps({"experiment": name, "scale": _scale_record(scale),
+                                                        "results": results}, indent=1) + "\n")
     save(plot(runs, results), out / f"{name}.png")
     for run_dir in sorted(runs.iterdir()):
         if (run_dir / "metrics.jsonl").is_file():
             shutil.copy(run_dir / "metrics.jsonl", out / f"metrics-{run_dir.name}.jsonl")
+
+
+_SCRATCH_SIZE = ("d_model", "n_layers", "n_heads", "head_dim", "d_ff")
+
+
+def _scale_record(scale: Scale) -> dict:
+    """The settings as run: a model started from `init` has that checkpoint's size, not the
+    from-scratch size fields, so those are left out of its record."""
+    record = asdict(scale)
+    if scale.init:
+        for key in _SCRATCH_SIZE:
+            del record[key]
+    return record
 
 
 def _curves(ax, runs: Path, key: str, kind: str = "train"):

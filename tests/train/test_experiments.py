@@ -8,8 +8,8 @@ from codegemma.config import preset
 from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
-from codegemma.train.experiments import (Scale, _recipe, demo_shards, later_file_share, paired_difference,
-                                         segment_losses)
+from codegemma.train.experiments import (Scale, _recipe, _scale_record, demo_shards, later_file_share,
+                                         paired_difference, segment_losses)
 
 
 def test_later_file_loss_counts_only_tokens_after_a_separator(tmp_path):
@@ -92,6 +92,13 @@ def test_experiment_recipes_are_valid(tmp_path):
     r = _recipe("x", tmp_path / "run", tmp_path / "tok.json", tmp_path / "train", start, 4, None)
     assert (r.model.init, r.model.overrides) == (str(tmp_path / "start"), {})
     assert (r.optim.lr, r.train.precision) == (2e-4, "bf16")
+
+
+def test_results_record_the_size_only_of_a_model_built_from_scratch():
+    assert _scale_record(Scale())["d_model"] == Scale.d_model
+    record = _scale_record(Scale(init="runs/start", seed=2))
+    assert record["init"] == "runs/start" and record["seed"] == 2
+    assert not {"d_model", "n_layers", "n_heads", "head_dim", "d_ff"} & set(record)  # the start's own size
 
 
 def _fake_demo_shards(out, **meta):
