@@ -327,9 +327,8 @@ def later_file_share(shards: Path, file_separator: int) -> float:
 
 def _write(out: Path, name: str, scale: Scale, results: dict, plot, runs: Path) -> None:
     """Results and plots go to `out` (docs); checkpoints and weights stay in the run directories."""
-    from codegemma.train.plots import save
-
     from codegemma.data import atomic
+    from codegemma.train.plots import save
 
     atomic.write_text(out / "results.json", json.dumps({"experiment": name, "scale": _scale_record(scale),
                                                         "results": results}, indent=1) + "\n")
