@@ -397,7 +397,7 @@ def _plot_packing(runs: Path, results: dict):
     import matplotlib.pyplot as plt
 
     orders = [key for key, value in results.items() if isinstance(value, dict) and "order" in value]
-    paired = next((value for key, value in results.items() if "_minus_" in key), None)
+    name, paired = next(((key, value) for key, value in results.items() if "_minus_" in key), ("", None))
     fig, axes = plt.subplots(1, 3 if paired else 2, figsize=(15 if paired else 10, 4))
     _curves(axes[0], runs, "loss")
     axes[0].set_title("training loss")
@@ -418,7 +418,6 @@ def _plot_packing(runs: Path, results: dict):
     axes[1].set_title("held-out files after the first of their sample")
     axes[1].legend(fontsize=8, loc="upper center", ncol=2)
     if paired:
-        name = next(key for key in results if "_minus_" in key)
         conditions = list(paired)
         means = [paired[c]["mean"] for c in conditions]
         axes[2].bar(range(len(conditions)), means, 0.5, yerr=[2 * paired[c]["stderr"] for c in conditions],
