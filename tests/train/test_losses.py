@@ -79,6 +79,7 @@ def test_lm_loss_sum_matches_manual_cross_entropy():
 def test_fused_head_loss_equals_cross_entropy_over_the_logits(name, monkeypatch):
     """lm_loss_sum goes through codegemma.head_loss: same loss and same gradients as the logits."""
     monkeypatch.setattr(head_loss, "CHUNK_ELEMENTS", 5 * preset(name).vocab_size)  # several chunks, one ragged
+    monkeypatch.setattr(head_loss, "MIN_CHUNK_ROWS", 1)
     torch.manual_seed(0)
     model = Gemma(preset(name))
     model.init_weights(std=0.1)
@@ -125,3 +126,10 @@ def test_dpo_loss():
     assert stats["reward_accuracy"].item() == 1.0
     equal, _ = losses.dpo_loss(rc, rr, rc, rr, beta=0.5)
     assert torch.allclose(equal, torch.log(torch.tensor([2.0])))
+
+
+def test_head_chunks_keep_enough_rows_to_reuse_a_large_vocabulary_head():
+    """Every chunk reads the whole head weight: Gemma's 262k vocabulary must not shrink chunks to a few rows."""
+    cpu = torch.device("cpu")
+    assert head_loss.chunk_rows(262144, cpu) >= 256
+    assert head_loss.chunk_rows(8192, cpu) * 8192 == head_loss.CHUNK_ELEMENTS  # small vocabularies: the cache budget
