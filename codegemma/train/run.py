@@ -14,6 +14,7 @@ import torch
 
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, distributed, metrics, objectives
+from codegemma.train.allocator import keep_freed_memory
 from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
 from codegemma.train.trainer import Trainer
@@ -99,6 +100,8 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
     env = distributed.init(recipe.train.device)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    if env.device.type == "cpu":
+        keep_freed_memory()  # no page faults for each step's large tensors (train/allocator.py)
     try:
         seed_everything(recipe.seed)
         tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
