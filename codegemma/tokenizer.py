@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
 
 from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS
 
 # SentencePiece piece types (also GGUF tokenizer.ggml.token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -201,3 +202,41 @@ class StreamDecoder:
         new = text[self.emitted:]
         self.emitted = len(text)
         return new
+
+
+def rename_tokens(tokenizer: Tokenizer, renames: dict[str, str]) -> Tokenizer:
+    """A copy of `tokenizer` whose entries `old` are spelled `new` (same ids).
+
+    Continued pretraining uses this to turn a Gemma checkpoint's unused tokens into the FIM
+    sentinels, as CodeGemma did (its sentinels sit where Gemma has unused slots).
+    """
+    data = json.loads(tokenizer.backend.to_str())
+    vocab = data["model"]["vocab"]
+    for old, new in renames.items():
+        if tokenizer.token_to_id(new) is not None:
+            continue  # already there: nothing to turn into it
+        token_id = tokenizer.token_to_id(old)
+        if token_id is None:
+            raise CodegemmaError(f"cannot make {new!r}: the vocabulary has no token {old!r}")
+        if isinstance(vocab, dict) and old in vocab:
+            vocab[new] = vocab.pop(old)
+        elif isinstance(vocab, list):  # Unigram-style [piece, score] lists
+            for entry in vocab:
+                if entry[0] == old:
+                    entry[0] = new
+        for added in data.get("added_tokens", []):
+            if added["content"] == old:
+                added["content"] = new
+                added["special"] = False  # CodeGemma's sentinels are ordinary (visible) added tokens
+    out = Tokenizer(HFTokenizer.from_str(json.dumps(data)), add_bos=tokenizer.add_bos_default)
+    return out
+
+
+def with_fim_sentinels(tokenizer: Tokenizer, unused: list[str], where: str = "fim_sentinels_from") -> Tokenizer:
+    """`tokenizer` with four of its unused tokens spelled as CodeGemma's FIM sentinels, in the order
+    prefix, middle, suffix, file separator (a vocabulary that has them already is returned as it is)."""
+    sentinels = CODEGEMMA_SENTINELS.all()
+    if len(unused) != len(sentinels):
+        raise CodegemmaError(f"{where} needs {len(sentinels)} tokens (prefix, middle, suffix, file separator), "
+                             f"got {len(unused)}")
+    return rename_tokens(tokenizer, dict(zip(unused, sentinels)))

@@ -105,7 +105,7 @@ def _inspect(args) -> int:
     if args.decode is not None:
         from codegemma.data.samples import load_tokenizer
 
-        tokenizer = load_tokenizer(ds.meta["tokenizer"])
+        tokenizer = load_tokenizer(ds.meta["tokenizer"], fim_sentinels_from=ds.meta.get("fim_sentinels_from", ()))
         item = ds[args.decode]
         print(tokenizer.decode([int(t) for t in item["tokens"][item["loss_mask"]]]))
     return 0

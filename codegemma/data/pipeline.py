@@ -178,7 +178,7 @@ class Pipeline:
 
     def shards(self, entries: list[dict], dedup: dict) -> dict:
         start = time.perf_counter()
-        encoder = stages._encoder(self.recipe.tokenizer)
+        encoder = stages.recipe_encoder(self.recipe)
         weights = {s.name: s.weight for s in self.recipe.sources}
         splits = {"train": [], "eval": []}
         for e in entries:
@@ -199,7 +199,8 @@ class Pipeline:
                 continue
             plan = plan_mixture(lengths, weights, self.recipe.seed, self.recipe.mixture.total_tokens,
                                 self.recipe.mixture.repeat)
-            meta = {"recipe": self.recipe.name, "tokenizer": self.recipe.tokenizer, "seq_len": self.recipe.seq_len,
+            meta = {"recipe": self.recipe.name, "tokenizer": self.recipe.tokenizer,
+                    "fim_sentinels_from": self.recipe.fim_sentinels_from, "seq_len": self.recipe.seq_len,
                     "vocab_size": getattr(encoder.tokenizer, "vocab_size", None), "split": split,
                     "bos_id": encoder.bos_id, "eos_id": encoder.eos_id, "pad_id": encoder.pad_id,
                     "fim_rate": self.recipe.fim.rate, "spm_rate": self.recipe.fim.spm_rate,

@@ -61,6 +61,10 @@ class DataRecipe:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontamination: DecontamConfig = field(default_factory=DecontamConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    # unused tokens of `tokenizer` that become the FIM sentinels (prefix, middle, suffix, file
+    # separator), for continued pretraining of a Gemma checkpoint (the training recipe's
+    # model.fim_sentinels_from); empty: the vocabulary has them
+    fim_sentinels_from: list[str] = field(default_factory=list)
     path: str = ""  # where the recipe was read from
 
     def fingerprint(self) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -146,10 +147,24 @@ def _special(tokenizer, attr: str, token: str) -> int:
     return int(value)
 
 
-def load_tokenizer(spec: str, base: Path | None = None):
-    """A tokenizer from a tokenizer.json / tokenizer.model / .gguf file or a Hugging Face directory."""
+def load_tokenizer(spec: str, base: Path | None = None, fim_sentinels_from: Sequence[str] = ()):
+    """A tokenizer from a tokenizer.json / tokenizer.model / .gguf file, a Hugging Face directory or
+    `default` (the default model's), with `fim_sentinels_from` spelled as the FIM sentinels."""
+    tokenizer = _load_tokenizer_file(spec, base)
+    if fim_sentinels_from:
+        from codegemma.tokenizer import with_fim_sentinels
+
+        tokenizer = with_fim_sentinels(tokenizer, list(fim_sentinels_from))
+    return tokenizer
+
+
+def _load_tokenizer_file(spec: str, base: Path | None):
     from codegemma.tokenizer import Tokenizer
 
+    if spec == "default":
+        from codegemma.checkpoints.loading import default_gguf_path
+
+        return Tokenizer.from_gguf(default_gguf_path())
     path = Path(spec).expanduser()
     if not path.is_absolute() and base is not None and not path.exists():
         path = base / path

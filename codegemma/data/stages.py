@@ -28,6 +28,7 @@ from codegemma.data.recipe import DataRecipe
 from codegemma.data.repo_graph import dependency_graph
 from codegemma.data.samples import SampleEncoder, load_tokenizer, repository_pieces, sample_rng
 from codegemma.data.sources import RepoRef, load_repository
+from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 
 
@@ -105,8 +106,17 @@ def clean_repository(ref: RepoRef, kind: str, recipe: DataRecipe, work: Path) ->
 
 
 @lru_cache(maxsize=2)
-def _encoder(spec: str) -> SampleEncoder:
-    return SampleEncoder(load_tokenizer(spec))
+def _encoder(spec: str, fim_sentinels_from: tuple[str, ...] = ()) -> SampleEncoder:
+    tokenizer = load_tokenizer(spec, fim_sentinels_from=fim_sentinels_from)
+    missing = [s for s in CODEGEMMA_SENTINELS.all() if tokenizer.token_to_id(s) is None]
+    if missing:  # a Gemma (not CodeGemma) vocabulary
+        raise CodegemmaError(f"tokenizer {spec} has no {', '.join(missing)}: set the recipe's fim_sentinels_from "
+                             f"to four of its unused tokens (e.g. <unused60>, ..., <unused63>) to spell them")
+    return SampleEncoder(tokenizer)
+
+
+def recipe_encoder(recipe: DataRecipe) -> SampleEncoder:
+    return _encoder(recipe.tokenizer, tuple(recipe.fim_sentinels_from))
 
 
 def repository_samples(key: str, dropped_files: list[str], recipe: DataRecipe, work: Path) -> dict:
@@ -114,7 +124,7 @@ def repository_samples(key: str, dropped_files: list[str], recipe: DataRecipe, w
     part = read_json_gz(clean_path(work, key))
     drop = set(dropped_files)
     docs = [Document.from_dict(d) for d in part["documents"] if d["path"] not in drop]
-    encoder = _encoder(recipe.tokenizer)
+    encoder = recipe_encoder(recipe)
     rng = sample_rng(recipe.seed, key)
     stats = {"files": 0, "tokens": 0, "fim_psm": 0, "fim_spm": 0, "languages_tokens": Counter()}
     samples: list[np.ndarray] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 from codegemma.model import Gemma
-from codegemma.tokenizer import Tokenizer
+from codegemma.tokenizer import Tokenizer, with_fim_sentinels
 from codegemma.train.distributed import DistEnv
 from codegemma.train.recipe import Recipe
 
@@ -26,36 +25,6 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     if path.suffix == ".gguf":
         return Tokenizer.from_gguf(path)
     return Tokenizer.from_file(path)
-
-
-def rename_tokens(tokenizer: Tokenizer, renames: dict[str, str]) -> Tokenizer:
-    """A copy of `tokenizer` whose entries `old` are spelled `new` (same ids).
-
-    Continued pretraining uses this to turn a Gemma checkpoint's unused tokens into the FIM
-    sentinels, as CodeGemma did (its sentinels sit where Gemma has unused slots).
-    """
-    from tokenizers import Tokenizer as HFTokenizer
-
-    data = json.loads(tokenizer.backend.to_str())
-    vocab = data["model"]["vocab"]
-    for old, new in renames.items():
-        if tokenizer.token_to_id(new) is not None:
-            continue  # already there: nothing to turn into it
-        token_id = tokenizer.token_to_id(old)
-        if token_id is None:
-            raise CodegemmaError(f"cannot make {new!r}: the vocabulary has no token {old!r}")
-        if isinstance(vocab, dict) and old in vocab:
-            vocab[new] = vocab.pop(old)
-        elif isinstance(vocab, list):  # Unigram-style [piece, score] lists
-            for entry in vocab:
-                if entry[0] == old:
-                    entry[0] = new
-        for added in data.get("added_tokens", []):
-            if added["content"] == old:
-                added["content"] = new
-                added["special"] = False  # CodeGemma's sentinels are ordinary (visible) added tokens
-    out = Tokenizer(HFTokenizer.from_str(json.dumps(data)), add_bos=tokenizer.add_bos_default)
-    return out
 
 
 def model_config(recipe: Recipe, tokenizer: Tokenizer | None) -> ModelConfig:
@@ -139,12 +108,8 @@ def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[st
     """
     if tokenizer is None:
         raise CodegemmaError("turning unused tokens into FIM sentinels needs the checkpoint's tokenizer")
-    sentinels = CODEGEMMA_SENTINELS.all()
-    if len(unused) != len(sentinels):
-        raise CodegemmaError(f"model.fim_sentinels_from needs {len(sentinels)} tokens (prefix, middle, suffix, "
-                             f"file separator), got {len(unused)}")
-    fresh = [new for new in sentinels if tokenizer.token_to_id(new) is None]
-    renamed = rename_tokens(tokenizer, dict(zip(unused, sentinels)))
+    fresh = [new for new in CODEGEMMA_SENTINELS.all() if tokenizer.token_to_id(new) is None]
+    renamed = with_fim_sentinels(tokenizer, unused, "model.fim_sentinels_from")
     with torch.no_grad():
         weight = model.embed_tokens.weight
         fresh_ids = [renamed.token_to_id(new) for new in fresh]

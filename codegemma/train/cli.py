@@ -60,6 +60,10 @@ def register(subparsers) -> None:
                    help="share of FIM examples in SPM order, the rest PSM (0.5, CodeGemma's 50/50)")
     p.add_argument("--order", default="codegemma", help="file order: codegemma | deepseek | random | alphabetical")
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenize with this tokenizer (file, HF directory, GGUF or `default`; default: the demo corpus's)")
+    p.add_argument("--fim-sentinels-from", default="", metavar="T1,T2,T3,T4",
+                   help="four unused tokens of --tokenizer to spell as the FIM sentinels (continued pretraining)")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("experiment", help="small-scale experiments: fim-rate, packing (results in docs/experiments)")
@@ -173,7 +177,8 @@ def _demo_data(args) -> int:
     root = Path(args.root)
     out = demo_shards(root, args.fim_rate, args.order, args.seq_len, out=Path(args.out) if args.out else root / "shards",
                       fim_chunk_chars=args.fim_chunk_chars, fim_suffix_line_rate=args.fim_suffix_line_rate,
-                      fim_line_rate=args.fim_line_rate, spm_rate=args.fim_spm_rate)
+                      fim_line_rate=args.fim_line_rate, spm_rate=args.fim_spm_rate, tokenizer=args.tokenizer,
+                      fim_sentinels_from=[t for t in args.fim_sentinels_from.split(",") if t])
     print(f"shards in {out}/train and {out}/eval, held-out files in {out}/heldout")
     return 0
 

@@ -18,6 +18,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -63,9 +64,11 @@ def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> t
 
 def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: int = 256, seed: int = 0,
                 out: Path | None = None, fim_chunk_chars: int = 0, fim_suffix_line_rate: float = 0.0,
-                fim_line_rate: float = 0.0, spm_rate: float = 0.5, corpus: Path | None = None) -> Path:
+                fim_line_rate: float = 0.0, spm_rate: float = 0.5, corpus: Path | None = None,
+                tokenizer: str | None = None, fim_sentinels_from: Sequence[str] = ()) -> Path:
     """Run the data pipeline over the demo corpus (or `corpus`, tokenized with the demo corpus's
-    tokenizer) with one FIM rate and file order (cached by name);
+    tokenizer, or `tokenizer` with `fim_sentinels_from` as its sentinels) with one FIM rate and file
+    order (cached by name);
     `fim_chunk_chars` > 0 makes each piece of that many characters of a file a FIM candidate, and
     `fim_suffix_line_rate` is the share of FIM examples whose suffix starts at a line start,
     `fim_line_rate` the share whose middle is whole lines, `spm_rate` the share in SPM order."""
@@ -82,12 +85,15 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
                 "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
                 "fim_chunks_run_on": fim_chunk_chars > 0}
+    if tokenizer:  # recorded only when chosen, so that shards from before match
+        settings |= {"tokenizer": tokenizer, "fim_sentinels_from": list(fim_sentinels_from)}
     if _built_with(out, settings):
         return out
-    demo_corpus, tokenizer = ensure_corpus(root)
+    demo_corpus, demo_tokenizer = ensure_corpus(root)
     source = {"name": corpus.name if corpus else "stdlib", "path": str(corpus or demo_corpus)}
     recipe = recipe_from_dict({
-        "name": out.name, "out_dir": str(out), "tokenizer": str(tokenizer), "seed": seed, "seq_len": seq_len,
+        "name": out.name, "out_dir": str(out), "tokenizer": tokenizer or str(demo_tokenizer),
+        "fim_sentinels_from": list(fim_sentinels_from), "seed": seed, "seq_len": seq_len,
         "eval_fraction": 0.1, "workers": 1, "sources": [source],
         "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
                 "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},

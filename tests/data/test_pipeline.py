@@ -15,7 +15,7 @@ from codegemma.data.recipe import load_recipe, recipe_from_dict
 from codegemma.data.shards import ShardDataset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS, undo_fim
-from codegemma.tokenizer import Tokenizer
+from codegemma.tokenizer import Tokenizer, rename_tokens
 
 
 def make_recipe(collection, tokenizer_path, out, **overrides):
@@ -112,6 +112,28 @@ def test_same_result_with_more_workers_and_fim_rate(collection, tokenizer_path, 
     assert report["stages"]["fim_files"] == {"psm": 0, "spm": 0}
     report = build(make_recipe(collection, tokenizer_path, tmp_path / "d", fim={"rate": 1.0}), progress=False)
     assert sum(report["stages"]["fim_files"].values()) == report["stages"]["files_out"]
+
+
+def test_unused_tokens_become_the_sentinels_for_continued_pretraining(collection, tokenizer_path, tmp_path):
+    """A Gemma vocabulary has no FIM sentinels: `fim_sentinels_from` spells four unused tokens as
+    them, which gives the shards a vocabulary with the sentinels at those ids would give."""
+    sentinels = CODEGEMMA_SENTINELS.all()
+    spare = [f"<spare{i}>" for i in range(4)]
+    plain = tmp_path / "plain" / "tokenizer.json"  # the test vocabulary with its sentinels renamed away
+    plain.parent.mkdir()
+    rename_tokens(Tokenizer.from_file(tokenizer_path), dict(zip(sentinels, spare))).backend.save(str(plain))
+    fim = {"rate": 1.0}
+    build(make_recipe(collection, tokenizer_path, tmp_path / "with", fim=fim), progress=False)
+    build(make_recipe(collection, plain, tmp_path / "from", fim=fim, fim_sentinels_from=spare), progress=False)
+    same, renamed = shard_bytes(tmp_path / "with" / "train"), shard_bytes(tmp_path / "from" / "train")
+    assert same.pop("index.json") != renamed.pop("index.json")  # the meta says which tokenizer
+    assert same == renamed
+    meta = ShardDataset(tmp_path / "from" / "train").meta
+    assert meta["fim_sentinels_from"] == spare
+    with pytest.raises(CodegemmaError, match=r"has no <\|fim_prefix\|>.*fim_sentinels_from"):
+        build(make_recipe(collection, plain, tmp_path / "none", fim=fim), progress=False)
+    with pytest.raises(CodegemmaError, match="needs 4 tokens"):
+        build(make_recipe(collection, plain, tmp_path / "three", fim=fim, fim_sentinels_from=spare[:3]), progress=False)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 import torch
 
 from codegemma.fim import CODEGEMMA_SENTINELS
+from codegemma.tokenizer import rename_tokens
 from codegemma.train import build
 from codegemma.train import recipe as recipe_mod
 
@@ -19,7 +20,7 @@ def test_unused_tokens_become_fim_sentinels(small_tokenizer):
     """Continued pretraining: a Gemma vocabulary without sentinels gets them at the unused ids."""
     sentinels = CODEGEMMA_SENTINELS.all()
     unused = [f"<spare{i}>" for i in range(4)]  # names this test vocabulary does not have yet
-    plain = build.rename_tokens(small_tokenizer, dict(zip(sentinels, unused)))  # a vocabulary without FIM
+    plain = rename_tokens(small_tokenizer, dict(zip(sentinels, unused)))  # a vocabulary without FIM
     assert plain.token_to_id(CODEGEMMA_SENTINELS.prefix) is None
     ids = [plain.token_to_id(u) for u in unused]
     recipe = recipe_mod.from_dict({"model": {"preset": "tiny-gemma"}})
