@@ -7,6 +7,7 @@ writes logs, plots and exports).
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from codegemma.errors import CodegemmaError
 from codegemma.train import build, distributed, metrics, objectives
-from codegemma.train.allocator import keep_freed_memory
+from codegemma.train.allocator import freed_memory_kept
 from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
 from codegemma.train.trainer import Trainer
@@ -100,43 +101,48 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
     env = distributed.init(recipe.train.device)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    if env.device.type == "cpu":
-        keep_freed_memory()  # no page faults for each step's large tensors (train/allocator.py)
+    # on a CPU, each step's large tensors reuse the last step's memory: no page faults (allocator.py)
+    memory = freed_memory_kept() if env.device.type == "cpu" else nullcontext()
     try:
-        seed_everything(recipe.seed)
-        tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
-        model, config, tokenizer = build.build_model(recipe, tokenizer)
-        if recipe.lora.enabled:
-            if env.distributed and recipe.distributed.strategy == "fsdp":
-                raise CodegemmaError("LoRA runs use distributed.strategy = 'ddp' (adapters are small)")
-            from codegemma.train.lora import apply_lora
-
-            model = apply_lora(model, recipe.lora)
-        objective = make_objective(recipe, model)
-        if getattr(objective, "reference", None) is not None:
-            objective.reference.to(env.device)
-        data = train_data(recipe, env, tokenizer)
-        evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len)
-        seq_len = recipe.data.seq_len
-        trainer = Trainer(recipe, model, objective, data, env, evaluator,
-                          flops_per_token=metrics.flops_per_token(config, seq_len))
-        out_dir = Path(recipe.out_dir)
-        trainer.fit(resume=resume)
-        summary = {"step": trainer.step, "out_dir": str(out_dir)}
-        state = trainer.model_state()
-        if env.is_main:
-            summary["final"] = str(export_final(model, state, config, tokenizer, out_dir / "final", recipe))
-            if recipe.log.plots and (out_dir / "metrics.jsonl").exists():
-                from codegemma.train.plots import plot_run
-
-                summary["plot"] = str(plot_run(out_dir / "metrics.jsonl", out_dir / "curves.png", recipe.name))
-        if env.distributed:
-            # the other processes wait for the export: none tears the process group down while the
-            # main process may still use it (not in `finally`: after an error this would hang)
-            torch.distributed.barrier()
-        return summary
+        with memory:
+            return _train(recipe, env, resume)
     finally:
         distributed.shutdown(env)
+
+
+def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
+    seed_everything(recipe.seed)
+    tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
+    model, config, tokenizer = build.build_model(recipe, tokenizer)
+    if recipe.lora.enabled:
+        if env.distributed and recipe.distributed.strategy == "fsdp":
+            raise CodegemmaError("LoRA runs use distributed.strategy = 'ddp' (adapters are small)")
+        from codegemma.train.lora import apply_lora
+
+        model = apply_lora(model, recipe.lora)
+    objective = make_objective(recipe, model)
+    if getattr(objective, "reference", None) is not None:
+        objective.reference.to(env.device)
+    data = train_data(recipe, env, tokenizer)
+    evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len)
+    seq_len = recipe.data.seq_len
+    trainer = Trainer(recipe, model, objective, data, env, evaluator,
+                      flops_per_token=metrics.flops_per_token(config, seq_len))
+    out_dir = Path(recipe.out_dir)
+    trainer.fit(resume=resume)
+    summary = {"step": trainer.step, "out_dir": str(out_dir)}
+    state = trainer.model_state()
+    if env.is_main:
+        summary["final"] = str(export_final(model, state, config, tokenizer, out_dir / "final", recipe))
+        if recipe.log.plots and (out_dir / "metrics.jsonl").exists():
+            from codegemma.train.plots import plot_run
+
+            summary["plot"] = str(plot_run(out_dir / "metrics.jsonl", out_dir / "curves.png", recipe.name))
+    if env.distributed:
+        # the other processes wait for the export: none tears the process group down while the
+        # main process may still use it (not in `finally`: after an error this would hang)
+        torch.distributed.barrier()
+    return summary
 
 
 def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:
