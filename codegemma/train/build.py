@@ -18,13 +18,11 @@ from codegemma.train.recipe import Recipe
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:
-    """A tokenizer.json / tokenizer.model file, a Hugging Face directory, or a GGUF file."""
-    path = Path(spec)
-    if path.is_dir():
-        return Tokenizer.from_hf_dir(path)
-    if path.suffix == ".gguf":
-        return Tokenizer.from_gguf(path)
-    return Tokenizer.from_file(path)
+    """A tokenizer.json / tokenizer.model file, a Hugging Face directory, a GGUF file or `default`,
+    read as the data pipeline reads it."""
+    from codegemma.data.samples import load_tokenizer as load
+
+    return load(str(spec))
 
 
 def model_config(recipe: Recipe, tokenizer: Tokenizer | None) -> ModelConfig:

@@ -117,7 +117,7 @@ class Recipe:
     objective: str = "pretrain"
     seed: int = 0
     out_dir: str = "runs/run"
-    tokenizer: str = ""  # tokenizer.json, HF directory or GGUF; default: the `init` checkpoint's
+    tokenizer: str = ""  # tokenizer.json, HF directory, GGUF or "default" (the default model's); "": the `init` checkpoint's
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -218,7 +218,8 @@ def set_override(data: dict, dotted: str) -> None:
 def missing_inputs(recipe: Recipe) -> list[str]:
     """`section.key path` for each file or directory the recipe reads that is not there (the default
     model and presets, which need no file, aside), so a run can name them all before it starts."""
-    named = [("tokenizer", recipe.tokenizer), ("data.train", recipe.data.train), ("data.eval", recipe.data.eval),
+    tokenizer = "" if recipe.tokenizer == "default" else recipe.tokenizer
+    named = [("tokenizer", tokenizer), ("data.train", recipe.data.train), ("data.eval", recipe.data.eval),
              ("eval.infill_files", recipe.eval.infill_files)]
     if recipe.model.init not in (None, "", "default") and recipe.model.init not in PRESETS:
         named.insert(0, ("model.init", recipe.model.init))

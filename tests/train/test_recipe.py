@@ -48,6 +48,8 @@ def test_missing_inputs_skip_presets_and_the_default_model(tmp_path):
     for start in ("gemma3-270m", "default", None):
         r.model.init = start
         assert recipe.missing_inputs(r) == []
+    r.tokenizer = "default"  # the default model's tokenizer
+    assert recipe.missing_inputs(r) == []
     r.model.init = str(tmp_path / "start")
     r.data.train = str(tmp_path)
     r.eval.infill_files = str(tmp_path / "heldout")
