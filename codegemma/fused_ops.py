@@ -1,5 +1,5 @@
-"""The MLP's gated GELU, RMSNorm, RoPE, causal attention and the LM head's softmax gradient,
-through fused C kernels when training on a CPU.
+"""The MLP's gated GELU, RMSNorm (alone or with a residual add), RoPE, causal attention and the LM
+head's softmax gradient, through fused C kernels when training on a CPU.
 
 PyTorch runs each as a chain of elementwise kernels, forward and backward (the GELU, its product
 with the up projection, RMSNorm's backward as separate reductions and products, RoPE's products
@@ -11,7 +11,9 @@ kernel (codegemma.head_loss) the training step went from ~800 to ~700 ms. Attent
 (`causal_attention`) runs as batched products per block of 64 queries, skipping the key blocks
 after the diagonal, around a masked-softmax kernel; the query heads of a key head form one matrix.
 Forward and backward take ~11-13 ms a layer where SDPA's CPU flash kernel takes ~16-21, which
-makes the step 5-8% faster (the demo shards' packed batches; the benchmark's).
+makes the step 5-8% faster (the demo shards' packed batches; the benchmark's). In Gemma 2/3's
+post-norm blocks each residual add runs with the norms on either side of it (`residual_rms_norm`):
+one pass where a norm, an add and a norm took three, ~0.8% of the tiny-cpu step (paired rounds).
 
 The layer kernels serve autograd only: where no gradient is recorded (inference, evaluation), on
 other devices and dtypes, under torch.compile (which fuses these ops itself), and where no C
@@ -53,6 +55,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # One fused kernel instead of seven ops (decode runs ~100 norms per token); it computes
     # x * rsqrt(mean(x^2) + eps) * w in float32 like the explicit form, bit for bit.
     return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + weight.float(), eps).type_as(x)
+
+
+def residual_norms_train(x: torch.Tensor, h: torch.Tensor) -> bool:
+    """Whether a block's residual adds should go through residual_rms_norm's kernel (training on a
+    CPU); elsewhere the model calls its norm modules, as inference always does."""
+    return x.shape == h.shape and _use_kernels(x, h)
+
+
+def residual_rms_norm(x: torch.Tensor, h: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor | None,
+                      eps: float) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """y = x + rms_norm(h, w1) and, with w2, also rms_norm(y, w2): a post-norm block's residual add and
+    the next norm, one pass through memory each way when training on a CPU."""
+    if (x.shape == h.shape and w1.shape == (x.shape[-1],) and (w2 is None or w2.shape == w1.shape)
+            and _use_kernels(x, h, w1, *([] if w2 is None else [w2]))):
+        return _ResidualRmsNorm.apply(x, h, w1, w2, eps)
+    y = x + rms_norm(h, w1, eps)
+    return y if w2 is None else (y, rms_norm(y, w2, eps))
 
 
 def softmax_xent_columns_(z_t: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
@@ -187,6 +206,47 @@ class _RmsNorm(torch.autograd.Function):
                                             grad_x.data_ptr(), grad_w.data_ptr(), partial.data_ptr(), rows, d,
                                             _threads())
         return grad_x, (grad_w if ctx.needs_input_grad[1] else None), None
+
+
+class _ResidualRmsNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h, w1, w2, eps):
+        x, h = x.contiguous(), h.contiguous()
+        d = x.shape[-1]
+        rows = x.numel() // d
+        y = torch.empty_like(x)
+        n = torch.empty_like(x) if w2 is not None else None
+        rstd1, rstd2 = torch.empty(rows), torch.empty(rows)
+        w2c = w2.contiguous() if w2 is not None else None
+        kernels.library().residual_rms_norm_forward(
+            x.data_ptr(), h.data_ptr(), w1.contiguous().data_ptr(), _ptr(w2c), y.data_ptr(), _ptr(n),
+            rstd1.data_ptr(), rstd2.data_ptr(), rows, d, eps, _threads())
+        ctx.save_for_backward(h, w1, rstd1, y if w2 is not None else None, w2c, rstd2)
+        return y if w2 is None else (y, n)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_n=None):
+        h, w1, rstd1, y, w2, rstd2 = ctx.saved_tensors
+        d = h.shape[-1]
+        rows = h.numel() // d
+        grad_y = grad_y.contiguous()
+        grad_n = grad_n.contiguous() if w2 is not None else None
+        grad_x, grad_h = torch.empty_like(h), torch.empty_like(h)
+        grad_w1, grad_w2 = torch.empty_like(w1), (torch.empty_like(w2) if w2 is not None else None)
+        blocks = (rows + 63) // 64  # ROW_BLOCK rows of train_ops.c
+        partial1 = torch.empty(blocks, d)
+        partial2 = torch.empty(blocks, d) if w2 is not None else None
+        kernels.library().residual_rms_norm_backward(
+            h.data_ptr(), w1.contiguous().data_ptr(), rstd1.data_ptr(), _ptr(y), _ptr(w2), rstd2.data_ptr(),
+            grad_y.data_ptr(), _ptr(grad_n), grad_x.data_ptr(), grad_h.data_ptr(), partial1.data_ptr(),
+            _ptr(partial2), grad_w1.data_ptr(), _ptr(grad_w2), rows, d, _threads())
+        return (grad_x, grad_h, grad_w1 if ctx.needs_input_grad[2] else None,
+                grad_w2 if ctx.needs_input_grad[3] else None, None)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
 
 
 class _Rope(torch.autograd.Function):

@@ -122,10 +122,14 @@ def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0, b
     if w_low is not None:
         z_low.copy_(z_t)
     if grad_h is not None:
-        g = z_t.t() @ w if w_low is None else (z_low.t() @ w_low).float()
-        grad_h[r0:r0 + len(targets)] = g.mul_(scale[:, None])
+        # (W^T @ z_t)^T: the product with the tall [d, rows] output, ~190 against ~160 GFLOP/s for
+        # z_t^T @ W at the tiny-cpu recipe's shapes (2 threads)
+        g = (w.t() @ z_t).t() if w_low is None else (z_low.t() @ w_low).float()
+        torch.mul(g, scale[:, None], out=grad_h[r0:r0 + len(targets)])
     if grad_w is not None:
-        if w_low is None:
+        if w_low is None and r0 == 0:  # the first chunk writes the gradient: no zero-filled start
+            torch.mm(z_t, hc * scale[:, None], out=grad_w)
+        elif w_low is None:
             grad_w.addmm_(z_t, hc * scale[:, None])
         else:  # the bf16 product, accumulated in float32, each through a reused buffer (`+=` would cast into a new one)
             dw_low = torch.mm(z_low, (hc * scale[:, None]).to(low), out=bufs.get("dw_low", grad_w.shape, low, w))
@@ -139,12 +143,15 @@ class _WeightedNLL(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         N = h.shape[0]
         nll = torch.empty(N, dtype=_accumulate_dtype(dtype), device=h.device)
-        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = (torch.zeros(weight.shape, dtype=_accumulate_dtype(dtype), device=weight.device)
-                  if ctx.needs_input_grad[1] else None)
         step = chunk_rows(w.shape[0], h.device)
         transposed = softcap is None and fused_ops.cpu_float32(h, w, nll)
         w_low = w.to(torch.bfloat16) if transposed and bf16_matmuls.active() else None
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # the float32 transposed path's first chunk writes it whole
+            written = transposed and w_low is None and N > 0
+            grad_w = (torch.empty if written else torch.zeros)(weight.shape, dtype=_accumulate_dtype(dtype),
+                                                               device=weight.device)
         bufs = _Buffers()
         for r0 in range(0, N, step):
             hc = h[r0:r0 + step]

@@ -208,6 +208,12 @@ class Block(nn.Module):
                            last_query)
         if last_query:
             x = x[:, -1:]
+        if self.post_norms and fused_ops.residual_norms_train(x, h):
+            # training on a CPU: each residual add goes with the norms around it, one pass through memory
+            eps = self.post_attention_layernorm.eps
+            x, normed = fused_ops.residual_rms_norm(x, h, self.post_attention_layernorm.weight,
+                                                    self.pre_feedforward_layernorm.weight, eps)
+            return fused_ops.residual_rms_norm(x, self.mlp(normed), self.post_feedforward_layernorm.weight, None, eps)
         if self.post_norms:
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))

@@ -84,6 +84,36 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+def _eager_residual_rms_norm(x, h, w1, w2, eps):
+    y = x + _eager_rms_norm(h, w1, eps)
+    return y if w2 is None else (y, _eager_rms_norm(y, w2, eps))
+
+
+@pytest.mark.parametrize("second_norm", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 64), (130, 96)])  # rows past one 64-row block of the weight gradients
+def test_residual_rms_norm_matches_pytorch(shape, second_norm):
+    torch.manual_seed(0)
+    x, h = torch.randn(shape), torch.randn(shape) * 3
+    w1, w2 = torch.randn(shape[-1]) * 0.1, torch.randn(shape[-1]) * 0.1
+    grads = torch.randn(shape), torch.randn(shape)
+    inputs = (x, h, w1, w2) if second_norm else (x, h, w1)
+
+    def run(fn, tensors):
+        leaves = [t.detach().clone().requires_grad_() for t in tensors]
+        out = fn(*leaves[:3], leaves[3] if second_norm else None, 1e-6)
+        outs = out if second_norm else (out,)
+        sum((o * g.to(o.dtype)).sum() for o, g in zip(outs, grads)).backward()
+        return [o.detach() for o in outs] + [t.grad for t in leaves], outs
+
+    fused, outs = run(fused_ops.residual_rms_norm, inputs)
+    assert type(outs[0].grad_fn).__name__ == "_ResidualRmsNormBackward"
+    eager, _ = run(_eager_residual_rms_norm, inputs)
+    ref, _ = run(_eager_residual_rms_norm, [t.double() for t in inputs])
+    assert len(fused) == len(ref)
+    for f, e, r in zip(fused, eager, ref):
+        _assert_close_to_reference(f, e, r)
+
+
 def test_pytorch_ops_without_autograd():
     """Inference keeps PyTorch's ops, bit for bit (its parity with transformers depends on it)."""
     x, w = torch.randn(4, 32), torch.randn(32)
@@ -110,6 +140,12 @@ def test_training_takes_the_kernels(monkeypatch):
     monkeypatch.setattr(fused_ops, "rope", lambda *args: rotated.append(rope(*args)) or rotated[-1])
     model(torch.randint(0, 50, (2, 5))).sum().backward()
     assert rotated and all(type(t.grad_fn).__name__ == "_RopeBackward" for t in rotated)
+    post_norm_model = Gemma(preset("tiny-gemma3"))  # Gemma 2/3 blocks: residual adds with their norms
+    post_norm_model.init_weights()
+    blocks_out = []
+    post_norm_model.layers[0].register_forward_hook(lambda module, args, out: blocks_out.append(out))
+    post_norm_model(torch.randint(0, 50, (2, 5)))
+    assert type(blocks_out[0].grad_fn).__name__ == "_ResidualRmsNormBackward"
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 64), (1, 7, 1, 6)])  # [B, T, heads, head_dim]

@@ -101,6 +101,8 @@ def _declare_train_ops(lib: ctypes.CDLL):
     for name, args in (("geglu_forward", [p, p, p, n, i]), ("geglu_backward", [p, p, p, p, p, n, i]),
                        ("rms_norm_forward", [p, p, p, p, n, n, f, i]),
                        ("rms_norm_backward", [p, p, p, p, p, p, p, n, n, i]),
+                       ("residual_rms_norm_forward", [p, p, p, p, p, p, p, p, n, n, f, i]),
+                       ("residual_rms_norm_backward", [p, p, p, p, p, p, p, p, p, p, p, p, p, p, n, n, i]),
                        ("softmax_xent_columns", [p, p, p, p, p, p, p, n, n, i]),
                        ("rope_forward", [p, p, p, p, n, n, n, n, n, i]), ("rope_backward", [p, p, p, p, n, n, n, n, n, i]),
                        ("attention_softmax_forward", [p, p, n, n, n, n, n, n, n, f, i]),

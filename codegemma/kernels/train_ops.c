@@ -3,6 +3,7 @@
  *
  *   geglu:    y = gelu_tanh(g) * u, with gelu_tanh(x) = 0.5 x (1 + tanh(k0 (x + k1 x^3)))
  *   rms_norm: y = x / sqrt(mean(x^2) + eps) * (1 + w), per row of d values
+ *   residual_rms_norm: y = x + rms_norm(h), and optionally rms_norm(y) with a second weight
  *   rope:     rotate-half RoPE, from the projection's layout into attention's
  *   softmax_xent_columns: the LM head's softmax, NLL and gradient scale (codegemma.head_loss)
  *
@@ -130,6 +131,77 @@ void rms_norm_backward(const float *x, const float *w, const float *rstd, const 
     for (int64_t j = 0; j < d; j++) dw[j] = 0.0f;
     for (int64_t b = 0; b < blocks; b++)
         for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
+}
+
+/* A residual add of a normed branch, and optionally the next norm of the sum (Gemma 2/3's post-norm
+ * blocks): y = x + h * rstd1 * (1 + w1), n = y * rstd2 * (1 + w2) with w2 != NULL. One pass where
+ * rms_norm_forward, an add and rms_norm_forward again take three. */
+void residual_rms_norm_forward(const float *x, const float *h, const float *w1, const float *w2, float *y, float *n,
+                               float *rstd1, float *rstd2, int64_t rows, int64_t d, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict xr = x + r * d, *restrict hr = h + r * d;
+        float *restrict yr = y + r * d;
+        float s1 = 1.0f / sqrtf(sum_of_squares(hr, d) / (float)d + eps);
+        rstd1[r] = s1;
+        for (int64_t j = 0; j < d; j++) yr[j] = xr[j] + hr[j] * s1 * (1.0f + w1[j]);
+        if (!w2) continue;
+        float *restrict nr = n + r * d;
+        float s2 = 1.0f / sqrtf(sum_of_squares(yr, d) / (float)d + eps);
+        rstd2[r] = s2;
+        for (int64_t j = 0; j < d; j++) nr[j] = yr[j] * s2 * (1.0f + w2[j]);
+    }
+}
+
+/* The gradient of residual_rms_norm_forward from dy (the sum's own gradient) and dn (the second
+ * norm's; with w2): g = dy + rms_norm_backward(dn) is dx, and dh = rms_norm_backward(g) through the
+ * first norm. The weight gradients are summed per ROW_BLOCK rows into partial1 / partial2 [blocks, d],
+ * then over the blocks in order, as in rms_norm_backward. */
+void residual_rms_norm_backward(const float *h, const float *w1, const float *rstd1, const float *y, const float *w2,
+                                const float *rstd2, const float *dy, const float *dn, float *dx, float *dh,
+                                float *partial1, float *partial2, float *dw1, float *dw2, int64_t rows, int64_t d,
+                                int threads) {
+    int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        float *restrict acc1 = partial1 + b * d, *restrict acc2 = w2 ? partial2 + b * d : NULL;
+        for (int64_t j = 0; j < d; j++) acc1[j] = 0.0f;
+        if (acc2)
+            for (int64_t j = 0; j < d; j++) acc2[j] = 0.0f;
+        int64_t end = (b + 1) * ROW_BLOCK < rows ? (b + 1) * ROW_BLOCK : rows;
+        for (int64_t r = b * ROW_BLOCK; r < end; r++) {
+            const float *restrict hr = h + r * d, *restrict gy = dy + r * d;
+            float *restrict g = dx + r * d, *restrict out = dh + r * d;
+            if (w2) {
+                const float *restrict yr = y + r * d, *restrict gn = dn + r * d;
+                float s2 = rstd2[r], dot2 = 0.0f;
+#pragma omp simd reduction(+ : dot2)
+                for (int64_t j = 0; j < d; j++) dot2 += gn[j] * (1.0f + w2[j]) * yr[j];
+                float c2 = dot2 * s2 * s2 / (float)d;
+                for (int64_t j = 0; j < d; j++) {
+                    g[j] = gy[j] + s2 * (gn[j] * (1.0f + w2[j]) - yr[j] * c2);
+                    acc2[j] += gn[j] * yr[j] * s2;
+                }
+            } else {
+                for (int64_t j = 0; j < d; j++) g[j] = gy[j];
+            }
+            float s1 = rstd1[r], dot1 = 0.0f;
+#pragma omp simd reduction(+ : dot1)
+            for (int64_t j = 0; j < d; j++) dot1 += g[j] * (1.0f + w1[j]) * hr[j];
+            float c1 = dot1 * s1 * s1 / (float)d;
+            for (int64_t j = 0; j < d; j++) {
+                out[j] = s1 * (g[j] * (1.0f + w1[j]) - hr[j] * c1);
+                acc1[j] += g[j] * hr[j] * s1;
+            }
+        }
+    }
+    for (int64_t j = 0; j < d; j++) dw1[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t j = 0; j < d; j++) dw1[j] += partial1[b * d + j];
+    if (!w2) return;
+    for (int64_t j = 0; j < d; j++) dw2[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t j = 0; j < d; j++) dw2[j] += partial2[b * d + j];
 }
 
 /* The cross-entropy part of the fused LM head (codegemma.head_loss) for float32 logits stored
