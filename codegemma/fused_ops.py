@@ -295,15 +295,17 @@ class _CausalAttention(torch.autograd.Function):
         qf, kf, vf = q.view(B * Hkv, TG, D), k.view(B * Hkv, T, D), v.view(B * Hkv, T, D)
         ctx.low = bf16_matmuls.active()  # backward runs outside the context: remember it
         bmm = bf16_matmuls.product if ctx.low else torch.bmm
-        probs, outs = [], []
+        probs, out = [], torch.empty_like(qf)
         for t0, row, rows, keys in _query_blocks(T, G):
             p = bmm(qf[:, row:row + rows], kf[:, :keys].transpose(1, 2))
             kernels.library().attention_softmax_forward(
                 p.data_ptr(), mask_u8.data_ptr() if mask_u8 is not None else None, B * Hkv, Hkv, rows, keys, t0, G,
                 T, scale, _threads())
             probs.append(p)
-            outs.append(bmm(p, vf[:, :keys]))
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+            if ctx.low:
+                out[:, row:row + rows] = bmm(p, vf[:, :keys])
+            else:  # written in place: no per-block result to copy
+                torch.bmm(p, vf[:, :keys], out=out[:, row:row + rows])
         ctx.save_for_backward(q, k, v, out, *probs)
         ctx.scale = scale
         return out.view(B, Hkv, TG, D)
@@ -326,8 +328,13 @@ class _CausalAttention(torch.autograd.Function):
             kernels.library().attention_softmax_backward(
                 ds.data_ptr(), p.data_ptr(), g.data_ptr(), out[:, row:row + rows].data_ptr(), B * Hkv, rows, keys, D,
                 TG * D, ctx.scale, _threads())
-            grad_q[:, row:row + rows] = bmm(ds, kf[:, :keys])
-            grad_k[:, :keys] += bmm(ds.transpose(1, 2), qf[:, row:row + rows])
-            grad_v[:, :keys] += bmm(p.transpose(1, 2), g)
+            if ctx.low:
+                grad_q[:, row:row + rows] = bmm(ds, kf[:, :keys])
+                grad_k[:, :keys] += bmm(ds.transpose(1, 2), qf[:, row:row + rows])
+                grad_v[:, :keys] += bmm(p.transpose(1, 2), g)
+            else:  # written and accumulated in place
+                torch.bmm(ds, kf[:, :keys], out=grad_q[:, row:row + rows])
+                grad_k[:, :keys].baddbmm_(ds.transpose(1, 2), qf[:, row:row + rows])
+                grad_v[:, :keys].baddbmm_(p.transpose(1, 2), g)
         shape = (B, Hkv, T, D)
         return grad_q.view(B, Hkv, TG, D), grad_k.view(shape), grad_v.view(shape), None, None
