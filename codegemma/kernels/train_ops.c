@@ -107,6 +107,28 @@ void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int
 /* dx = rstd * (a - x * rstd^2 * mean(a * x)) with a = dy * (1 + w); dw = sum over rows of
  * dy * x * rstd, summed per block of ROW_BLOCK rows into `partial` [blocks, d] and then over the
  * blocks in order, so the sum is the same for any number of threads. */
+/* One row: out = add + s * (g * (1 + w) - x * c), c = s^2 * mean(g * (1 + w) * x), and acc += g * x * s.
+ * `add` (another gradient of the norm's input, or NULL) is summed in the same pass. */
+static inline void rms_norm_row_backward(const float *restrict x, const float *restrict w, float s,
+                                         const float *restrict g, const float *restrict add, float *restrict out,
+                                         float *restrict acc, int64_t d) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < d; j++) dot += g[j] * (1.0f + w[j]) * x[j];
+    float c = dot * s * s / (float)d;
+    for (int64_t j = 0; j < d; j++) {
+        out[j] = (add ? add[j] : 0.0f) + s * (g[j] * (1.0f + w[j]) - x[j] * c);
+        acc[j] += g[j] * x[j] * s;
+    }
+}
+
+/* dw = the sum of the per-block partial sums [blocks, d], in block order. */
+static void sum_partials(const float *partial, int64_t blocks, int64_t d, float *dw) {
+    for (int64_t j = 0; j < d; j++) dw[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
+}
+
 void rms_norm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *dw,
                        float *partial, int64_t rows, int64_t d, int threads) {
     int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -115,22 +137,10 @@ void rms_norm_backward(const float *x, const float *w, const float *rstd, const 
         float *restrict acc = partial + b * d;
         for (int64_t j = 0; j < d; j++) acc[j] = 0.0f;
         int64_t end = (b + 1) * ROW_BLOCK < rows ? (b + 1) * ROW_BLOCK : rows;
-        for (int64_t r = b * ROW_BLOCK; r < end; r++) {
-            const float *restrict xr = x + r * d, *restrict gr = dy + r * d;
-            float *restrict out = dx + r * d;
-            float s = rstd[r], dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < d; j++) dot += gr[j] * (1.0f + w[j]) * xr[j];
-            float c = dot * s * s / (float)d;
-            for (int64_t j = 0; j < d; j++) {
-                out[j] = s * (gr[j] * (1.0f + w[j]) - xr[j] * c);
-                acc[j] += gr[j] * xr[j] * s;
-            }
-        }
+        for (int64_t r = b * ROW_BLOCK; r < end; r++)
+            rms_norm_row_backward(x + r * d, w, rstd[r], dy + r * d, NULL, dx + r * d, acc, d);
     }
-    for (int64_t j = 0; j < d; j++) dw[j] = 0.0f;
-    for (int64_t b = 0; b < blocks; b++)
-        for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
+    sum_partials(partial, blocks, d, dw);
 }
 
 /* A residual add of a normed branch, and optionally the next norm of the sum (Gemma 2/3's post-norm
@@ -170,38 +180,16 @@ void residual_rms_norm_backward(const float *h, const float *w1, const float *rs
             for (int64_t j = 0; j < d; j++) acc2[j] = 0.0f;
         int64_t end = (b + 1) * ROW_BLOCK < rows ? (b + 1) * ROW_BLOCK : rows;
         for (int64_t r = b * ROW_BLOCK; r < end; r++) {
-            const float *restrict hr = h + r * d, *restrict gy = dy + r * d;
-            float *restrict g = dx + r * d, *restrict out = dh + r * d;
-            if (w2) {
-                const float *restrict yr = y + r * d, *restrict gn = dn + r * d;
-                float s2 = rstd2[r], dot2 = 0.0f;
-#pragma omp simd reduction(+ : dot2)
-                for (int64_t j = 0; j < d; j++) dot2 += gn[j] * (1.0f + w2[j]) * yr[j];
-                float c2 = dot2 * s2 * s2 / (float)d;
-                for (int64_t j = 0; j < d; j++) {
-                    g[j] = gy[j] + s2 * (gn[j] * (1.0f + w2[j]) - yr[j] * c2);
-                    acc2[j] += gn[j] * yr[j] * s2;
-                }
-            } else {
-                for (int64_t j = 0; j < d; j++) g[j] = gy[j];
-            }
-            float s1 = rstd1[r], dot1 = 0.0f;
-#pragma omp simd reduction(+ : dot1)
-            for (int64_t j = 0; j < d; j++) dot1 += g[j] * (1.0f + w1[j]) * hr[j];
-            float c1 = dot1 * s1 * s1 / (float)d;
-            for (int64_t j = 0; j < d; j++) {
-                out[j] = s1 * (g[j] * (1.0f + w1[j]) - hr[j] * c1);
-                acc1[j] += g[j] * hr[j] * s1;
-            }
+            float *restrict g = dx + r * d;
+            if (w2)
+                rms_norm_row_backward(y + r * d, w2, rstd2[r], dn + r * d, dy + r * d, g, acc2, d);
+            else
+                memcpy(g, dy + r * d, d * sizeof(float));
+            rms_norm_row_backward(h + r * d, w1, rstd1[r], g, NULL, dh + r * d, acc1, d);
         }
     }
-    for (int64_t j = 0; j < d; j++) dw1[j] = 0.0f;
-    for (int64_t b = 0; b < blocks; b++)
-        for (int64_t j = 0; j < d; j++) dw1[j] += partial1[b * d + j];
-    if (!w2) return;
-    for (int64_t j = 0; j < d; j++) dw2[j] = 0.0f;
-    for (int64_t b = 0; b < blocks; b++)
-        for (int64_t j = 0; j < d; j++) dw2[j] += partial2[b * d + j];
+    sum_partials(partial1, blocks, d, dw1);
+    if (w2) sum_partials(partial2, blocks, d, dw2);
 }
 
 /* The cross-entropy part of the fused LM head (codegemma.head_loss) for float32 logits stored
