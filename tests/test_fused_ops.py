@@ -77,7 +77,9 @@ def test_results_do_not_depend_on_the_thread_count():
             z_t, nll = x.t().contiguous() * 5, torch.empty(300)
             scale = fused_ops.softmax_xent_columns_(z_t, torch.arange(300) % 128, torch.ones(300), nll)
             runs.append(_grads(lambda a, b: fused_ops.rms_norm(a, b, 1e-6), (x, w), grad)[1]
-                        + _grads(fused_ops.geglu, (x, w.expand_as(x).contiguous()), grad)[1] + [z_t, nll, scale])
+                        + _grads(fused_ops.geglu, (x, w.expand_as(x).contiguous()), grad)[1]
+                        + _grads(lambda a, b, c: fused_ops.residual_rms_norm(a, b, c, c.flip(0), 1e-6)[1],
+                                 (x, x.flip(0), w), grad)[1] + [z_t, nll, scale])
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*runs):
