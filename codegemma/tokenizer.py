@@ -228,8 +228,7 @@ def rename_tokens(tokenizer: Tokenizer, renames: dict[str, str]) -> Tokenizer:
             if added["content"] == old:
                 added["content"] = new
                 added["special"] = False  # CodeGemma's sentinels are ordinary (visible) added tokens
-    out = Tokenizer(HFTokenizer.from_str(json.dumps(data)), add_bos=tokenizer.add_bos_default)
-    return out
+    return Tokenizer(HFTokenizer.from_str(json.dumps(data)), add_bos=tokenizer.add_bos_default)
 
 
 def with_fim_sentinels(tokenizer: Tokenizer, unused: list[str], where: str = "fim_sentinels_from") -> Tokenizer:
