@@ -73,6 +73,18 @@ def register(subparsers) -> None:
     r.add_argument("--command", default=None, help="the command line to record in the report")
     r.set_defaults(func=report_command)
 
+    c = subparsers.add_parser("eval-compare", help="two models on the same problems: what each solves alone, "
+                                                   "and McNemar's exact test")
+    c.add_argument("first", help="eval run directory (samples.jsonl) or infilling answers file (JSON Lines)")
+    c.add_argument("second", help="the same, for the other model")
+    c.add_argument("--pair", action="append", default=[], metavar="FIRST:SECOND",
+                   help="compare the first's group FIRST with the second's SECOND (a task, or a prompt order: "
+                        "psm, spm, l2r); repeatable; default: every group both have, each with itself")
+    c.add_argument("--metric", choices=("passed", "exact"), default="passed",
+                   help="eval runs: execution (passed) or exact match; answers files are scored by exact match")
+    c.add_argument("--json", default=None, help="also write the results here")
+    c.set_defaults(func=compare_command)
+
 
 def _task_options(args) -> dict:
     options = {}
@@ -154,3 +166,21 @@ def report_command(args) -> int:
     print(" ".join(str(p) for p in paths.values()))
     return 0
 
+
+
+def compare_command(args) -> int:
+    from codegemma.data.atomic import write_json
+    from codegemma.eval import paired
+
+    pairs = []
+    for spec in args.pair:
+        first, sep, second = spec.partition(":")
+        if not sep or not first or not second:
+            raise CodegemmaError(f"--pair {spec!r}: expected FIRST:SECOND, e.g. spm:l2r")
+        pairs.append((first, second))
+    results = paired.compare_files(paired.load(args.first, args.metric), paired.load(args.second, args.metric),
+                                   pairs)
+    print(paired.table(results, args.first, args.second))
+    if args.json:
+        write_json(args.json, paired.as_json(results, args.first, args.second))
+    return 0
