@@ -248,8 +248,31 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
                                    for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match",
                                                "infill_edit_similarity")},
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
+    add_paired_tests(results, root / "experiments" / out.name)
     _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / out.name)
     return results
+
+
+def add_paired_tests(results: dict, runs: Path) -> None:
+    """Each FIM rate's single-line answers against rate 0's, line by line (codegemma.eval.paired:
+    McNemar's exact test): in every order both scored, and each model at its best prompt, the FIM
+    model in SPM order against rate 0 left to right."""
+    from codegemma.eval import paired
+    from codegemma.train.evaluate import INFILL_ANSWERS
+
+    plain = runs / "fim0" / INFILL_ANSWERS
+    if "0" not in results or not plain.is_file():
+        return
+    baseline = paired.load(plain)
+    for rate, result in results.items():
+        answers = runs / f"fim{rate}" / INFILL_ANSWERS
+        if rate == "0" or not answers.is_file():
+            continue
+        outcomes = paired.load(answers)
+        pairs = [(order, order) for order in outcomes if order in baseline]
+        if "spm" in outcomes and "l2r" in baseline:
+            pairs.append(("spm", "l2r"))
+        result["paired_vs_fim0"] = [asdict(r) for r in paired.compare_files(outcomes, baseline, pairs)]
 
 
 def small_file_corpus(root: Path, max_file_kb: float = 3.0) -> Path:

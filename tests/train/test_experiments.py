@@ -8,6 +8,8 @@ from codegemma.config import preset
 from codegemma.data.shards import ShardWriter
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
+from codegemma.train import experiments
+from codegemma.train.evaluate import INFILL_ANSWERS
 from codegemma.train.experiments import (Scale, _recipe, _scale_record, demo_shards, later_file_share,
                                          paired_difference, segment_losses)
 
@@ -151,3 +153,24 @@ def test_packing_plot_shows_the_paired_difference_when_there_is_one(tmp_path):
     fig = _plot_packing(tmp_path, {**results, "random_minus_codegemma": paired, "corpus": "somewhere"})
     assert len(fig.axes) == 3 and "random minus codegemma" in fig.axes[2].get_title()
     plt.close("all")
+
+
+def test_fim_rates_are_tested_line_by_line_against_rate_zero(tmp_path):
+    def answers(rate, outcomes):
+        run = tmp_path / f"fim{rate}"
+        run.mkdir()
+        records = [{"order": order, "path": "m.py", "line": i, "exact": hit}
+                   for order, hits in outcomes.items() for i, hit in enumerate(hits)]
+        (run / INFILL_ANSWERS).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    answers("0", {"psm": [False] * 6, "spm": [True] + [False] * 5, "l2r": [True] * 2 + [False] * 4})
+    answers("0.5", {"psm": [True] * 5 + [False], "spm": [True] * 6, "l2r": [True] * 2 + [False] * 4})
+    results = {"0": {}, "0.5": {}, "0.9": {}}  # rate 0.9 left no answers: nothing to test
+    experiments.add_paired_tests(results, tmp_path)
+    tests = {(t["first_group"], t["second_group"]): t for t in results["0.5"]["paired_vs_fim0"]}
+    assert list(tests) == [("psm", "psm"), ("spm", "spm"), ("l2r", "l2r"), ("spm", "l2r")]
+    assert (tests["psm", "psm"]["only_first"], tests["psm", "psm"]["p_value"]) == (5, 2 / 2 ** 5)
+    best = tests["spm", "l2r"]  # each model at its best prompt
+    assert (best["both"], best["only_first"], best["only_second"]) == (2, 4, 0)
+    assert tests["l2r", "l2r"]["p_value"] == 1.0
+    assert "paired_vs_fim0" not in results["0"] and "paired_vs_fim0" not in results["0.9"]
