@@ -167,7 +167,6 @@ def report_command(args) -> int:
     return 0
 
 
-
 def compare_command(args) -> int:
     from codegemma.data.atomic import write_json
     from codegemma.eval import paired
