@@ -12,7 +12,8 @@ utilisation, and the ratio.
     python bench/train.py [--recipe recipes/tiny-cpu.toml | --preset gemma3-270m] [--batch 8]
                           [--seq-len 256] [--rounds 12] [--steps 2] [--threads 0]
                           [--device cpu|cuda] [--precision float32|bf16] [--compile] [--sequential]
-                          [--runners ours,transformers] [--json docs/experiments/train-speed.json]
+                          [--runners ours,transformers] [--keep-freed-memory]
+                          [--json docs/experiments/train-speed.json]
 
 By default it times the tiny-cpu recipe's model at the recipe's own precision (`train.precision`):
 bf16 on a GPU, and on a CPU whose instructions multiply bf16 (AMX or AVX512-BF16); float32 on
@@ -39,6 +40,7 @@ from codegemma.config import ModelConfig, preset
 from codegemma.model import Gemma
 from codegemma.train import losses, metrics
 from codegemma.train import recipe as recipe_mod
+from codegemma.train.allocator import freed_memory_kept
 from codegemma.train.build import model_config
 
 RUNNERS = ("ours", "transformers")
@@ -194,6 +196,9 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--sequential", action="store_true", help="time one model at a time (large models)")
     parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="CPU: time both with glibc keeping freed memory for reuse, as the trainer runs "
+                             "(codegemma.train.allocator); default: glibc's defaults for both")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     names = [n for n in args.runners.split(",") if n]
@@ -209,7 +214,9 @@ def main() -> int:
     else:
         cfg = recipe_config(args.recipe, args.vocab_size)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device=args.device)
-    seconds, ratio, diff = time_runners(names, cfg, batch, args)
+    # process-wide, so it applies to both runners alike
+    with freed_memory_kept() if args.keep_freed_memory else contextlib.nullcontext():
+        seconds, ratio, diff = time_runners(names, cfg, batch, args)
 
     tokens = args.batch * args.seq_len
     flops = metrics.flops_per_token(cfg, args.seq_len)
@@ -217,8 +224,9 @@ def main() -> int:
     result = {name: tokens / s for name, s in seconds.items()}
     mfu = {name: tps * flops / peak for name, tps in result.items()} if peak else {}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"model: {args.preset or args.recipe} ({cfg.family}, {cfg.num_params() / 1e6:.1f}M params), batch {args.batch} x {args.seq_len}, {device}, "
-          f"{args.precision}{', compiled' if args.compile else ''}"
+    settings = [device, args.precision] + ["compiled"] * args.compile + ["freed memory kept"] * args.keep_freed_memory
+    print(f"model: {args.preset or args.recipe} ({cfg.family}, {cfg.num_params() / 1e6:.1f}M params), "
+          f"batch {args.batch} x {args.seq_len}, {', '.join(settings)}"
           + (f", max |logit diff| {diff:.2e}" if diff is not None else ""))
     print(f"{'':14}{'tokens/s':>10}{'MFU':>8}")
     for name, value in result.items():
@@ -228,6 +236,7 @@ def main() -> int:
     if args.json:
         out = {"tokens_per_s": result, "mfu": mfu, "ratio": ratio, "batch": args.batch, "seq_len": args.seq_len,
                "device": device, "precision": args.precision, "compile": args.compile,
+               "keep_freed_memory": args.keep_freed_memory,
                "threads": torch.get_num_threads(), "rounds": args.rounds, "steps_per_round": args.steps,
                "flops_per_token": flops, "peak_flops": peak, "config": cfg.to_dict(), "logit_max_abs_diff": diff,
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
