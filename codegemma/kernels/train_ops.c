@@ -104,9 +104,6 @@ void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int
     }
 }
 
-/* dx = rstd * (a - x * rstd^2 * mean(a * x)) with a = dy * (1 + w); dw = sum over rows of
- * dy * x * rstd, summed per block of ROW_BLOCK rows into `partial` [blocks, d] and then over the
- * blocks in order, so the sum is the same for any number of threads. */
 /* One row: out = add + s * (g * (1 + w) - x * c), c = s^2 * mean(g * (1 + w) * x), and acc += g * x * s.
  * `add` (another gradient of the norm's input, or NULL) is summed in the same pass. */
 static inline void rms_norm_row_backward(const float *restrict x, const float *restrict w, float s,
@@ -129,6 +126,9 @@ static void sum_partials(const float *partial, int64_t blocks, int64_t d, float 
         for (int64_t j = 0; j < d; j++) dw[j] += partial[b * d + j];
 }
 
+/* dx = rstd * (a - x * rstd^2 * mean(a * x)) with a = dy * (1 + w); dw = sum over rows of
+ * dy * x * rstd, summed per block of ROW_BLOCK rows into `partial` [blocks, d] and then over the
+ * blocks in order, so the sum is the same for any number of threads. */
 void rms_norm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx, float *dw,
                        float *partial, int64_t rows, int64_t d, int threads) {
     int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
