@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -87,10 +88,20 @@ def default_precision(recipe_path: str | None, device: str) -> str:
 
 def recipe_config(path: str, vocab_size: int) -> ModelConfig:
     """The recipe's model config; for a recipe that starts from a checkpoint directory, that
-    checkpoint's (the weights are drawn fresh either way: they do not change the speed)."""
+    checkpoint's, or before it is built the shape the recipe declares for it ([model] preset and
+    overrides, which `train run` checks the start has). The weights are drawn fresh either way:
+    they do not change the speed."""
+    declared = recipe_mod.load(path).model
     recipe = recipe_mod.load(path, [f"model.overrides.vocab_size={vocab_size}"])
-    if recipe.model.init:
-        return config_from_hf(json.loads((Path(recipe.model.init) / "config.json").read_text()))
+    start = recipe.model.init
+    if start and (Path(start) / "config.json").is_file():
+        return config_from_hf(json.loads((Path(start) / "config.json").read_text()))
+    if start and not declared.overrides:
+        raise SystemExit(f"{path}: its start {start} is not a built checkpoint directory, and the recipe does not "
+                         "declare its shape ([model] preset and overrides): build the start, or use --preset")
+    if start:
+        print(f"{path}: the start {start} is not built; timing the shape the recipe declares "
+              f"({recipe.model.preset}, {recipe.model.overrides}) with fresh weights", file=sys.stderr)
     return model_config(recipe, None)
 
 

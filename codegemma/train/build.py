@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
 
         loaded = load(recipe.model.init, dtype="float32")
         model, config = loaded.model, loaded.config
+        check_start_shape(recipe, config)
         tokenizer = tokenizer or loaded.tokenizer
         if recipe.model.fim_sentinels_from:
             tokenizer = add_fim_sentinels(model, tokenizer, recipe.model.fim_sentinels_from)
@@ -61,6 +63,24 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
         model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
     freeze(model, recipe.model.freeze)
     return model.train(), config, tokenizer
+
+
+def check_start_shape(recipe: Recipe, config: ModelConfig) -> None:
+    """The start (`model.init`) has every field `model.overrides` gives: a recipe that describes the
+    start another command builds (`train prune`) stops at once when that start was built otherwise."""
+    known = config.to_dict()
+
+    def same(key, value) -> bool:  # a checkpoint may hold a float in float32 (norm_eps 1e-6 as 9.99e-7)
+        have = known[key]
+        if isinstance(value, float) and isinstance(have, (int, float)):
+            return math.isclose(have, value, rel_tol=1e-6)
+        return have == value
+
+    wrong = [f"{key} = {value!r} (the start has {known[key]!r})" if key in known else f"{key} is not a model field"
+             for key, value in recipe.model.overrides.items() if key not in known or not same(key, value)]
+    if wrong:
+        raise CodegemmaError(f"model.init {recipe.model.init} is not the model model.overrides describes: "
+                             + "; ".join(wrong))
 
 
 def freeze(model: torch.nn.Module, patterns: list[str]) -> None:

@@ -23,7 +23,10 @@ OBJECTIVES = ("pretrain", "sft", "dpo")
 class ModelSection:
     preset: str | None = "tiny-gemma"  # a codegemma.config preset, used when `init` is empty
     init: str | None = None  # start from a checkpoint: GGUF file or HF directory
-    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset
+    # ModelConfig fields over the preset. With `init`, the shape the start must have (checked when it
+    # loads): a start another command builds is then described in the recipe, and preset + overrides
+    # give its config to tools that need only the shape (bench/train.py) before it is built
+    overrides: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02
     # continued pretraining: turn these existing vocabulary entries into the FIM sentinels
     fim_sentinels_from: list[str] = field(default_factory=list)

@@ -59,3 +59,41 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         model(x).logsumexp(-1).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_a_start_is_checked_against_the_shape_the_recipe_gives(tmp_path, small_tokenizer):
+    """With `init`, [model.overrides] is the shape the start must have: a start built otherwise is a
+    one-line error naming each field, not a run of another model."""
+    import pytest
+
+    from codegemma.checkpoints import save_hf
+    from codegemma.config import ModelConfig, preset
+    from codegemma.errors import CodegemmaError
+    from codegemma.model import Gemma
+
+    config = ModelConfig.from_dict({**preset("tiny-gemma3").to_dict(), "vocab_size": small_tokenizer.vocab_size,
+                                    "norm_eps": 9.999999974752427e-07})  # 1e-6 as float32 holds it
+    save_hf(Gemma(config), config, small_tokenizer, tmp_path / "start")
+
+    def built(overrides):
+        return build.build_model(recipe_mod.from_dict(
+            {"model": {"init": str(tmp_path / "start"), "overrides": overrides}}), small_tokenizer)
+
+    _, loaded, _ = built({"n_layers": config.n_layers, "d_ff": config.d_ff, "norm_eps": 1e-6})
+    assert loaded.d_ff == config.d_ff
+    with pytest.raises(CodegemmaError) as e:
+        built({"n_layers": config.n_layers + 1, "d_ff": config.d_ff, "d_fff": 3})
+    message = str(e.value)
+    assert f"n_layers = {config.n_layers + 1} (the start has {config.n_layers})" in message
+    assert "d_fff is not a model field" in message and "d_ff =" not in message
+
+
+def test_the_tiny_cpu_recipe_declares_its_starts_shape():
+    """bench/train.py times the shape the recipe declares where the start is not built: 19.5M
+    parameters, as `train prune --layers 0-5 --d-ff 384` makes (tests/train/test_prune.py)."""
+    from pathlib import Path
+
+    recipe = recipe_mod.load(Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.toml")
+    config = build.model_config(recipe, None)
+    assert (config.family, config.n_layers, config.d_ff, config.vocab_size) == ("gemma3", 6, 384, 8192)
+    assert config.num_params() == 19_516_032  # what `train prune` reports for the start it writes

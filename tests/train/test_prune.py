@@ -181,3 +181,25 @@ def test_the_default_models_first_layers_still_copy(default_gguf_path, small_tok
     fresh, _ = small_model(small_tokenizer)
     assert probe.copy_gain(small.eval(), torch.device("cpu")) > 0.5
     assert abs(probe.copy_gain(fresh, torch.device("cpu"))) < 0.1
+
+
+@pytest.mark.real_weights
+def test_the_tiny_cpu_recipes_declared_shape_is_what_prune_builds(default_gguf_path, small_tokenizer):
+    """tiny-cpu.toml's [model] preset and overrides, which `train run` checks its start against and
+    bench/train.py times before the start is built, are the model `train prune --layers 0-5 --d-ff 384`
+    cuts out of the default model (on this test's vocabulary instead of the recipe's 8192 tokens)."""
+    from pathlib import Path
+
+    from codegemma.checkpoints import load
+    from codegemma.train import build
+    from codegemma.train import recipe as recipe_mod
+
+    loaded = load(default_gguf_path, progress=False)
+    rows = [torch.tensor([loaded.tokenizer.encode("def f(x):\n    return x + 1\n")])]
+    _, config = prune.pruned(loaded.model.eval(), loaded.config, loaded.tokenizer, small_tokenizer,
+                             prune.parse_layers("0-5"), 384, rows)
+    recipe = recipe_mod.load(Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.toml",
+                             [f"model.overrides.vocab_size={small_tokenizer.vocab_size}"])
+    declared = build.model_config(recipe, small_tokenizer)
+    build.check_start_shape(recipe, config)
+    assert {**config.to_dict(), "norm_eps": 1e-6} == declared.to_dict()  # GGUF holds 1e-6 as float32
