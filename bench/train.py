@@ -189,6 +189,14 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | N
     return median, ratio, diff
 
 
+def _transformers_version() -> str | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.__version__
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/tiny-cpu.toml", help="take the model from this recipe")
@@ -250,7 +258,7 @@ def main() -> int:
                "keep_freed_memory": args.keep_freed_memory,
                "threads": torch.get_num_threads(), "rounds": args.rounds, "steps_per_round": args.steps,
                "flops_per_token": flops, "peak_flops": peak, "config": cfg.to_dict(), "logit_max_abs_diff": diff,
-               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "transformers": _transformers_version(), "machine": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "load_average": os.getloadavg(), "params": cfg.num_params()}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
