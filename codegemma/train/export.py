@@ -200,6 +200,9 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
         lora_cfg = LoraSection(**recipe.get("lora", {}))
         weights = merged_state(apply_lora(Gemma(config), lora_cfg), weights)
     spec = tokenizer_spec or recipe.get("tokenizer") or ""
+    if spec and not tokenizer_spec and spec != "default" and not Path(spec).exists():
+        raise CodegemmaError(f"{ckpt_path}: the run's tokenizer {spec} is not found from here (a recipe's paths are "
+                             "relative to the directory the run started in): run from there, or pass --tokenizer")
     tokenizer = build.load_tokenizer(spec) if spec else None
     if tokenizer is None and recipe.get("model", {}).get("init"):
         from codegemma.checkpoints import load

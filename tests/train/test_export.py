@@ -143,6 +143,28 @@ def test_export_from_a_training_run(tmp_path, tokenizer):
         assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))
 
 
+def test_export_names_a_runs_tokenizer_it_cannot_find(tmp_path, tokenizer, monkeypatch):
+    """A recipe's relative tokenizer path is resolved where the run started: exporting from another
+    directory says so and how to go on, and writes nothing."""
+    from codegemma.train import checkpoint
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    (tmp_path / "project" / "tok").mkdir(parents=True)
+    tokenizer.save(tmp_path / "project" / "tok" / "tokenizer.json")
+    checkpoint.save(tmp_path / "project" / "run" / "checkpoints", 5, {
+        "step": 5, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": "tok/tokenizer.json", "lora": {}, "model": {}}})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CodegemmaError, match="tok/tokenizer.json is not found from here.*--tokenizer"):
+        export(tmp_path / "project" / "run", tmp_path / "m.gguf", fmt="gguf")
+    assert not (tmp_path / "m.gguf").exists()
+    out = export(tmp_path / "project" / "run", tmp_path / "m.gguf", fmt="gguf",
+                 tokenizer_spec=str(tmp_path / "project" / "tok" / "tokenizer.json"))
+    assert load(str(out), progress=False).tokenizer.vocab_size == tokenizer.vocab_size
+    monkeypatch.chdir(tmp_path / "project")
+    assert export("run", tmp_path / "m2.gguf", fmt="gguf").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.real_weights
 def test_default_model_exported_to_gguf_reads_the_same_in_llama_cpp(tmp_path, default_gguf_path):
