@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
@@ -127,13 +128,19 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from codegemma.train import recipe as recipe_mod
     from codegemma.train.run import run
+    from codegemma.train.stopping import RunStopped
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     missing = recipe_mod.missing_inputs(recipe)
     if missing:
         raise CodegemmaError(f"{args.recipe}: not found: {'; '.join(missing)} (point the recipe or --set KEY=PATH "
                              f"at them; the recipe's comments and docs/training.md show how to build them)")
-    summary = run(recipe, resume=not args.no_resume)
+    try:
+        summary = run(recipe, resume=not args.no_resume)
+    except RunStopped as stopped:
+        if stopped.checkpoint is not None:  # the main process: the others say nothing
+            print(f"codegemma train: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     if summary.get("final"):
         print(json.dumps(summary))
     return 0

@@ -68,6 +68,13 @@ def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def gather_objects(obj, env: DistEnv) -> list:
     """Every rank's `obj`, in rank order (on every rank)."""
     if not env.distributed:

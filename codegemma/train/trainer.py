@@ -25,6 +25,7 @@ from codegemma.train import checkpoint as ckpt
 from codegemma.train import distributed, metrics, optim
 from codegemma.train.distributed import DistEnv
 from codegemma.train.recipe import Recipe
+from codegemma.train.stopping import RunStopped, StopSignals
 
 
 def to_device(batch, device: torch.device):
@@ -181,6 +182,19 @@ class Trainer:
             self.logger.close()
             return history
         bar = _progress(r, self.step, self.env.is_main)
+        with StopSignals() as stop:
+            self._steps(bar, history, stop, on_step)
+        if bar is not None:
+            bar.close()
+        self.evaluate()
+        self.save_checkpoint()
+        self.logger.close()
+        return history
+
+    def _steps(self, bar, history: list[dict], stop: StopSignals, on_step) -> None:
+        """Steps up to `recipe.train.steps`, with the periodic evaluations and checkpoints; on a stop
+        signal, the checkpoint of the step just taken, then `RunStopped`."""
+        r = self.recipe
         # throughput counts step time only, not evaluation or checkpoint writing
         window_tokens, window_time = 0, 0.0
         while self.step < r.train.steps:
@@ -205,14 +219,17 @@ class Trainer:
                 on_step(self.step, out)
             if r.eval.every and self.step % r.eval.every == 0 and self.step < r.train.steps:
                 self.evaluate()
-            if r.checkpoint.every and self.step % r.checkpoint.every == 0 and self.step < r.train.steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
-        self.evaluate()
-        self.save_checkpoint()
-        self.logger.close()
-        return history
+            periodic = r.checkpoint.every and self.step % r.checkpoint.every == 0 and self.step < r.train.steps
+            # (only the main process gets a path back; the others take part in the same saves)
+            saved = self.save_checkpoint() if periodic else None
+            signum = stop.requested(self.env)
+            if signum and self.step < r.train.steps:
+                if not periodic:
+                    saved = self.save_checkpoint()
+                if bar is not None:
+                    bar.close()
+                self.logger.close()
+                raise RunStopped(signum, self.step, saved)
 
     def evaluate(self) -> dict:
         if self.evaluator is None:
