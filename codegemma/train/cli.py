@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("recipe", help="recipes/*.toml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value, e.g. --set train.steps=100 (repeatable)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--no-resume", action="store_true",
+                   help="do not continue from out_dir's checkpoints (an out_dir that holds a run is refused)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("tokenizer", help="train a BPE tokenizer with the CodeGemma special-token layout")
@@ -125,6 +126,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=_oss_instruct)
 
 
+def refuse_earlier_run(out_dir: Path) -> None:
+    """A run started over in a directory that holds another would interleave their checkpoints and
+    metrics (and pruning would keep the other's later steps): refused, nothing removed."""
+    from codegemma.train import checkpoint
+
+    steps = checkpoint.list_steps(out_dir / "checkpoints")
+    if steps or (out_dir / "metrics.jsonl").exists():
+        held = f"checkpoints up to step {steps[-1]}" if steps else "metrics.jsonl"
+        raise CodegemmaError(f"{out_dir} holds a run ({held}); --no-resume would mix a new run into it: remove it "
+                             "or choose another out_dir (--set out_dir=DIR)")
+
+
 def _run(args) -> int:
     from codegemma.train import recipe as recipe_mod
     from codegemma.train.run import run
@@ -135,6 +148,8 @@ def _run(args) -> int:
     if missing:
         raise CodegemmaError(f"{args.recipe}: not found: {'; '.join(missing)} (point the recipe or --set KEY=PATH "
                              f"at them; the recipe's comments and docs/training.md show how to build them)")
+    if args.no_resume:
+        refuse_earlier_run(Path(recipe.out_dir))
     try:
         summary = run(recipe, resume=not args.no_resume)
     except RunStopped as stopped:

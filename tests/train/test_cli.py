@@ -33,6 +33,14 @@ def test_run_plot_and_export(tmp_path, shards, capsys):
     # a finished run is not trained again
     assert main(["train", "run", str(recipe)]) == 0
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    # nor started over on top of itself: its checkpoints would be pruned in favour of the old ones
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    assert main(["train", "run", str(recipe), "--no-resume", "--set", "train.steps=2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a run (checkpoints up to step 3); --no-resume" in err
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    assert main(["train", "run", str(recipe), "--no-resume", "--set", f"out_dir={tmp_path / 'again'}"]) == 0
 
 
 def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
