@@ -106,12 +106,18 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
+        from codegemma.errors import CodegemmaError
+
         state = ckpt.load(path)
         if state.get("world_size", 1) != self.env.world_size:
-            from codegemma.errors import CodegemmaError
-
             raise CodegemmaError(f"{path}: saved with {state['world_size']} processes, resuming with "
                                  f"{self.env.world_size}; the data order would change")
+        saved, now = state.get("model_config"), _config_dict(self.raw_model)
+        if saved is not None and now is not None and saved != now:
+            differ = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} here"
+                               for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+            raise CodegemmaError(f"{path}: saved from another model ({differ}); resume with the recipe the run "
+                                 "started with, or start this one in another out_dir")
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)

@@ -139,6 +139,17 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards):
     assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
 
 
+def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
+    recipe = make_recipe(tmp_path, shards, steps=4)
+    recipe.checkpoint.every = 2
+    train(recipe)
+    recipe.train.steps = 6
+    recipe.model.overrides = {"n_layers": 3}
+    with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from another model \(.*n_layers 2 there, "
+                                             r"3 here\); resume with the recipe the run started with"):
+        train(recipe)
+
+
 def _cli(recipe_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "codegemma", "train", "run", str(recipe_path), *extra],
