@@ -126,6 +126,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=_oss_instruct)
 
 
+def writable_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` now, so that a directory the run cannot write stops it before any work."""
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise CodegemmaError(f"out_dir {out_dir}: cannot write there ({e.strerror or e})") from None
+
+
 def refuse_earlier_run(out_dir: Path) -> None:
     """A run started over in a directory that holds another would interleave their checkpoints and
     metrics (and pruning would keep the other's later steps): refused, nothing removed."""
@@ -148,6 +159,7 @@ def _run(args) -> int:
     if missing:
         raise CodegemmaError(f"{args.recipe}: not found: {'; '.join(missing)} (point the recipe or --set KEY=PATH "
                              f"at them; the recipe's comments and docs/training.md show how to build them)")
+    writable_out_dir(Path(recipe.out_dir))
     if args.no_resume:
         refuse_earlier_run(Path(recipe.out_dir))
     try:

@@ -112,6 +112,15 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "missing.toml" in err[1]
 
 
+def test_an_out_dir_that_cannot_be_written_stops_the_run_first(tmp_path, shards, capsys):
+    (tmp_path / "file").write_text("a file, not a directory")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "file" / "run", shards, steps=3))
+    assert main(["train", "run", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"codegemma train: error: out_dir {tmp_path / 'file' / 'run'}: cannot write there (Not a directory)\n"
+
+
 def test_run_names_every_missing_input_before_it_starts(tmp_path, shards, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=3))
