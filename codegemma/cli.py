@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except CodegemmaError as exc:
         print(f"codegemma {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # the system refused a path or a resource the command was given (not there, not a directory,
+        # no permission, a full disk, a port in use): one line that names it, like any user error
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"codegemma {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

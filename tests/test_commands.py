@@ -64,6 +64,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert run.returncode == 1 and "has no tokenizer" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_a_path_the_system_refuses_is_one_line(tmp_path, capsys):
+    """An OSError from a path the user gave (here a directory to create under a file) names the path
+    and the reason, exit 1, where it was a traceback."""
+    (tmp_path / "file").write_text("")
+    assert main(["train", "demo-data", "--root", str(tmp_path / "file" / "demo")]) == 1
+    assert capsys.readouterr().err == f"codegemma train: error: {tmp_path / 'file' / 'demo'}: Not a directory\n"
+
+
 def test_cli_dtype_choices_are_the_loaders():
     from codegemma.checkpoints.loading import DTYPE_NAMES
     from codegemma.commands import DTYPE_CHOICES
