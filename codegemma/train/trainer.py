@@ -11,6 +11,7 @@ to continue the run bit-for-bit.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from codegemma import bf16_matmuls
+from codegemma.errors import CodegemmaError
 from codegemma.train import checkpoint as ckpt
 from codegemma.train import distributed, metrics, optim
 from codegemma.train.distributed import DistEnv
@@ -106,8 +108,6 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        from codegemma.errors import CodegemmaError
-
         state = ckpt.load(path)
         if state.get("world_size", 1) != self.env.world_size:
             raise CodegemmaError(f"{path}: saved with {state['world_size']} processes, resuming with "
@@ -218,6 +218,15 @@ class Trainer:
                     record["mfu"] = tps * self.flops_per_token / (self.peak * self.env.world_size)
                 self.logger.log(self.step, "train", record)
                 window_tokens, window_time = 0, 0.0
+            if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+                # the step wrote non-finite weights: saving them would replace good checkpoints
+                if bar is not None:
+                    bar.close()
+                self.logger.close()
+                raise CodegemmaError(f"step {self.step}: loss {out['loss']}, gradient norm {out['grad_norm']} at "
+                                     f"learning rate {out['lr']:.3g}: the run diverged and stopped without saving; "
+                                     f"its newest checkpoint is {ckpt.latest(self.out_dir / 'checkpoints')} "
+                                     "(a lower optim.lr may help)")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")

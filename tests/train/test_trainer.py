@@ -150,6 +150,32 @@ def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
         train(recipe)
 
 
+def test_a_diverged_step_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, shards):
+    """A non-finite loss (here injected at the fifth step) writes non-finite weights: the run stops
+    with a one-line error and saves nothing, so the checkpoints before it survive."""
+
+    class Diverging(objectives.LanguageModeling):
+        calls = 0
+
+        def loss_sum(self, model, batch):
+            Diverging.calls += 1
+            total, stats = super().loss_sum(model, batch)
+            return (total * float("nan") if Diverging.calls == 5 else total), stats
+
+    recipe = make_recipe(tmp_path, shards, steps=8)
+    recipe.checkpoint.every = 2
+    torch.manual_seed(recipe.seed)
+    model, _, _ = build.build_model(recipe, None)
+    trainer = Trainer(recipe, model, Diverging(), build.shard_reader(recipe.data.train, recipe, DistEnv()))
+    ckpts = tmp_path / "run" / "checkpoints"
+    with pytest.raises(CodegemmaError, match=rf"step 5: loss nan, gradient norm nan at learning rate .*diverged "
+                                             rf"and stopped without saving; its newest checkpoint is "
+                                             rf"{ckpts / 'step_00000004.pt'}"):
+        trainer.fit()
+    assert checkpoint.list_steps(ckpts) == [2, 4]
+    assert all(torch.isfinite(v).all() for v in checkpoint.load(ckpts / "step_00000004.pt")["model"].values())
+
+
 def _cli(recipe_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "codegemma", "train", "run", str(recipe_path), *extra],
