@@ -178,8 +178,18 @@ def _tokenizer(args) -> int:
 
     from codegemma.train import tokenizer_train
 
-    texts = itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus)
-    tok = tokenizer_train.train(texts, args.vocab_size)
+    read = 0
+
+    def texts():
+        nonlocal read
+        for text in itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus):
+            read += 1
+            yield text
+
+    tok = tokenizer_train.train(texts(), args.vocab_size)
+    if not read:  # a vocabulary of the reserved tokens alone: refused, nothing written
+        kinds = " or ".join(args.ext) + " " if args.ext else ""
+        raise CodegemmaError(f"{', '.join(args.corpus)}: no {kinds}text files to learn a vocabulary from")
     out = tokenizer_train.save(tok, args.out)
     print(f"wrote {out} ({tok.get_vocab_size()} tokens)")
     return 0

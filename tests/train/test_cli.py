@@ -17,6 +17,16 @@ def test_tokenizer_command(tmp_path, capsys):
     assert (out.parent / "tokenizer_config.json").is_file()
 
 
+def test_tokenizer_command_refuses_a_corpus_with_nothing_to_learn(tmp_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "notes.txt").write_text("text, but not of the kind asked for\n")
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train", "tokenizer", str(tmp_path / "corpus"), "--ext", ".py", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"codegemma train: error: {tmp_path / 'corpus'}: no .py text files to learn "
+                                       "a vocabulary from\n")
+    assert not out.parent.exists()
+
+
 def test_run_plot_and_export(tmp_path, shards, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=3))
