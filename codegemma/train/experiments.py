@@ -47,9 +47,14 @@ class Scale:
     extra: dict = field(default_factory=dict)
 
 
+def corpus_paths(root: Path) -> tuple[Path, Path]:
+    """Where the demo corpus and its tokenizer live under `root`."""
+    return root / "corpus", root / "tokenizer" / "tokenizer.json"
+
+
 def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> tuple[Path, Path]:
     """The demo corpus and its tokenizer under `root` (built once, then reused)."""
-    corpus, tokenizer = root / "corpus", root / "tokenizer" / "tokenizer.json"
+    corpus, tokenizer = corpus_paths(root)
     if not corpus.is_dir():
         from codegemma.data.demo_corpus import build_demo_corpus
 
@@ -89,15 +94,16 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
         settings |= {"tokenizer": tokenizer, "fim_sentinels_from": list(fim_sentinels_from)}
     if _built_with(out, settings):
         return out
-    demo_corpus, demo_tokenizer = ensure_corpus(root)
+    demo_corpus, demo_tokenizer = corpus_paths(root)
     source = {"name": corpus.name if corpus else "stdlib", "path": str(corpus or demo_corpus)}
-    recipe = recipe_from_dict({
+    recipe = recipe_from_dict({  # checks the settings before the corpus is built
         "name": out.name, "out_dir": str(out), "tokenizer": tokenizer or str(demo_tokenizer),
         "fim_sentinels_from": list(fim_sentinels_from), "seed": seed, "seq_len": seq_len,
         "eval_fraction": 0.1, "workers": 1, "sources": [source],
         "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
                 "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},
     }, "demo data")
+    ensure_corpus(root)
     build(recipe, progress=False)
     return out
 

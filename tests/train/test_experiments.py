@@ -122,6 +122,12 @@ def test_demo_shards_reuse_only_shards_built_with_the_same_settings(tmp_path):
         demo_shards(tmp_path, 0.5, out=out, fim_chunk_chars=500, spm_rate=1.0)
 
 
+def test_demo_shards_check_their_settings_before_building_the_corpus(tmp_path):
+    with pytest.raises(CodegemmaError, match="FIM rates must be in"):
+        demo_shards(tmp_path / "demo", 1.5)
+    assert not (tmp_path / "demo").exists()  # no 12 MB corpus copied, no tokenizer trained
+
+
 def test_chunked_demo_shards_from_before_plain_chunks_ran_on_are_not_reused(tmp_path):
     out = tmp_path / "shards"
     _fake_demo_shards(out, fim_rate=0.5, fim_chunk_chars=500, fim_suffix_line_rate=0.0, spm_rate=0.5,
