@@ -327,7 +327,12 @@ def _plot(args) -> int:
 def _dpo_pairs(args) -> int:
     from codegemma.train.preference import pairs_from_samples, read_jsonl, write_jsonl
 
-    pairs = pairs_from_samples(read_jsonl(args.samples), args.max_pairs_per_task, args.seed)
+    samples = read_jsonl(args.samples)
+    pairs = pairs_from_samples(samples, args.max_pairs_per_task, args.seed)
+    if not pairs:  # a DPO run could not start from it: refused, nothing written
+        tasks = len({s.get("task_id") for s in samples})
+        raise CodegemmaError(f"{args.samples}: no preference pairs: none of its {tasks} problems has both a passing "
+                             "and a failing sample (sample more per problem, or at a higher temperature)")
     write_jsonl(args.out, pairs)
     print(f"wrote {len(pairs)} pairs to {args.out}")
     return 0

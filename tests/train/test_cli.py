@@ -143,3 +143,22 @@ def test_run_names_every_missing_input_before_it_starts(tmp_path, shards, capsys
     assert all(f"{key} {path.as_posix()}" in err[0] for key, path in missing.items())
     assert "data.train" not in err[0]  # what exists is not listed
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+def test_dpo_pairs_command(tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"task_id": "t/0", "prompt": "p0", "completion": "ok", "passed": True},
+            {"task_id": "t/0", "prompt": "p0", "completion": "bad", "passed": False},
+            {"task_id": "t/1", "prompt": "p1", "completion": "ok", "passed": True}]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["train", "dpo-pairs", str(samples), "--out", str(out)]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"task_id": "t/0", "prompt": "p0", "chosen": "ok", "rejected": "bad"}]
+    # no problem with both verdicts: a DPO run could not start from the file, so none is written
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows if r["passed"]))
+    out.unlink()
+    assert main(["train", "dpo-pairs", str(samples), "--out", str(out)]) == 1
+    assert "none of its 2 problems has both a passing and a failing sample" in capsys.readouterr().err
+    assert not out.exists()
+
