@@ -6,8 +6,10 @@ writes logs, plots and exports).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +106,34 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
     # on a CPU, each step's large tensors reuse the last step's memory: no page faults (allocator.py)
     memory = freed_memory_kept() if env.device.type == "cpu" else nullcontext()
     try:
-        with memory:
+        with memory, only_run_in(Path(recipe.out_dir), env.is_main):
             return _train(recipe, env, resume)
     finally:
         distributed.shutdown(env)
+
+
+@contextmanager
+def only_run_in(out_dir: Path, main: bool):
+    """While a run's main process lives, it holds a lock on `out_dir/.lock`: a second run started in
+    the same directory (another terminal, a job submitted twice) stops before it writes anything,
+    where the two would interleave their checkpoints and metrics. The lock goes with the process."""
+    if not main:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CodegemmaError(f"{out_dir}: another run is writing there (process {holder}); wait for it to end, "
+                                 "or choose another out_dir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:

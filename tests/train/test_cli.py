@@ -162,3 +162,22 @@ def test_dpo_pairs_command(tmp_path, capsys):
     assert "none of its 2 problems has both a passing and a failing sample" in capsys.readouterr().err
     assert not out.exists()
 
+
+def test_a_second_run_in_the_same_out_dir_is_refused(tmp_path, shards, capsys):
+    """While a run's process holds its out_dir (here: this test holds the lock), another run there
+    stops before it writes anything; once the first is gone, the directory is free."""
+    import fcntl
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=2))
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        assert main(["train", "run", str(recipe)]) == 1
+        assert capsys.readouterr().err == (f"codegemma train: error: {tmp_path / 'run'}: another run is writing there "
+                                           "(process 4242); wait for it to end, or choose another out_dir\n")
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    assert main(["train", "run", str(recipe)]) == 0
+
