@@ -69,20 +69,27 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
 
 
 class MetricsLogger:
-    """Writes metrics from the main process only; other processes get a no-op logger."""
+    """Writes metrics from the main process only; other processes get a no-op logger.
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    A run that continues from the checkpoint of `after_step` first drops what a stopped run logged
+    after that step (from metrics.jsonl, and in TensorBoard through its purge step): those steps are
+    trained and logged again, and each step should appear once. A line cut short by a kill goes too.
+    """
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True, after_step: int = 0):
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
         self._tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            _keep_records_up_to(self.path, after_step)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=after_step + 1)
 
     def log(self, step: int, kind: str, values: dict) -> None:
         if not self.enabled:
@@ -101,6 +108,21 @@ class MetricsLogger:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _keep_records_up_to(path: Path, step: int) -> None:
+    """Rewrite `path` (atomically) without records after `step` and without lines that do not parse."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _plain(value):

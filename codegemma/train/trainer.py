@@ -73,7 +73,7 @@ class Trainer:
                                                      fused=self.device.type in ("cuda", "cpu") and not fsdp)
         self.step = 0
         self.tokens_seen = 0
-        self.logger = metrics.MetricsLogger(self.out_dir, recipe.log.tensorboard, enabled=self.env.is_main)
+        self.logger: metrics.MetricsLogger | None = None  # opened by `fit`, once it knows the starting step
         self.peak = recipe.log.peak_flops or metrics.peak_flops(self.device, self.bf16)
 
     # ---- checkpointing -----------------------------------------------------------------
@@ -185,8 +185,9 @@ class Trainer:
         r = self.recipe
         history = []
         if self.step >= r.train.steps:  # finished already: nothing to train, evaluate or save
-            self.logger.close()
             return history
+        self.logger = metrics.MetricsLogger(self.out_dir, r.log.tensorboard, enabled=self.env.is_main,
+                                            after_step=self.step)
         bar = _progress(r, self.step, self.env.is_main)
         with StopSignals() as stop:
             self._steps(bar, history, stop, on_step)
