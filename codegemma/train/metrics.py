@@ -136,10 +136,10 @@ def read(path: str | Path, kind: str = "train") -> list[dict]:
     by_step: dict[int, dict] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
-            line = line.strip()
-            if not line:
+            try:
+                record = json.loads(line)
+            except ValueError:  # blank, or the last line of a run killed while writing it
                 continue
-            record = json.loads(line)
             if record.get("kind") == kind:
                 by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]

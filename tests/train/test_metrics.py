@@ -39,6 +39,9 @@ def test_a_continued_run_logs_each_step_once(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [(r["step"], r["kind"], r["loss"]) for r in map(json.loads, lines)] == [
         (1, "train", 1.0), (2, "train", 2.0), (2, "eval", 0.5), (3, "train", 13.0), (4, "train", 14.0)]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('\n{"step": 5, "kind": "tra')  # read while a killed run's last line is torn
+    assert [r["loss"] for r in metrics.read(tmp_path / "metrics.jsonl")] == [1.0, 2.0, 13.0, 14.0]
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
