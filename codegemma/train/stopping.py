@@ -21,8 +21,11 @@ from codegemma.train.distributed import DistEnv
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class RunStopped(Exception):
-    """The run stopped on a signal after saving `checkpoint` (None on processes that do not write)."""
+class RunStopped(KeyboardInterrupt):
+    """The run stopped on a signal after saving `checkpoint` (None on processes that do not write).
+
+    A KeyboardInterrupt, as the signal asked: no `except Exception` on the way up swallows it, and
+    a command that runs several trainings (`train experiment`) ends as on Ctrl-C."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
