@@ -19,6 +19,7 @@ import torch
 
 from codegemma.config import ModelConfig
 from codegemma.errors import CodegemmaError
+from codegemma.tokenizer import with_fim_sentinels
 
 # module-name part -> GGUF block tensor name; the pre-MLP norm is `ffn_norm` in every family
 _BLOCK = {
@@ -208,6 +209,9 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
         from codegemma.checkpoints import load
 
         tokenizer = load(recipe["model"]["init"]).tokenizer
+    unused = recipe.get("model", {}).get("fim_sentinels_from")
+    if tokenizer is not None and unused:  # the run trained these unused tokens as the FIM sentinels
+        tokenizer = with_fim_sentinels(tokenizer, unused, "model.fim_sentinels_from")
     return weights, config, tokenizer
 
 

@@ -143,6 +143,28 @@ def test_export_from_a_training_run(tmp_path, tokenizer):
         assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))
 
 
+def test_a_continued_pretraining_run_exports_its_fim_sentinels(tmp_path, tokenizer):
+    """A run that trained four unused tokens as the FIM sentinels (`model.fim_sentinels_from`) exports
+    them under the sentinels' names, so the completion engine sees a FIM model (the codegemma profile),
+    where the exported vocabulary kept the unused names and the model got prefix-only prompts."""
+    from codegemma.fim import CODEGEMMA_SENTINELS
+    from codegemma.profiles import resolve_profile
+    from codegemma.tokenizer import rename_tokens
+    from codegemma.train import checkpoint
+
+    spare = [f"<spare{i}>" for i in range(4)]
+    plain = rename_tokens(tokenizer, dict(zip(CODEGEMMA_SENTINELS.all(), spare)))  # a vocabulary without FIM
+    plain.save(tmp_path / "tokenizer.json")
+    model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, query_pre_attn_scalar=None)
+    checkpoint.save(tmp_path / "run" / "checkpoints", 5, {
+        "step": 5, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": str(tmp_path / "tokenizer.json"), "lora": {}, "model": {"fim_sentinels_from": spare}}})
+    exported = load(str(export(tmp_path / "run", tmp_path / "m.gguf", fmt="gguf", dtype="f32")), progress=False)
+    assert [exported.tokenizer.token_to_id(s) for s in CODEGEMMA_SENTINELS.all()] == [
+        plain.token_to_id(u) for u in spare]
+    assert resolve_profile(exported.tokenizer, family="gemma3").name == "codegemma"
+
+
 def test_export_names_a_runs_tokenizer_it_cannot_find(tmp_path, tokenizer, monkeypatch):
     """A recipe's relative tokenizer path is resolved where the run started: exporting from another
     directory says so and how to go on, and writes nothing."""
