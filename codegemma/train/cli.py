@@ -178,18 +178,12 @@ def _tokenizer(args) -> int:
 
     from codegemma.train import tokenizer_train
 
-    read = 0
-
-    def texts():
-        nonlocal read
-        for text in itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus):
-            read += 1
-            yield text
-
-    tok = tokenizer_train.train(texts(), args.vocab_size)
-    if not read:  # a vocabulary of the reserved tokens alone: refused, nothing written
+    texts = itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus)
+    first = next(texts, None)
+    if first is None:  # it would learn a vocabulary of the reserved tokens alone
         kinds = " or ".join(args.ext) + " " if args.ext else ""
         raise CodegemmaError(f"{', '.join(args.corpus)}: no {kinds}text files to learn a vocabulary from")
+    tok = tokenizer_train.train(itertools.chain([first], texts), args.vocab_size)
     out = tokenizer_train.save(tok, args.out)
     print(f"wrote {out} ({tok.get_vocab_size()} tokens)")
     return 0

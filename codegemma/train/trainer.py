@@ -189,13 +189,17 @@ class Trainer:
         self.logger = metrics.MetricsLogger(self.out_dir, r.log.tensorboard, enabled=self.env.is_main,
                                             after_step=self.step)
         bar = _progress(r, self.step, self.env.is_main)
-        with StopSignals() as stop:
-            self._steps(bar, history, stop, on_step)
-        if bar is not None:
-            bar.close()
-        self.evaluate()
-        self.save_checkpoint()
-        self.logger.close()
+        try:  # the log is closed however the run ends: finished, stopped, diverged or failed
+            with StopSignals() as stop:
+                try:
+                    self._steps(bar, history, stop, on_step)
+                finally:
+                    if bar is not None:
+                        bar.close()
+            self.evaluate()
+            self.save_checkpoint()
+        finally:
+            self.logger.close()
         return history
 
     def _steps(self, bar, history: list[dict], stop: StopSignals, on_step) -> None:
@@ -221,9 +225,6 @@ class Trainer:
                 window_tokens, window_time = 0, 0.0
             if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
                 # the step wrote non-finite weights: saving them would replace good checkpoints
-                if bar is not None:
-                    bar.close()
-                self.logger.close()
                 raise CodegemmaError(f"step {self.step}: loss {out['loss']}, gradient norm {out['grad_norm']} at "
                                      f"learning rate {out['lr']:.3g}: the run diverged and stopped without saving; "
                                      f"its newest checkpoint is {ckpt.latest(self.out_dir / 'checkpoints')} "
@@ -242,9 +243,6 @@ class Trainer:
             if signum and self.step < r.train.steps:
                 if not periodic:
                     saved = self.save_checkpoint()
-                if bar is not None:
-                    bar.close()
-                self.logger.close()
                 raise RunStopped(signum, self.step, saved)
 
     def evaluate(self) -> dict:
