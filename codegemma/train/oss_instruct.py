@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,36 +101,64 @@ def conversation(candidate: Candidate) -> dict:
 
 
 def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str | Path, seed: int = 0,
-             temperature: float = 0.7, max_tokens: int = 1024, timeout: float = 10.0, client=None) -> dict:
-    """Ask the served model about `n` seed snippets; keep the test-passing pairs. Returns counts."""
+             temperature: float = 0.7, max_tokens: int = 1024, timeout: float = 10.0, workers: int = 1,
+             progress: bool = False, client=None) -> dict:
+    """Ask the served model about `n` seed snippets; keep the test-passing pairs. Returns counts.
+
+    Up to `workers` requests are in flight at once (for a server that answers chat requests in
+    parallel; `codegemma serve` queues them) while the main thread tests the answers in seed order,
+    so the kept pairs do not depend on `workers`. Nothing kept is an error and writes nothing; a
+    server failure part way writes the pairs kept before it, then raises.
+    """
     import openai
+    from tqdm import tqdm
 
     client = client or openai.OpenAI(base_url=base_url, api_key="unused", timeout=120.0, max_retries=1)
-    stats = {"seeds": 0, "responses": 0, "parsed": 0, "passed": 0, "kept": 0}
-    kept, seen = [], set()
-    for path, snippet in snippets(seed_dir, n, seed):
-        stats["seeds"] += 1
+
+    def ask(index: int, snippet: str) -> str:
         try:
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": PROMPT.format(snippet=snippet)}],
-                temperature=temperature, max_tokens=max_tokens, seed=seed + stats["seeds"])
+                temperature=temperature, max_tokens=max_tokens, seed=seed + index + 1)
         except openai.APIConnectionError as exc:
             raise CodegemmaError(f"cannot reach the model server at {base_url}: {exc}") from None
         except openai.APIStatusError as exc:
             raise CodegemmaError(f"model server at {base_url} answered {exc.status_code}: {exc.message}") from None
-        text = reply.choices[0].message.content or ""
-        stats["responses"] += 1
-        candidate = parse(text, path)
-        if candidate is None:
-            continue
-        stats["parsed"] += 1
-        if not passes(candidate, timeout):
-            continue
-        stats["passed"] += 1
-        if candidate.problem in seen:
-            continue
-        seen.add(candidate.problem)
-        kept.append(conversation(candidate))
+        return reply.choices[0].message.content or ""
+
+    seeds = snippets(seed_dir, n, seed)
+    stats = {"seeds": len(seeds), "responses": 0, "parsed": 0, "passed": 0, "kept": 0}
+    kept, seen = [], set()
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=len(seeds), desc="oss-instruct", unit="seed", disable=not progress) as bar:
+        replies = [pool.submit(ask, i, snippet) for i, (_, snippet) in enumerate(seeds)]
+        try:
+            for (path, _), reply in zip(seeds, replies):
+                text = reply.result()
+                stats["responses"] += 1
+                bar.update()
+                candidate = parse(text, path)
+                if candidate is None:
+                    continue
+                stats["parsed"] += 1
+                if not passes(candidate, timeout):
+                    continue
+                stats["passed"] += 1
+                if candidate.problem not in seen:
+                    seen.add(candidate.problem)
+                    kept.append(conversation(candidate))
+                    bar.set_postfix(kept=len(kept))
+        except CodegemmaError as exc:
+            for pending in replies:
+                pending.cancel()
+            if kept:
+                write_jsonl(out, kept)
+                raise CodegemmaError(f"{exc} (after {stats['responses']} of {len(seeds)} seeds; the "
+                                     f"{len(kept)} pairs kept before it are in {out})") from None
+            raise
     stats["kept"] = len(kept)
+    if not kept:  # an SFT run could not start from it: refused, nothing written
+        raise CodegemmaError(f"no pair passed its tests, nothing written to {out}: {stats} (a stronger model, "
+                             "more seeds, or a lower --temperature may help)")
     write_jsonl(out, kept)
     return stats

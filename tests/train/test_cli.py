@@ -181,3 +181,12 @@ def test_a_second_run_in_the_same_out_dir_is_refused(tmp_path, shards, capsys):
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
     assert main(["train", "run", str(recipe)]) == 0
 
+
+
+def test_oss_instruct_checks_its_counts_before_asking(tmp_path, capsys):
+    out = tmp_path / "sft.jsonl"
+    for flag in ("--n", "--workers", "--max-tokens"):
+        argv = ["train", "oss-instruct", str(tmp_path), "--base-url", "http://127.0.0.1:9/v1", "--out", str(out)]
+        assert main(argv + [flag, "0"]) == 1
+        assert capsys.readouterr().err.strip() == f"codegemma train: error: {flag} must be at least 1"
+    assert not out.exists()

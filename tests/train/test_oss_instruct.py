@@ -27,34 +27,59 @@ WRONG = GOOD.replace("2 * x", "x + 2")  # passes double(2) but fails double(-1)
 BROKEN = "Here is a problem without sections."
 
 
+def by_seed(body: dict) -> str:
+    """The stand-in model's answer, chosen by the request's seed so it does not depend on arrival order."""
+    return [GOOD, WRONG, BROKEN][body["seed"] % 3]
+
+
 @pytest.fixture
-def server():
+def serve():
+    """Start a stand-in OpenAI-compatible server whose answer to a request is `reply(body)`
+    (a number: that HTTP status)."""
     import uvicorn
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
-    app = FastAPI()
-    replies = [GOOD, WRONG, BROKEN]
-    seen = []
+    servers = []
 
-    @app.post("/v1/chat/completions")
-    def complete(body: dict):
-        seen.append(body)
-        content = replies[(len(seen) - 1) % len(replies)]
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    def start(reply):
+        app = FastAPI()
+        seen = []
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1", seen
-    srv.should_exit = True
-    thread.join(timeout=5)
+        @app.post("/v1/chat/completions")
+        def complete(body: dict):
+            seen.append(body)
+            content = reply(body)
+            if isinstance(content, int):
+                return JSONResponse({"error": {"message": "overloaded"}}, status_code=content)
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        while not srv.started:
+            time.sleep(0.01)
+        servers.append((srv, thread))
+        return f"http://127.0.0.1:{port}/v1", seen
+
+    yield start
+    for srv, thread in servers:
+        srv.should_exit = True
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    root = tmp_path / "seeds"
+    root.mkdir()
+    (root / "m.py").write_text("\n".join(f"def f{i}(x):\n    return x * {i}" for i in range(10)) + "\n")
+    return root
 
 
 def test_parse_sections():
@@ -64,19 +89,39 @@ def test_parse_sections():
     assert oss_instruct.parse(GOOD.replace("assert", "print")) is None
 
 
-def test_keeps_only_pairs_whose_tests_pass(tmp_path, server):
-    base_url, seen = server
-    seeds = tmp_path / "seeds"
-    seeds.mkdir()
-    (seeds / "m.py").write_text("\n".join(f"def f{i}(x):\n    return x * {i}" for i in range(10)) + "\n")
+@pytest.mark.parametrize("workers", [1, 4])
+def test_keeps_only_pairs_whose_tests_pass(tmp_path, serve, seeds, workers):
+    base_url, seen = serve(by_seed)
     out = tmp_path / "sft.jsonl"
-    stats = oss_instruct.generate(seeds, base_url, "codegemma", n=6, out=out, seed=1)
+    stats = oss_instruct.generate(seeds, base_url, "codegemma", n=6, out=out, seed=1, workers=workers)
     assert stats == {"seeds": 6, "responses": 6, "parsed": 4, "passed": 2, "kept": 1}  # duplicate problem kept once
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 1
     assert records[0]["messages"][1]["content"].startswith("```python\ndef double")
+    assert sorted(body["seed"] for body in seen) == list(range(2, 8))  # one request per seed snippet
     prompt = seen[0]["messages"][0]["content"]
     assert "Code snippet for inspiration" in prompt and "def f" in prompt
+
+
+def test_nothing_kept_is_refused_and_writes_nothing(tmp_path, serve, seeds):
+    from codegemma.errors import CodegemmaError
+
+    base_url, _ = serve(lambda body: WRONG)
+    out = tmp_path / "sft.jsonl"
+    with pytest.raises(CodegemmaError, match="no pair passed its tests, nothing written"):
+        oss_instruct.generate(seeds, base_url, "codegemma", n=3, out=out)
+    assert list(tmp_path.glob("*.jsonl*")) == []
+
+
+def test_a_server_failure_keeps_the_pairs_before_it(tmp_path, serve, seeds):
+    from codegemma.errors import CodegemmaError
+
+    base_url, _ = serve(lambda body: GOOD if body["seed"] == 1 else 503 if body["seed"] == 3 else WRONG)
+    out = tmp_path / "sft.jsonl"
+    with pytest.raises(CodegemmaError, match=r"answered 503.*after 2 of 5 seeds; the 1 pairs kept before it are in"):
+        oss_instruct.generate(seeds, base_url, "codegemma", n=5, out=out, workers=2)
+    assert [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()] == [
+        oss_instruct.parse(GOOD).problem]
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
