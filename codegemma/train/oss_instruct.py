@@ -108,7 +108,7 @@ def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str |
     Up to `workers` requests are in flight at once (for a server that answers chat requests in
     parallel; `codegemma serve` queues them) while the main thread tests the answers in seed order,
     so the kept pairs do not depend on `workers`. Nothing kept is an error and writes nothing; a
-    server failure part way writes the pairs kept before it, then raises.
+    server failure or Ctrl-C part way writes the pairs kept before it, then raises.
     """
     import openai
     from tqdm import tqdm
@@ -129,10 +129,10 @@ def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str |
     seeds = snippets(seed_dir, n, seed)
     stats = {"seeds": len(seeds), "responses": 0, "parsed": 0, "passed": 0, "kept": 0}
     kept, seen = [], set()
-    with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(seeds), desc="oss-instruct", unit="seed", disable=not progress) as bar:
-        replies = [pool.submit(ask, i, snippet) for i, (_, snippet) in enumerate(seeds)]
-        try:
+    pool = ThreadPoolExecutor(max(1, workers))
+    replies = [pool.submit(ask, i, snippet) for i, (_, snippet) in enumerate(seeds)]
+    try:
+        with tqdm(total=len(seeds), desc="oss-instruct", unit="seed", disable=not progress) as bar:
             for (path, _), reply in zip(seeds, replies):
                 text = reply.result()
                 stats["responses"] += 1
@@ -148,14 +148,15 @@ def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str |
                     seen.add(candidate.problem)
                     kept.append(conversation(candidate))
                     bar.set_postfix(kept=len(kept))
-        except CodegemmaError as exc:
-            for pending in replies:
-                pending.cancel()
-            if kept:
-                write_jsonl(out, kept)
-                raise CodegemmaError(f"{exc} (after {stats['responses']} of {len(seeds)} seeds; the "
-                                     f"{len(kept)} pairs kept before it are in {out})") from None
+    except (CodegemmaError, KeyboardInterrupt) as exc:  # the pairs kept so far are not lost
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not kept:
             raise
+        write_jsonl(out, kept)
+        where = (f"after {stats['responses']} of {len(seeds)} seeds; the pairs kept before it ({len(kept)}) "
+                 f"are in {out}")
+        raise type(exc)(f"{exc} ({where})" if str(exc) else where) from None
+    pool.shutdown()
     stats["kept"] = len(kept)
     if not kept:  # an SFT run could not start from it: refused, nothing written
         raise CodegemmaError(f"no pair passed its tests, nothing written to {out}: {stats} (a stronger model, "

@@ -118,7 +118,7 @@ def test_a_server_failure_keeps_the_pairs_before_it(tmp_path, serve, seeds):
 
     base_url, _ = serve(lambda body: GOOD if body["seed"] == 1 else 503 if body["seed"] == 3 else WRONG)
     out = tmp_path / "sft.jsonl"
-    with pytest.raises(CodegemmaError, match=r"answered 503.*after 2 of 5 seeds; the 1 pairs kept before it are in"):
+    with pytest.raises(CodegemmaError, match=r"answered 503.*after 2 of 5 seeds; the pairs kept before it \(1\)"):
         oss_instruct.generate(seeds, base_url, "codegemma", n=5, out=out, workers=2)
     assert [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()] == [
         oss_instruct.parse(GOOD).problem]
@@ -132,3 +132,20 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     (seeds / "m.py").write_text("a = 1\nb = 2\nc = 3\nd = 4\n")
     with pytest.raises(CodegemmaError, match="cannot reach"):
         oss_instruct.generate(seeds, "http://127.0.0.1:9/v1", "m", n=1, out=tmp_path / "o.jsonl")
+
+
+def test_ctrl_c_keeps_the_pairs_before_it(tmp_path, serve, seeds, monkeypatch):
+    base_url, _ = serve(lambda body: GOOD if body["seed"] == 1 else WRONG)
+    tested = []
+
+    def passes_then_ctrl_c(candidate, timeout):
+        tested.append(candidate)
+        if len(tested) == 2:
+            raise KeyboardInterrupt
+        return candidate.solution == oss_instruct.parse(GOOD).solution
+
+    monkeypatch.setattr(oss_instruct, "passes", passes_then_ctrl_c)
+    out = tmp_path / "sft.jsonl"
+    with pytest.raises(KeyboardInterrupt, match=r"after 2 of 5 seeds; the pairs kept before it \(1\) are in"):
+        oss_instruct.generate(seeds, base_url, "codegemma", n=5, out=out, workers=2)
+    assert len(out.read_text().splitlines()) == 1
