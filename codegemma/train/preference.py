@@ -83,32 +83,53 @@ def pairs_from_samples(samples: list[dict], max_pairs_per_task: int = 4, seed: i
     return pairs
 
 
-def _as_messages(prompt) -> list[dict]:
+def _response_text(response, where: str) -> str:
+    """A pair's chosen or rejected side: a string, or (conversational pairs) one assistant message."""
+    if isinstance(response, list) and len(response) == 1 and isinstance(response[0], dict):
+        response = response[0].get("content")
+    if not isinstance(response, str):
+        raise CodegemmaError(f"{where}: must be a string or a list holding one assistant message")
+    return response
+
+
+def tokenize_pair_side(prompt, response: str, tokenizer, where: str) -> tuple[list[int], list[bool]]:
+    """Token ids of prompt + response and, per token, whether it is the response (trained).
+
+    A string prompt is text the response continues, as `codegemma eval` samples it: the prompt's
+    tokens, then the response's, nothing added between or after. A list of chat messages is a
+    conversation the response answers as the model's turn, through the chat template.
+    """
+    from codegemma.profiles import resolve_profile
+    from codegemma.train.sft import tokenize_conversation
+
     if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list):
-        return prompt
-    raise CodegemmaError("pair prompt must be a string or a list of chat messages")
+        head = [tokenizer.bos_id] if resolve_profile(tokenizer).add_bos and tokenizer.bos_id is not None else []
+        context, reply = head + tokenizer.encode(prompt), tokenizer.encode(response)
+        if not reply:
+            raise CodegemmaError(f"{where}: empty response")
+        return context + reply, [False] * len(context) + [True] * len(reply)
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        return tokenize_conversation(prompt + [{"role": "assistant", "content": response}], tokenizer)
+    raise CodegemmaError(f"{where}: prompt must be a string (text to continue) or a list of chat messages")
 
 
 def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> Path:
-    """Tokenize pairs (chat template, response tokens trained) into `out_dir/{chosen,rejected}`.
+    """Tokenize pairs into `out_dir/{chosen,rejected}`, the response tokens trained.
 
-    Pairs where either side exceeds `seq_len` tokens are dropped, since truncating one side would
-    compare a cut response with a whole one.
+    Pairs follow the two usual layouts: text (`prompt`, `chosen`, `rejected` strings; the responses
+    continue the prompt, as `dpo-pairs` writes them from `codegemma eval` samples) and
+    conversational (`prompt` a list of chat messages; `chosen`/`rejected` the model's answer, a
+    string or one assistant message). Pairs where either side exceeds `seq_len` tokens are dropped,
+    since truncating one side would compare a cut response with a whole one.
     """
     from codegemma.data.shards import ShardWriter
-    from codegemma.train.sft import _chat_template, tokenize_conversation
 
-    profile, template = _chat_template(tokenizer)
     rows = []
     for n, pair in enumerate(read_jsonl(path), 1):
         if not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")
-        sides = []
-        for key in ("chosen", "rejected"):
-            messages = _as_messages(pair["prompt"]) + [{"role": "assistant", "content": pair[key]}]
-            sides.append(tokenize_conversation(messages, tokenizer, template, profile.add_bos))
+        sides = [tokenize_pair_side(pair["prompt"], _response_text(pair[key], f"{path}:{n}: {key}"), tokenizer,
+                                    f"{path}:{n}") for key in ("chosen", "rejected")]
         if all(len(t) <= seq_len for t, _ in sides):
             rows.append(sides)
     if not rows:

@@ -34,11 +34,36 @@ def test_sandbox_style_verdicts():
         preference.passed({"task_id": "x"})
 
 
-def write_pairs(path, n=8):
+def write_pairs(path, n=8, chat=False):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"prompt": f"Return {i}.", "chosen": f"return {i}", "rejected": "pass"}) + "\n")
+            prompt = [{"role": "user", "content": f"Return {i}."}] if chat else f"Return {i}.\n"
+            f.write(json.dumps({"prompt": prompt, "chosen": f"return {i}", "rejected": "pass"}) + "\n")
     return path
+
+
+def test_text_pairs_continue_the_prompt_and_conversational_pairs_use_the_chat_template(tmp_path, small_tokenizer):
+    from codegemma.train.sft import tokenize_conversation
+
+    tok = small_tokenizer
+    prompt = "def add(a, b):\n"
+    tokens, trained = preference.tokenize_pair_side(prompt, "    return a + b\n", tok, "x")
+    context = [tok.bos_id] + tok.encode(prompt)  # as `codegemma eval` prompts the model
+    assert tokens == context + tok.encode("    return a + b\n")  # the response as sampled, nothing after it
+    assert trained == [False] * len(context) + [True] * (len(tokens) - len(context))
+
+    messages = [{"role": "user", "content": "Add a and b."}]
+    expected = tokenize_conversation(messages + [{"role": "assistant", "content": "a + b"}], tok)
+    assert preference.tokenize_pair_side(messages, "a + b", tok, "x") == expected
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": messages, "chosen": [{"role": "assistant", "content": "a + b"}],
+                                "rejected": "a - b"}) + "\n" + json.dumps({"prompt": 3, "chosen": "", "rejected": ""}))
+    with pytest.raises(CodegemmaError, match=r"pairs.jsonl:2: prompt must be a string"):
+        preference.prepare(path, tok, 64, tmp_path / "out")
+    path.write_text(json.dumps({"prompt": "x", "chosen": {"text": "y"}, "rejected": "z"}) + "\n")
+    with pytest.raises(CodegemmaError, match=r"pairs.jsonl:1: chosen: must be a string"):
+        preference.prepare(path, tok, 64, tmp_path / "out")
 
 
 def test_pair_reader_keeps_pairs_aligned(tmp_path, small_tokenizer):
@@ -56,9 +81,9 @@ def test_pair_reader_keeps_pairs_aligned(tmp_path, small_tokenizer):
     assert torch.equal(next(reader)["chosen"]["tokens"], after["chosen"]["tokens"])
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_dpo_run_raises_the_preference_margin(tmp_path, small_tokenizer_path, lora):
-    pairs = write_pairs(tmp_path / "pairs.jsonl")
+@pytest.mark.parametrize("lora, chat", [(False, False), (True, True)])
+def test_dpo_run_raises_the_preference_margin(tmp_path, small_tokenizer_path, lora, chat):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", chat=chat)
     recipe = recipe_mod.from_dict({
         "objective": "dpo", "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path),
         "model": {"preset": "tiny-gemma"}, "data": {"train": str(pairs), "seq_len": 48},
