@@ -109,7 +109,10 @@ def tokenize_pair_side(prompt, response: str, tokenizer, where: str) -> tuple[li
             raise CodegemmaError(f"{where}: empty response")
         return context + reply, [False] * len(context) + [True] * len(reply)
     if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        return tokenize_conversation(prompt + [{"role": "assistant", "content": response}], tokenizer)
+        try:
+            return tokenize_conversation(prompt + [{"role": "assistant", "content": response}], tokenizer)
+        except CodegemmaError as exc:
+            raise CodegemmaError(f"{where}: {exc}") from None
     raise CodegemmaError(f"{where}: prompt must be a string (text to continue) or a list of chat messages")
 
 

@@ -61,6 +61,9 @@ def test_text_pairs_continue_the_prompt_and_conversational_pairs_use_the_chat_te
                                 "rejected": "a - b"}) + "\n" + json.dumps({"prompt": 3, "chosen": "", "rejected": ""}))
     with pytest.raises(CodegemmaError, match=r"pairs.jsonl:2: prompt must be a string"):
         preference.prepare(path, tok, 64, tmp_path / "out")
+    path.write_text(json.dumps({"prompt": [{"role": "tool", "content": "x"}], "chosen": "y", "rejected": "z"}))
+    with pytest.raises(CodegemmaError, match=r"pairs.jsonl:1: messages\[0\].role 'tool'"):
+        preference.prepare(path, tok, 64, tmp_path / "out")
     path.write_text(json.dumps({"prompt": "x", "chosen": {"text": "y"}, "rejected": "z"}) + "\n")
     with pytest.raises(CodegemmaError, match=r"pairs.jsonl:1: chosen: must be a string"):
         preference.prepare(path, tok, 64, tmp_path / "out")
