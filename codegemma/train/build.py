@@ -144,6 +144,36 @@ def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
     return ref.eval().requires_grad_(False)
 
 
+def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: ModelConfig) -> None:
+    """Token shards record the vocabulary they were built with (`vocab_size`, `tokenizer` in their
+    index's meta). Ids of another vocabulary read as other text and train without any error, so
+    shards whose vocabulary is not the run's are refused: not the tokenizer's size, or ids past
+    the model's embedding."""
+    import json
+
+    for key in ("train", "eval"):
+        index = Path(getattr(recipe.data, key) or "") / "index.json"
+        if not getattr(recipe.data, key) or not index.is_file():
+            continue  # conversations and pairs are tokenized by the run itself
+        try:
+            meta = json.loads(index.read_text()).get("meta", {})
+        except (json.JSONDecodeError, AttributeError):
+            continue  # the shard reader names a broken index
+        built = meta.get("vocab_size")
+        if not isinstance(built, int):
+            continue
+        if tokenizer is not None and built != tokenizer.vocab_size:
+            run_vocab = f"the run's tokenizer has {tokenizer.vocab_size}"
+        elif built > config.vocab_size:
+            run_vocab = f"the model's embedding has {config.vocab_size} rows"
+        else:
+            continue
+        source = f" ({meta['tokenizer']})" if meta.get("tokenizer") else ""
+        raise CodegemmaError(f"data.{key} {index.parent}: its shards were tokenized with a vocabulary of {built} "
+                             f"tokens{source}, {run_vocab}: rebuild the shards with the run's tokenizer, or "
+                             "start from a model of the shards' tokenizer")
+
+
 def shard_reader(path: str | Path, recipe: Recipe, env: DistEnv, batch_size: int | None = None, shuffle: bool = True,
                  seed: int | None = None):
     from codegemma.data.shards import ShardReader

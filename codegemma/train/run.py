@@ -140,6 +140,7 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     seed_everything(recipe.seed)
     tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
     model, config, tokenizer = build.build_model(recipe, tokenizer)
+    build.check_data_vocabulary(recipe, tokenizer, config)
     if recipe.lora.enabled:
         if env.distributed and recipe.distributed.strategy == "fsdp":
             raise CodegemmaError("LoRA runs use distributed.strategy = 'ddp' (adapters are small)")

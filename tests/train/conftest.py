@@ -15,11 +15,12 @@ from codegemma.data.shards import ShardWriter
 torch.set_num_threads(1)
 
 
-def write_shards(path: Path, n: int = 64, seq_len: int = 32, vocab: int = 512, seed: int = 0) -> Path:
+def write_shards(path: Path, n: int = 64, seq_len: int = 32, vocab: int = 512, seed: int = 0,
+                 meta: dict | None = None) -> Path:
     """Packed rows of two documents and some padding; each document repeats a short random motif,
     so a model can learn it (the loss must fall) while every row differs."""
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(path, seq_len, sequences_per_shard=max(1, n // 3))
+    writer = ShardWriter(path, seq_len, sequences_per_shard=max(1, n // 3), meta=meta)
     for _ in range(n):
         cut, end = int(rng.integers(seq_len // 3, seq_len // 2)), int(rng.integers(seq_len - 6, seq_len + 1))
         tokens = np.zeros(seq_len, np.int64)

@@ -190,3 +190,24 @@ def test_oss_instruct_checks_its_counts_before_asking(tmp_path, capsys):
         assert main(argv + [flag, "0"]) == 1
         assert capsys.readouterr().err.strip() == f"codegemma train: error: {flag} must be at least 1"
     assert not out.exists()
+
+
+def test_shards_of_another_vocabulary_are_refused(tmp_path, small_tokenizer_path, capsys):
+    from .conftest import write_shards
+
+    other = write_shards(tmp_path / "other", meta={"vocab_size": 8192, "tokenizer": "other/tokenizer.json"})
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "run", other, steps=1))
+    tokenizer = ["--set", f"tokenizer={small_tokenizer_path.as_posix()}"]
+    assert main(["train", "run", str(recipe), *tokenizer]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"codegemma train: error: data.train {other}: its shards were tokenized with a vocabulary of 8192 tokens "
+        "(other/tokenizer.json), the run's tokenizer has 600: rebuild the shards with the run's tokenizer, or "
+        "start from a model of the shards' tokenizer")
+    assert main(["train", "run", str(recipe)]) == 1  # no tokenizer: the preset's 512-row embedding
+    assert "the model's embedding has 512 rows" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    ours = write_shards(tmp_path / "ours", meta={"vocab_size": 600})
+    recipe.write_text(recipe_toml(tmp_path / "run", ours, steps=1))
+    assert main(["train", "run", str(recipe), *tokenizer]) == 0
