@@ -152,8 +152,9 @@ def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: M
     import json
 
     for key in ("train", "eval"):
-        index = Path(getattr(recipe.data, key) or "") / "index.json"
-        if not getattr(recipe.data, key) or not index.is_file():
+        path = getattr(recipe.data, key)
+        index = Path(path) / "index.json" if path else None
+        if index is None or not index.is_file():
             continue  # conversations and pairs are tokenized by the run itself
         try:
             meta = json.loads(index.read_text()).get("meta", {})
