@@ -201,7 +201,8 @@ class Pipeline:
                                 self.recipe.mixture.repeat)
             meta = {"recipe": self.recipe.name, "tokenizer": self.recipe.tokenizer,
                     "fim_sentinels_from": self.recipe.fim_sentinels_from, "seq_len": self.recipe.seq_len,
-                    "vocab_size": getattr(encoder.tokenizer, "vocab_size", None), "split": split,
+                    "vocab_size": getattr(encoder.tokenizer, "vocab_size", None), "sentinel_ids": dict(encoder.ids),
+                    "split": split,
                     "bos_id": encoder.bos_id, "eos_id": encoder.eos_id, "pad_id": encoder.pad_id,
                     "fim_rate": self.recipe.fim.rate, "spm_rate": self.recipe.fim.spm_rate,
                     "fim_chunk_chars": self.recipe.fim.chunk_chars,

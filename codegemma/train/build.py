@@ -145,10 +145,11 @@ def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: ModelConfig) -> None:
-    """Token shards record the vocabulary they were built with (`vocab_size`, `tokenizer` in their
-    index's meta). Ids of another vocabulary read as other text and train without any error, so
-    shards whose vocabulary is not the run's are refused: not the tokenizer's size, or ids past
-    the model's embedding."""
+    """Token shards record the vocabulary they were built with (`vocab_size`, `tokenizer` and the
+    FIM sentinels' ids in their index's meta). Ids of another vocabulary read as other text and
+    train without any error, so shards whose vocabulary is not the run's are refused: not the
+    tokenizer's size, ids past the model's embedding, or sentinels the run's tokenizer puts
+    elsewhere (a continued-pretraining run without the data's `fim_sentinels_from`)."""
     import json
 
     for key in ("train", "eval"):
@@ -160,19 +161,27 @@ def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: M
             meta = json.loads(index.read_text()).get("meta", {})
         except (json.JSONDecodeError, AttributeError):
             continue  # the shard reader names a broken index
+        where = f"data.{key} {index.parent}: its shards"
         built = meta.get("vocab_size")
-        if not isinstance(built, int):
-            continue
-        if tokenizer is not None and built != tokenizer.vocab_size:
-            run_vocab = f"the run's tokenizer has {tokenizer.vocab_size}"
-        elif built > config.vocab_size:
-            run_vocab = f"the model's embedding has {config.vocab_size} rows"
-        else:
-            continue
         source = f" ({meta['tokenizer']})" if meta.get("tokenizer") else ""
-        raise CodegemmaError(f"data.{key} {index.parent}: its shards were tokenized with a vocabulary of {built} "
-                             f"tokens{source}, {run_vocab}: rebuild the shards with the run's tokenizer, or "
-                             "start from a model of the shards' tokenizer")
+        fix = "rebuild the shards with the run's tokenizer, or start from a model of the shards' tokenizer"
+        if isinstance(built, int) and tokenizer is not None and built != tokenizer.vocab_size:
+            raise CodegemmaError(f"{where} were tokenized with a vocabulary of {built} tokens{source}, the run's "
+                                 f"tokenizer has {tokenizer.vocab_size}: {fix}")
+        if isinstance(built, int) and built > config.vocab_size:
+            raise CodegemmaError(f"{where} were tokenized with a vocabulary of {built} tokens{source}, the model's "
+                                 f"embedding has {config.vocab_size} rows: {fix}")
+        sentinels = meta.get("sentinel_ids")
+        if tokenizer is None or not isinstance(sentinels, dict):
+            continue
+        for name, token_id in sorted(sentinels.items(), key=lambda item: item[1]):  # <|fim_prefix|> first
+            ours = tokenizer.token_to_id(name)
+            if ours != token_id:
+                has = f"has it at id {ours}" if ours is not None else "has no such token"
+                renamed = meta.get("fim_sentinels_from")
+                hint = (f"the shards were built with fim_sentinels_from = {renamed}: give the run the same "
+                        "model.fim_sentinels_from" if renamed else fix)
+                raise CodegemmaError(f"{where} have {name} at id {token_id}, the run's tokenizer {has}: {hint}")
 
 
 def shard_reader(path: str | Path, recipe: Recipe, env: DistEnv, batch_size: int | None = None, shuffle: bool = True,

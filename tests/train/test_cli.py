@@ -192,7 +192,7 @@ def test_oss_instruct_checks_its_counts_before_asking(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_shards_of_another_vocabulary_are_refused(tmp_path, small_tokenizer_path, capsys):
+def test_shards_of_another_vocabulary_or_other_sentinel_ids_are_refused(tmp_path, small_tokenizer_path, capsys):
     from .conftest import write_shards
 
     other = write_shards(tmp_path / "other", meta={"vocab_size": 8192, "tokenizer": "other/tokenizer.json"})
@@ -208,6 +208,20 @@ def test_shards_of_another_vocabulary_are_refused(tmp_path, small_tokenizer_path
     assert "the model's embedding has 512 rows" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
-    ours = write_shards(tmp_path / "ours", meta={"vocab_size": 600})
+    from codegemma.fim import sentinel_ids
+    from codegemma.tokenizer import Tokenizer
+
+    ids = sentinel_ids(Tokenizer.from_hf_dir(small_tokenizer_path.parent))
+    moved = {name: token_id + 100 for name, token_id in ids.items()}  # as <unused..> tokens renamed for the data
+    renamed = write_shards(tmp_path / "renamed", meta={"vocab_size": 600, "sentinel_ids": moved,
+                                                       "fim_sentinels_from": ["<a>", "<b>", "<c>", "<d>"]})
+    recipe.write_text(recipe_toml(tmp_path / "run", renamed, steps=1))
+    assert main(["train", "run", str(recipe), *tokenizer]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"codegemma train: error: data.train {renamed}: its shards have <|fim_prefix|> at id {moved['<|fim_prefix|>']}, "
+        f"the run's tokenizer has it at id {ids['<|fim_prefix|>']}: the shards were built with fim_sentinels_from = "
+        "['<a>', '<b>', '<c>', '<d>']: give the run the same model.fim_sentinels_from")
+
+    ours = write_shards(tmp_path / "ours", meta={"vocab_size": 600, "sentinel_ids": ids})
     recipe.write_text(recipe_toml(tmp_path / "run", ours, steps=1))
     assert main(["train", "run", str(recipe), *tokenizer]) == 0
