@@ -109,7 +109,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("dpo-pairs", help="preference pairs from execution-checked samples (pass vs fail)")
-    p.add_argument("samples", help="JSONL: task_id, prompt, completion, passed")
+    p.add_argument("samples", help="JSONL (task_id, prompt, completion, passed), or a `codegemma eval` run "
+                                   "directory (its samples.jsonl)")
     p.add_argument("--out", required=True)
     p.add_argument("--max-pairs-per-task", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -325,11 +326,13 @@ def _plot(args) -> int:
 def _dpo_pairs(args) -> int:
     from codegemma.train.preference import pairs_from_samples, read_jsonl, write_jsonl
 
-    samples = read_jsonl(args.samples)
+    source = Path(args.samples)
+    source = source / "samples.jsonl" if source.is_dir() else source  # an eval run directory
+    samples = read_jsonl(source)
     pairs = pairs_from_samples(samples, args.max_pairs_per_task, args.seed)
     if not pairs:  # a DPO run could not start from it: refused, nothing written
         tasks = len({s.get("task_id") for s in samples})
-        raise CodegemmaError(f"{args.samples}: no preference pairs: none of its {tasks} problems has both a passing "
+        raise CodegemmaError(f"{source}: no preference pairs: none of its {tasks} problems has both a passing "
                              "and a failing sample (sample more per problem, or at a higher temperature)")
     write_jsonl(args.out, pairs)
     print(f"wrote {len(pairs)} pairs to {args.out}")

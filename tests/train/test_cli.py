@@ -161,6 +161,10 @@ def test_dpo_pairs_command(tmp_path, capsys):
     assert main(["train", "dpo-pairs", str(samples), "--out", str(out)]) == 1
     assert "none of its 2 problems has both a passing and a failing sample" in capsys.readouterr().err
     assert not out.exists()
+    # an eval run directory stands for its samples.jsonl
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", "dpo-pairs", str(tmp_path), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 1
 
 
 def test_a_second_run_in_the_same_out_dir_is_refused(tmp_path, shards, capsys):
