@@ -258,7 +258,8 @@ def main() -> int:
                "keep_freed_memory": args.keep_freed_memory,
                "threads": torch.get_num_threads(), "rounds": args.rounds, "steps_per_round": args.steps,
                "flops_per_token": flops, "peak_flops": peak, "config": cfg.to_dict(), "logit_max_abs_diff": diff,
-               "torch": torch.__version__, "transformers": _transformers_version(), "machine": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "transformers": _transformers_version(),
+               "machine": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "load_average": os.getloadavg(), "params": cfg.num_params()}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
