@@ -62,14 +62,20 @@ def iter_tensors(directory: Path):
 
 
 def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
-            max_shard_bytes: int = 5 * 2**30):
+            max_shard_bytes: int = 5 * 2**30, replace: bool = False):
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Written into a temporary directory beside the target, then renamed, so a failure leaves nothing.
+    A non-empty `out_dir` is refused, unless `replace` and it holds nothing but a model's files (what
+    this function writes): that one is swapped for the new model once the new one is complete.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if occupied and not replace:
         raise CodegemmaError(f"{out} exists and is not empty")
+    if occupied and not _only_model_files(out):
+        raise CodegemmaError(f"{out} exists and holds more than a model's files; it is left as it is: "
+                             "choose another output directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -82,12 +88,39 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
             {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id}, indent=2))
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _only_model_files(directory: Path) -> bool:
+    written = {"config.json", "generation_config.json", "model.safetensors", INDEX, "tokenizer.json",
+               "tokenizer_config.json"}
+    entries = list(directory.iterdir()) if directory.is_dir() else []
+    return bool(entries) and all(
+        e.is_file() and (e.name in written or (e.name.startswith("model-") and e.name.endswith(".safetensors")))
+        for e in entries)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Rename the complete directory `new` to `out`; an old `out` is moved aside first and deleted
+    only once the new one is in place."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_tokenizer(tokenizer, directory: Path):

@@ -220,15 +220,11 @@ def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str = 
     state, config, tokenizer = load_trained(source, tokenizer_spec)
     if fmt == "gguf":
         return write_gguf(state, config, tokenizer, out, dtype)
-    import shutil
-
     from codegemma.checkpoints import save_hf
     from codegemma.model import Gemma
 
     model = Gemma(config)
     model.load_state_dict(state)
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    save_hf(model, config, tokenizer, out)
+    save_hf(model, config, tokenizer, out, replace=True)
     return out

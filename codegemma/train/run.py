@@ -174,8 +174,6 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
 
 def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:
     """The trained weights as a Hugging Face directory (LoRA adapters merged in)."""
-    import shutil
-
     from codegemma.checkpoints import save_hf
     from codegemma.model import Gemma
 
@@ -185,7 +183,5 @@ def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recip
         state = merged_state(model, state)
     fresh = Gemma(config)
     fresh.load_state_dict(state)
-    if out.exists():
-        shutil.rmtree(out)
-    save_hf(fresh, config, tokenizer, out)
+    save_hf(fresh, config, tokenizer, out, replace=True)  # the previous final model goes only once this one is complete
     return out

@@ -143,6 +143,28 @@ def test_export_from_a_training_run(tmp_path, tokenizer):
         assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))
 
 
+def test_hf_export_replaces_a_model_directory_but_never_deletes_other_files(tmp_path, tokenizer):
+    """Exporting again over an exported model replaces it; `--out` naming a directory that holds
+    anything else (here the run itself, its checkpoints included) is refused and the directory kept."""
+    from codegemma.train import checkpoint
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    checkpoint.save(tmp_path / "run" / "checkpoints", 5, {
+        "step": 5, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": str(tmp_path / "tokenizer.json"), "lora": {}, "model": {}}})
+    export(tmp_path / "run", tmp_path / "hf", fmt="hf")
+    (tmp_path / "hf" / "config.json").write_text("{}")  # an older export, now replaced as a whole
+    x = torch.randint(0, cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(load(str(export(tmp_path / "run", tmp_path / "hf", fmt="hf"))).model(x), model(x))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(CodegemmaError, match="holds more than a model's files"):
+        export(tmp_path / "run", tmp_path / "run", fmt="hf")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run", "tokenizer.json"]  # no temporary left
+
+
 def test_a_continued_pretraining_run_exports_its_fim_sentinels(tmp_path, tokenizer):
     """A run that trained four unused tokens as the FIM sentinels (`model.fim_sentinels_from`) exports
     them under the sentinels' names, so the completion engine sees a FIM model (the codegemma profile),
