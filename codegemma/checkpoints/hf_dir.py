@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.checkpoints.hf_weights import to_hf_state_dict
 from codegemma.config import ModelConfig
+from codegemma.data.atomic import publish_dir
 from codegemma.errors import CodegemmaError
 from codegemma.tokenizer import with_bos_template
 
@@ -88,7 +89,7 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
             {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id}, indent=2))
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp)
-        _swap_in(tmp, out)
+        publish_dir(tmp, out)  # an old model directory goes only once the new one is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,26 +102,6 @@ def _only_model_files(directory: Path) -> bool:
     return bool(entries) and all(
         e.is_file() and (e.name in written or (e.name.startswith("model-") and e.name.endswith(".safetensors")))
         for e in entries)
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Rename the complete directory `new` to `out`; an old `out` is moved aside first and deleted
-    only once the new one is in place."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    if not any(out.iterdir()):
-        out.rmdir()
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-    os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_tokenizer(tokenizer, directory: Path):
