@@ -142,8 +142,9 @@ class Recipe:
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self.train, name) < 1:
                 raise CodegemmaError(f"{where}: train.{name} must be at least 1")
-        if not 0.0 <= self.data.fim_rate <= 1.0:
-            raise CodegemmaError(f"{where}: data.fim_rate must be in [0, 1]")
+        for name, ok, rule in self._ranges():
+            if not ok:
+                raise CodegemmaError(f"{where}: {name} must be {rule}")
         if self.data.seq_len < 2:
             raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
         if self.model.freeze and self.lora.enabled:
@@ -152,6 +153,39 @@ class Recipe:
         if bad:
             raise CodegemmaError(f"{where}: eval.infill_orders must list some of 'psm', 'spm', 'l2r', not {bad}")
         return self
+
+    def _ranges(self):
+        """(key, whether its value is in range, the range in words) for the numbers with a range;
+        out of it, a run would fail part way (a zero log interval) or train on nonsense (a negative
+        learning rate)."""
+        o, t, e = self.optim, self.train, self.eval
+        unit = "in [0, 1]"
+        return [
+            ("optim.lr", o.lr > 0, "positive"),
+            ("optim.min_lr_ratio", 0 <= o.min_lr_ratio <= 1, unit),
+            ("optim.warmup_steps", o.warmup_steps >= 0, "0 or more"),
+            ("optim.weight_decay", o.weight_decay >= 0, "0 or more"),
+            ("optim.betas", len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "two numbers in [0, 1)"),
+            ("optim.eps", o.eps > 0, "positive"),
+            ("optim.grad_clip", o.grad_clip >= 0, "0 (no clipping) or more"),
+            ("data.fim_rate", 0 <= self.data.fim_rate <= 1, unit),
+            ("data.spm_rate", 0 <= self.data.spm_rate <= 1, unit),
+            ("model.init_std", self.model.init_std > 0, "positive"),
+            ("train.threads", t.threads >= 0, "0 (torch's default) or more"),
+            ("eval.every", e.every >= 0, "0 (only at the end) or more"),
+            ("eval.batches", e.batches >= 1, "at least 1"),
+            ("eval.infill_examples", e.infill_examples >= 1, "at least 1"),
+            ("eval.infill_max_new_tokens", e.infill_max_new_tokens >= 1, "at least 1"),
+            ("eval.infill_max_prompt_tokens", e.infill_max_prompt_tokens >= 1, "at least 1"),
+            ("log.every", self.log.every >= 1, "at least 1"),
+            ("log.peak_flops", self.log.peak_flops >= 0, "0 (estimated) or more"),
+            ("checkpoint.every", self.checkpoint.every >= 0, "0 (only at the end) or more"),
+            ("checkpoint.keep", self.checkpoint.keep >= 0, "0 (keep all) or more"),
+            ("lora.r", self.lora.r >= 1, "at least 1"),
+            ("lora.alpha", self.lora.alpha > 0, "positive"),
+            ("lora.dropout", 0 <= self.lora.dropout < 1, "in [0, 1)"),
+            ("dpo.beta", self.dpo.beta > 0, "positive"),
+        ]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,13 @@ def test_load_with_overrides(tmp_path):
     ("[data]\nfim_rate = 1.5\n", "fim_rate"),
     ("[eval]\ninfill_orders = ['psm', 'lr']\n", "infill_orders .*'lr'"),
     ("[train\n", "invalid TOML"),
+    ("[optim]\nlr = -1e-3\n", "optim.lr must be positive"),
+    ("[optim]\nbetas = [0.9, 1.5]\n", "optim.betas must be two numbers in"),
+    ("[optim]\nmin_lr_ratio = 2\n", "optim.min_lr_ratio must be in"),
+    ("[log]\nevery = 0\n", "log.every must be at least 1"),
+    ("[eval]\nbatches = 0\n", "eval.batches"),
+    ("[lora]\ndropout = 1.0\n", "lora.dropout"),
+    ("[dpo]\nbeta = 0\n", "dpo.beta must be positive"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
