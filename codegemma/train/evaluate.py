@@ -95,6 +95,8 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
     """`n` examples, each masking one non-blank line (newline included) of a random file."""
     rng = random.Random(seed)
     candidates = [(path, text) for path, text in files if any(line.strip() for line in text.splitlines())]
+    if not any(len(line.strip()) >= 2 for _, text in candidates for line in text.splitlines()):
+        return []  # no line to mask (the draw below would never end)
     examples = []
     while candidates and len(examples) < n:
         path, text = rng.choice(candidates)
@@ -297,6 +299,8 @@ def infill_scorers(tokenizer, files_dir: str | Path, examples: int, max_prompt_t
     if not files:
         raise CodegemmaError(f"no source files under {files_dir}")
     chosen = single_line_examples(files, examples)
+    if not chosen:
+        raise CodegemmaError(f"no line of two or more characters to mask in the source files under {files_dir}")
     scorers = [InfillScorer(tokenizer, chosen, max_prompt_tokens, add_bos=tokenizer.add_bos_default, order=order)
                for order in orders]
     return scorers, CopyProbe(tokenizer, files, span=min(96, max(8, (max_prompt_tokens - 1) // 2)))

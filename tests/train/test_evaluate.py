@@ -46,6 +46,15 @@ def test_examples_mask_whole_non_blank_lines():
     assert examples == single_line_examples(FILES, 20, seed=0)
 
 
+def test_files_without_a_line_to_mask_give_no_examples(small_tokenizer, tmp_path):
+    """Lines of one character are never masked: files with nothing else give no examples (the draw
+    used to loop for ever), and the evaluation says so."""
+    assert single_line_examples([("a.py", "}\n\n)\n"), ("b.py", "\n")], 4) == []
+    (tmp_path / "a.py").write_text("}\n)\n")
+    with pytest.raises(CodegemmaError, match="no line of two or more characters"):
+        infill_scorers(small_tokenizer, tmp_path, 4, 64, [PSM])
+
+
 @pytest.mark.parametrize("order", [PSM, SPM])
 def test_prompt_is_the_served_layout(small_tokenizer, order):
     tok = small_tokenizer
