@@ -65,7 +65,10 @@ class Pipeline:
             shutil.rmtree(self.work)
         fingerprint = json.loads(json.dumps(self.recipe.fingerprint(), default=str))
         saved = self.work / "recipe.json"
-        if saved.exists():
+        # a run that stopped before it listed its repositories (say, at a wrong source path) did no
+        # work: the corrected recipe just takes its place
+        started = (self.work / "repos.json").exists()
+        if saved.exists() and started:
             if json.loads(saved.read_text()) != fingerprint:
                 raise CodegemmaError(f"{self.work} holds a run of a different recipe; pass --fresh to start over")
         else:

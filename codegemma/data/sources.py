@@ -77,11 +77,16 @@ def _path_refs(spec: SourceSpec) -> Iterator[RepoRef]:
         return
     if not root.is_dir():
         raise CodegemmaError(f"source {spec.name!r}: a collection must be a directory, {root} is not")
+    found = False
     for child in sorted(root.iterdir(), key=lambda p: p.name):
         if child.name.startswith(".") or child.is_symlink():
             continue
         if child.is_dir() or child.name.lower().endswith(ARCHIVE_SUFFIXES):
+            found = True
             yield _ref_for(spec, child, _repo_name(child))
+    if not found:
+        raise CodegemmaError(f"source {spec.name!r}: {root} holds no repository folders or archives (a collection "
+                             "holds one per repository); for a single repository set layout = \"repository\"")
 
 
 def _repo_name(path: Path) -> str:

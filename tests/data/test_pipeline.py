@@ -136,6 +136,15 @@ def test_unused_tokens_become_the_sentinels_for_continued_pretraining(collection
         build(make_recipe(collection, plain, tmp_path / "three", fim=fim, fim_sentinels_from=spare[:3]), progress=False)
 
 
+def test_a_recipe_corrected_after_a_failed_listing_needs_no_fresh(collection, tokenizer_path, tmp_path):
+    """A build that stopped at its sources (a wrong path) did no work, so the corrected recipe runs
+    in the same out_dir without --fresh."""
+    with pytest.raises(CodegemmaError, match="does not exist"):
+        build(make_recipe(collection / "nope", tokenizer_path, tmp_path / "out"), progress=False)
+    build(make_recipe(collection, tokenizer_path, tmp_path / "out"), progress=False)
+    assert len(ShardDataset(tmp_path / "out" / "train")) > 0
+
+
 @pytest.mark.slow
 def test_changed_recipe_needs_fresh(collection, tokenizer_path, tmp_path):
     build(make_recipe(collection, tokenizer_path, tmp_path / "out"), progress=False)

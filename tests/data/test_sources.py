@@ -35,6 +35,12 @@ def test_repository_layout_and_limits(collection):
 def test_bad_sources(tmp_path):
     with pytest.raises(CodegemmaError, match="does not exist"):
         list(list_repositories(SourceSpec(name="s", path=str(tmp_path / "nope"))))
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "a.py").write_text("x = 1\n")  # one repository, given as a collection
+    with pytest.raises(CodegemmaError, match="holds no repository folders.*layout = \"repository\""):
+        list(list_repositories(SourceSpec(name="s", path=str(tmp_path / "repo"))))
+    assert [r.name for r in list_repositories(SourceSpec(name="s", path=str(tmp_path / "repo"), layout="repository"))] \
+        == ["repo"]
     with pytest.raises(CodegemmaError, match="exactly one"):
         SourceSpec(name="s")
     with pytest.raises(CodegemmaError, match="kind"):
