@@ -64,6 +64,9 @@ def _build(args) -> int:
           f"{stages['sample_tokens']} tokens; {report['throughput_mb_s']} MB/s")
     for split, meta in report["splits"].items():
         print(f"{split}: {meta['sequences']} sequences of {meta['seq_len']} tokens -> {Path(recipe.out_dir) / split}")
+    if recipe.eval_fraction > 0 and "eval" not in report["splits"]:
+        print(f"no eval split: eval_fraction {recipe.eval_fraction} held out none of the {stages['repositories']} "
+              "repositories (whole repositories are held out)")
     print(f"report: {Path(recipe.out_dir) / 'report.md'}")
     return 0
 

@@ -100,6 +100,10 @@ class Pipeline:
         keys = [e["key"] for e in entries]
         if len(set(keys)) != len(keys):
             raise CodegemmaError("two repositories of one source have the same name; rename one")
+        if keys and all(self.is_eval(k) for k in keys):  # checked before the listing is kept: nothing done yet
+            raise CodegemmaError(f"eval_fraction {self.recipe.eval_fraction} holds out all {len(keys)} of the recipe's "
+                                 "repositories (whole repositories are held out, chosen by a hash of their names), "
+                                 "leaving nothing to train on: set eval_fraction = 0, or build from more repositories")
         write_json(listing, entries)
         self._timed("list", start)
         return entries

@@ -141,6 +141,9 @@ def test_a_recipe_corrected_after_a_failed_listing_needs_no_fresh(collection, to
     in the same out_dir without --fresh."""
     with pytest.raises(CodegemmaError, match="does not exist"):
         build(make_recipe(collection / "nope", tokenizer_path, tmp_path / "out"), progress=False)
+    # nor one whose every repository would be held out (one repository and an eval_fraction, say)
+    with pytest.raises(CodegemmaError, match="holds out all 5 of the recipe's repositories"):
+        build(make_recipe(collection, tokenizer_path, tmp_path / "out", eval_fraction=0.999), progress=False)
     build(make_recipe(collection, tokenizer_path, tmp_path / "out"), progress=False)
     assert len(ShardDataset(tmp_path / "out" / "train")) > 0
 
@@ -213,6 +216,16 @@ name = "code"
 path = "{collection}"
 ''')
     return path
+
+
+def test_build_command_says_when_no_repository_was_held_out(collection, tokenizer_path, tmp_path, capsys):
+    from codegemma.cli import main
+
+    recipe = _write_recipe(tmp_path / "r.toml", collection, tokenizer_path, tmp_path / "out")
+    recipe.write_text(recipe.read_text().replace("workers = 1\n", "workers = 1\neval_fraction = 0.001\n"))
+    assert main(["data", "build", str(recipe), "--quiet"]) == 0
+    assert "no eval split: eval_fraction 0.001 held out none of the 5 repositories" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "eval").exists()
 
 
 @pytest.mark.slow
