@@ -71,7 +71,9 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
     this function writes): that one is swapped for the new model once the new one is complete.
     """
     out = Path(out_dir)
-    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if out.exists() and not out.is_dir():
+        raise CodegemmaError(f"{out} exists and is not a directory")
+    occupied = out.exists() and any(out.iterdir())
     if occupied and not replace:
         raise CodegemmaError(f"{out} exists and is not empty")
     if occupied and not _only_model_files(out):
@@ -98,10 +100,8 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
 def _only_model_files(directory: Path) -> bool:
     written = {"config.json", "generation_config.json", "model.safetensors", INDEX, "tokenizer.json",
                "tokenizer_config.json"}
-    entries = list(directory.iterdir()) if directory.is_dir() else []
-    return bool(entries) and all(
-        e.is_file() and (e.name in written or (e.name.startswith("model-") and e.name.endswith(".safetensors")))
-        for e in entries)
+    return all(e.is_file() and (e.name in written or (e.name.startswith("model-") and e.name.endswith(".safetensors")))
+               for e in directory.iterdir())
 
 
 def _save_tokenizer(tokenizer, directory: Path):

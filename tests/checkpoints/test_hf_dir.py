@@ -64,6 +64,15 @@ def test_convert_command_writes_a_transformers_directory(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_save_over_a_file_is_refused_and_the_file_kept(tmp_path):
+    src = load("tiny-gemma")
+    (tmp_path / "notes.txt").write_text("mine")
+    for replace in (False, True):
+        with pytest.raises(CodegemmaError, match="is not a directory"):
+            save_hf(src.model, src.config, None, tmp_path / "notes.txt", replace=replace)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
 def saved(tmp_path):
     src = load("tiny-gemma")
     out = tmp_path / "m"
