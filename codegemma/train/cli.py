@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("corpus", nargs="+", help="files or directories of text")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--ext", action="append", default=[], help="only files with this suffix, e.g. .py (repeatable)")
-    p.add_argument("--out", required=True, help="output tokenizer.json (HF config files are written beside it)")
+    p.add_argument("--out", required=True, help="output tokenizer.json, or an existing directory to write it into (HF config files go beside it)")
     p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16) or a HF directory")

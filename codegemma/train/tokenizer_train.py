@@ -96,11 +96,14 @@ def iter_files(root: str | Path, extensions: tuple[str, ...] = (), max_bytes: in
 
 
 def save(tok: Tokenizer, out_path: str | Path) -> Path:
-    """Write tokenizer.json (atomically) plus the HF config files so transformers loads the directory."""
+    """Write tokenizer.json (atomically) plus the HF config files so transformers loads the directory.
+    `out_path` names the tokenizer file, or an existing directory to write tokenizer.json into."""
     import os
     import tempfile
 
     out_path = Path(out_path)
+    if out_path.is_dir():
+        out_path = out_path / "tokenizer.json"
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
@@ -111,8 +114,12 @@ def save(tok: Tokenizer, out_path: str | Path) -> Path:
     for name, text in ((out_path.name, hf_json), ("tokenizer_config.json", json.dumps(config, indent=1)),
                        ("special_tokens_map.json", json.dumps(special_map, indent=1))):
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out_dir / name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, out_dir / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return out_path

@@ -60,3 +60,15 @@ def test_project_and_transformers_load_it(trained):
 def test_too_small_vocabulary_is_an_error():
     with pytest.raises(CodegemmaError, match="too small"):
         tokenizer_train.train(["x"], vocab_size=300)
+
+
+def test_out_may_name_a_directory(trained, tmp_path):
+    """`--out DIR` writes DIR/tokenizer.json (it used to fail naming a temporary file), leaving no
+    temporary behind."""
+    tok, _ = trained
+    out = tokenizer_train.save(tok, tmp_path)
+    assert out == tmp_path / "tokenizer.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["special_tokens_map.json", "tokenizer.json",
+                                                          "tokenizer_config.json"]
+    text = "def f(x):\n    return x * 2019\n"
+    assert Tokenizer.from_file(out).encode(text) == tok.encode(text).ids
