@@ -18,7 +18,7 @@ from pathlib import Path
 
 from codegemma.errors import CodegemmaError
 from codegemma.train.evaluate import read_files
-from codegemma.train.preference import write_jsonl
+from codegemma.train.preference import jsonl_target, write_jsonl
 
 PROMPT = """You are exceptionally skilled at crafting high-quality programming problems and offering precise solutions.
 
@@ -113,6 +113,7 @@ def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str |
     import openai
     from tqdm import tqdm
 
+    out = jsonl_target(out)  # before any request: a wrong --out must not cost the answers
     client = client or openai.OpenAI(base_url=base_url, api_key="unused", timeout=120.0, max_retries=1)
 
     def ask(index: int, snippet: str) -> str:

@@ -41,15 +41,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+def jsonl_target(path: str | Path) -> Path:
+    """`path` as a file to write JSONL to; a directory there is an error (checked before work is done)."""
     path = Path(path)
+    if path.is_dir():
+        raise CodegemmaError(f"{path} is a directory: name a .jsonl file to write")
+    return path
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    path = jsonl_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -165,6 +165,11 @@ def test_dpo_pairs_command(tmp_path, capsys):
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["train", "dpo-pairs", str(tmp_path), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 1
+    # --out naming a directory: one line, and no temporary file left beside it
+    capsys.readouterr()
+    assert main(["train", "dpo-pairs", str(samples), "--out", str(tmp_path)]) == 1
+    assert "is a directory: name a .jsonl file" in capsys.readouterr().err
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
 def test_a_second_run_in_the_same_out_dir_is_refused(tmp_path, shards, capsys):

@@ -124,6 +124,15 @@ def test_a_server_failure_keeps_the_pairs_before_it(tmp_path, serve, seeds):
         oss_instruct.parse(GOOD).problem]
 
 
+def test_an_out_that_is_a_directory_is_refused_before_any_request(tmp_path, serve, seeds):
+    from codegemma.errors import CodegemmaError
+
+    base_url, seen = serve(lambda body: GOOD)
+    with pytest.raises(CodegemmaError, match="is a directory: name a .jsonl file"):
+        oss_instruct.generate(seeds, base_url, "codegemma", n=3, out=tmp_path)
+    assert seen == [] and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path):
     from codegemma.errors import CodegemmaError
 
