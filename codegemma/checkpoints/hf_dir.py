@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.checkpoints.hf_weights import to_hf_state_dict
 from codegemma.config import ModelConfig
-from codegemma.data.atomic import publish_dir
+from codegemma.data.atomic import check_replaceable, publish_dir
 from codegemma.errors import CodegemmaError
 from codegemma.tokenizer import with_bos_template
 
@@ -71,14 +71,8 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
     this function writes): that one is swapped for the new model once the new one is complete.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CodegemmaError(f"{out} exists and is not a directory")
-    occupied = out.exists() and any(out.iterdir())
-    if occupied and not replace:
-        raise CodegemmaError(f"{out} exists and is not empty")
-    if occupied and not _only_model_files(out):
-        raise CodegemmaError(f"{out} exists and holds more than a model's files; it is left as it is: "
-                             "choose another output directory")
+    check_replaceable(out, _only_model_files if replace else lambda d: False,
+                      "a model directory (it holds other files)" if replace else "empty")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

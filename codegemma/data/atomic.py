@@ -7,6 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from codegemma.errors import CodegemmaError
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -38,8 +41,22 @@ def staging_dir(final: str | os.PathLike) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
 
 
+def check_replaceable(final: str | os.PathLike, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse a `final` that `publish_dir` would replace but that is not an earlier output of the same
+    kind: a file, or a non-empty directory for which `ours` is false. Called before the work, so a
+    mistyped output path costs nothing and deletes nothing."""
+    final = Path(final)
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise CodegemmaError(f"{final} exists and is not a directory")
+    if any(final.iterdir()) and not ours(final):
+        raise CodegemmaError(f"{final} exists and is not {what}; it is left as it is: choose another output "
+                             "directory")
+
+
 def publish_dir(staged: Path, final: str | os.PathLike) -> None:
-    """Move a finished staging directory to `final`, replacing what was there."""
+    """Move a finished staging directory to `final`, replacing what was there (see `check_replaceable`)."""
     final = Path(final)
     if final.exists():
         # a directory cannot be os.replace'd over a non-empty one: move the old one aside first

@@ -14,7 +14,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from codegemma.data.atomic import publish_dir, staging_dir
+from codegemma.data.atomic import check_replaceable, publish_dir, staging_dir
 from codegemma.data.languages import EXTENSIONS, FILENAMES, detect_language
 from codegemma.data.licenses import is_license_file
 from codegemma.errors import CodegemmaError
@@ -127,11 +127,18 @@ def debian_sources(out: Path, packages: list[str]) -> int:
     return len(packages)
 
 
+def _is_demo_corpus(directory: Path) -> bool:
+    """Whether every entry is one this module writes: stdlib / stdlib-* / pypi-* repositories, debian-* tarballs."""
+    return all((e.is_dir() and (e.name == "stdlib" or e.name.startswith(("stdlib-", "pypi-"))))
+               or (e.is_file() and e.name.startswith("debian-")) for e in directory.iterdir())
+
+
 def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool = True, site_packages: bool = False,
                       debian: list[str] | None = None, include_tests: bool = False, max_file_kb: float | None = None,
                       languages: list[str] | None = None) -> dict:
     """Debian tarballs are kept whole: `max_file_kb` and `languages` select the files of the others."""
     out = Path(out)
+    check_replaceable(out, _is_demo_corpus, "a demo corpus")
     stage = staging_dir(out)
     budget = _Budget(int(max_mb * 1e6) if max_mb else None)
     selection = _Selection(int(max_file_kb * 1000) if max_file_kb else None, languages)

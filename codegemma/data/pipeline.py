@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from codegemma.data import stages
-from codegemma.data.atomic import publish_dir, staging_dir, write_json, write_text
+from codegemma.data.atomic import check_replaceable, publish_dir, staging_dir, write_json, write_text
 from codegemma.data.dedup import Item, deduplicate, repository_item
 from codegemma.data.documents import repo_key
 from codegemma.data.executors import make_executor
 from codegemma.data.mixture import plan_mixture, realised_shares
 from codegemma.data.packing import pack
 from codegemma.data.recipe import DataRecipe
-from codegemma.data.shards import ShardWriter
+from codegemma.data.shards import ShardWriter, is_shard_dir
 from codegemma.data.sources import RepoRef, list_repositories, store_repository
 from codegemma.errors import CodegemmaError
 
@@ -258,6 +258,11 @@ class Pipeline:
         from codegemma.data.report import build_report
 
         self.out.mkdir(parents=True, exist_ok=True)
+        # the outputs a build replaces: refused now, before any work, if they are something else
+        check_replaceable(self.out / "train", is_shard_dir, "a shard directory")
+        check_replaceable(self.out / "eval", is_shard_dir, "a shard directory")
+        check_replaceable(self.out / "heldout", lambda d: (d / HELDOUT_REPOSITORIES).is_file(),
+                          "the held-out files of a build")
         self._check_fingerprint(fresh)
         entries = self.list_repositories()
         if not entries:

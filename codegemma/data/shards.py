@@ -18,12 +18,16 @@ from typing import Iterator
 
 import numpy as np
 
-from codegemma.data.atomic import publish_dir, staging_dir, write_json
+from codegemma.data.atomic import check_replaceable, publish_dir, staging_dir, write_json
 from codegemma.errors import CodegemmaError
 
 FORMAT = "codegemma-shards"
 VERSION = 1
 _ARRAYS = (("tokens", "tokens", np.int32), ("segment_ids", "segments", np.int32), ("loss_mask", "loss", np.uint8))
+
+
+def is_shard_dir(directory: Path) -> bool:
+    return (Path(directory) / "index.json").is_file()
 
 
 class ShardWriter:
@@ -33,6 +37,7 @@ class ShardWriter:
         if seq_len < 2:
             raise CodegemmaError(f"seq_len must be at least 2, got {seq_len}")
         self.path = Path(path)
+        check_replaceable(self.path, is_shard_dir, "a shard directory")
         self.seq_len = seq_len
         self.sequences_per_shard = sequences_per_shard
         self.meta = dict(meta or {})

@@ -19,3 +19,22 @@ def test_unknown_language_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(CodegemmaError, match="unknown language.*pyton"):
         build_demo_corpus(tmp_path / "corpus", max_mb=0.1, languages=["pyton"])
     assert not (tmp_path / "corpus").exists()
+
+
+def test_an_existing_folder_is_replaced_only_if_it_is_a_demo_corpus(tmp_path):
+    """`demo-corpus OUT` rebuilds an earlier corpus in place, but never deletes a folder of anything
+    else (it used to replace whatever OUT was, a file included)."""
+    out = tmp_path / "corpus"
+    build_demo_corpus(out, max_mb=0.05)
+    first = sorted(p.name for p in out.iterdir())
+    assert build_demo_corpus(out, max_mb=0.05)["repositories"] == len(first)  # rebuilt in place
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    with pytest.raises(CodegemmaError, match="is not a demo corpus; it is left as it is"):
+        build_demo_corpus(mine, max_mb=0.05)
+    with pytest.raises(CodegemmaError, match="is not a directory"):
+        build_demo_corpus(tmp_path / "file", max_mb=0.05)
+    assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "file", "mine"]  # no staging left

@@ -218,6 +218,17 @@ path = "{collection}"
     return path
 
 
+def test_a_build_never_replaces_folders_it_did_not_write(collection, tokenizer_path, tmp_path):
+    """out_dir/train, eval and heldout are replaced only when an earlier build wrote them: a folder of
+    anything else there stops the build before any work."""
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    (tmp_path / "out" / "train" / "notes.md").write_text("mine")
+    with pytest.raises(CodegemmaError, match="train exists and is not a shard directory"):
+        build(make_recipe(collection, tokenizer_path, tmp_path / "out"), progress=False)
+    assert (tmp_path / "out" / "train" / "notes.md").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train"]
+
+
 def test_build_command_says_when_no_repository_was_held_out(collection, tokenizer_path, tmp_path, capsys):
     from codegemma.cli import main
 

@@ -86,3 +86,15 @@ def test_reader_resumes_exactly(tmp_path):
 def test_not_a_shard_dir(tmp_path):
     with pytest.raises(CodegemmaError, match="index.json"):
         ShardDataset(tmp_path)
+
+
+def test_writer_replaces_shards_but_not_other_folders(tmp_path):
+    _write(tmp_path / "s")
+    _write(tmp_path / "s", n_docs=10)  # an earlier shard directory is rebuilt in place
+    assert len(ShardDataset(tmp_path / "s")) < 10
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.py").write_text("x = 1\n")
+    with pytest.raises(CodegemmaError, match="is not a shard directory; it is left as it is"):
+        ShardWriter(tmp_path / "mine", 16)
+    assert (tmp_path / "mine" / "a.py").read_text() == "x = 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]

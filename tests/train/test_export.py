@@ -159,7 +159,7 @@ def test_hf_export_replaces_a_model_directory_but_never_deletes_other_files(tmp_
     with torch.no_grad():
         assert torch.equal(load(str(export(tmp_path / "run", tmp_path / "hf", fmt="hf"))).model(x), model(x))
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
-    with pytest.raises(CodegemmaError, match="holds more than a model's files"):
+    with pytest.raises(CodegemmaError, match="is not a model directory"):
         export(tmp_path / "run", tmp_path / "run", fmt="hf")
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run", "tokenizer.json"]  # no temporary left
