@@ -19,6 +19,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are read by others too (shared filesystems)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

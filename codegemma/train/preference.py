@@ -12,15 +12,14 @@ row order; `PairReader` reads both with one shuffle so row i of each batch is on
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from codegemma.data.atomic import write_text
 from codegemma.errors import CodegemmaError
 
 _PASS_WORDS = {"passed", "pass", "ok", "success"}
@@ -51,17 +50,7 @@ def jsonl_target(path: str | Path) -> Path:
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
     path = jsonl_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, "".join(json.dumps(record) + "\n" for record in records))
     return path
 
 

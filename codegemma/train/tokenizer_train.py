@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from codegemma.data.atomic import write_text
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 from codegemma.tokenizer import with_bos_template
@@ -98,9 +99,6 @@ def iter_files(root: str | Path, extensions: tuple[str, ...] = (), max_bytes: in
 def save(tok: Tokenizer, out_path: str | Path) -> Path:
     """Write tokenizer.json (atomically) plus the HF config files so transformers loads the directory.
     `out_path` names the tokenizer file, or an existing directory to write tokenizer.json into."""
-    import os
-    import tempfile
-
     out_path = Path(out_path)
     if out_path.is_dir():
         out_path = out_path / "tokenizer.json"
@@ -113,13 +111,5 @@ def save(tok: Tokenizer, out_path: str | Path) -> Path:
     hf_json = with_bos_template(tok, tok.token_to_id("<bos>")).to_str(pretty=True)
     for name, text in ((out_path.name, hf_json), ("tokenizer_config.json", json.dumps(config, indent=1)),
                        ("special_tokens_map.json", json.dumps(special_map, indent=1))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, out_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(out_dir / name, text)
     return out_path
