@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import save_file
 from codegemma.checkpoints.hf_config import config_from_hf, config_to_hf
 from codegemma.checkpoints.hf_weights import to_hf_state_dict
 from codegemma.config import ModelConfig
-from codegemma.data.atomic import check_replaceable, publish_dir
+from codegemma.data.atomic import check_replaceable, publish_dir, staging_dir
 from codegemma.errors import CodegemmaError
 from codegemma.tokenizer import with_bos_template
 
@@ -73,8 +72,7 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
     out = Path(out_dir)
     check_replaceable(out, _only_model_files if replace else lambda d: False,
                       "a model directory (it holds other files)" if replace else "empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         state = to_hf_state_dict({k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()})
         hf_config = config_to_hf(config)

@@ -39,7 +39,9 @@ def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh sibling directory to fill before `publish_dir` moves it into place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    stage.chmod(0o755)  # mkdtemp creates 0700, and the directory keeps its mode when it is renamed into place
+    return stage
 
 
 def check_replaceable(final: str | os.PathLike, ours: Callable[[Path], bool], what: str) -> None:

@@ -35,6 +35,7 @@ def test_sharded_directory(tmp_path):
     save_hf(src.model, src.config, None, out, max_shard_bytes=100_000)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
+    assert out.stat().st_mode & 0o777 == 0o755  # not the temporary directory's owner-only mode
     ids = torch.randint(0, 512, (1, 12))
     with torch.no_grad():
         assert torch.equal(load(out).model(ids), src.model(ids))

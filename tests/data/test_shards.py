@@ -33,7 +33,9 @@ def test_roundtrip_and_meta(tmp_path):
         np.testing.assert_array_equal(item["segment_ids"], segments)
         np.testing.assert_array_equal(item["loss_mask"], mask)
     assert not list(tmp_path.glob(".*tmp"))  # the staging directory was renamed away
-    assert (tmp_path / "s" / "index.json").stat().st_mode & 0o777 == 0o644  # readable by others, not 0600
+    # readable by others, not a temporary file's or directory's owner-only mode
+    assert (tmp_path / "s" / "index.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o755
 
 
 def test_truncated_shard_is_a_clear_error(tmp_path):
