@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     demo = sub.add_parser("demo-corpus", help="collect real code on this machine into a repository collection")
     demo.add_argument("out", help="directory to create (each child becomes one repository)")
-    demo.add_argument("--max-mb", type=float, default=50.0, help="stop after this much source (default 50)")
+    demo.add_argument("--max-mb", type=float, default=50.0, help="stop after this much source (default 50; 0: no limit)")
     demo.add_argument("--no-stdlib", action="store_true", help="leave out the Python standard library")
     demo.add_argument("--stdlib-tests", action="store_true", help="include the standard library's test package")
     demo.add_argument("--site-packages", action="store_true", help="add installed distributions' sources")
@@ -107,6 +107,9 @@ def _inspect(args) -> int:
     print(json.dumps({"sequences": len(ds), "seq_len": ds.seq_len, **ds.meta}, indent=1))
     if args.decode is not None:
         from codegemma.data.samples import load_tokenizer
+
+        if not 0 <= args.decode < len(ds):
+            raise CodegemmaError(f"--decode {args.decode}: {args.shards} holds sequences 0..{len(ds) - 1}")
 
         tokenizer = load_tokenizer(ds.meta["tokenizer"], fim_sentinels_from=ds.meta.get("fim_sentinels_from", ()))
         item = ds[args.decode]

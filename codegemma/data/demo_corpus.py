@@ -138,6 +138,8 @@ def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool
                       languages: list[str] | None = None) -> dict:
     """Debian tarballs are kept whole: `max_file_kb` and `languages` select the files of the others."""
     out = Path(out)
+    if (max_mb or 0) < 0 or (max_file_kb or 0) < 0:
+        raise CodegemmaError("max_mb and max_file_kb (--max-mb, --max-file-kb) must be 0 (no limit) or more")
     check_replaceable(out, _is_demo_corpus, "a demo corpus")
     stage = staging_dir(out)
     budget = _Budget(int(max_mb * 1e6) if max_mb else None)
@@ -146,6 +148,9 @@ def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool
         counts = {"stdlib": stdlib_repositories(stage, budget, include_tests, selection) if stdlib else 0,
                   "site_packages": site_package_repositories(stage, budget, selection) if site_packages else 0,
                   "debian": debian_sources(stage, debian) if debian else 0}
+        if not any(stage.iterdir()):  # a corpus with nothing in it would only fail the next command
+            raise CodegemmaError("no source file was selected for the demo corpus (check the sources asked for, "
+                                 "max_file_kb and languages); nothing written")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -38,3 +38,12 @@ def test_an_existing_folder_is_replaced_only_if_it_is_a_demo_corpus(tmp_path):
         build_demo_corpus(tmp_path / "file", max_mb=0.05)
     assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "file", "mine"]  # no staging left
+
+
+def test_a_corpus_with_nothing_selected_or_negative_limits_is_refused(tmp_path):
+    with pytest.raises(CodegemmaError, match="no source file was selected.*nothing written"):
+        build_demo_corpus(tmp_path / "corpus", stdlib=False)
+    with pytest.raises(CodegemmaError, match="must be 0 \\(no limit\\) or more"):
+        build_demo_corpus(tmp_path / "corpus", max_mb=-1)
+    assert list(tmp_path.iterdir()) == []
+

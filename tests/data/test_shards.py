@@ -101,3 +101,13 @@ def test_writer_replaces_shards_but_not_other_folders(tmp_path):
         ShardWriter(tmp_path / "mine", 16)
     assert (tmp_path / "mine" / "a.py").read_text() == "x = 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]
+
+
+def test_inspect_names_the_range_of_sequences(tmp_path, capsys):
+    from codegemma.cli import main
+
+    writer = ShardWriter(tmp_path / "s", 4, meta={"tokenizer": "unused"})
+    writer.add([1, 2, 3, 4], [1, 1, 1, 1], [1, 1, 1, 1])
+    writer.close()
+    assert main(["data", "inspect", str(tmp_path / "s"), "--decode", "5"]) == 1
+    assert "--decode 5: " in (err := capsys.readouterr().err) and "holds sequences 0..0" in err
