@@ -109,6 +109,11 @@ def run_command(args) -> int:
                                        write_json)
     from codegemma.eval.task import INFILLING, get_task
 
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--limit", args.limit),
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-prompt-tokens", args.max_prompt_tokens),
+                        ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise CodegemmaError(f"{flag} must be at least 1, got {value}")
     task = get_task(args.task, **_task_options(args))
     workers = args.workers or default_workers()
     if args.validate_only:
@@ -121,14 +126,15 @@ def run_command(args) -> int:
         print(f"{task.name}: {report['canonical_passed']}/{report['canonical_checked']} canonical solutions pass, "
               f"{len(report['wrong_passed'])}/{report['wrong_checked']} wrong ones pass, {report['seconds']:.1f} s")
         return 0
-    if args.n < 1 or args.batch_size < 1:
-        raise CodegemmaError("--n and --batch-size must be at least 1")
     task.problems(args.limit)  # a missing data file fails here, before the model loads
+    from codegemma.engine import SamplingParams
     from codegemma.eval.generation import model_generator
 
     max_new = args.max_new_tokens or (128 if task.kind == INFILLING else 512)
     settings = GenerationSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new,
                                   seed=args.seed, batch_size=args.batch_size)
+    # the engine's checks of the sampling settings, before a run directory is started with them
+    SamplingParams(max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p)
     fim = task.kind == INFILLING and args.fim_order != "l2r"
     generator = model_generator(args.model, dtype=args.dtype, profile_name=args.profile,
                                 fim_order=args.fim_order if fim else None)

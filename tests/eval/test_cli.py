@@ -20,6 +20,22 @@ def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     assert code == 1 and "not found" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "-3"], "--limit must be at least 1, got -3"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "0.8", "--top-p", "0"], "top_p must be in"),
+])
+def test_bad_settings_are_refused_before_a_run_directory_is_started(tmp_path, capsys, flags, message):
+    """Refused with one line and nothing written: a run.json with the bad settings would have made
+    the corrected command refuse the directory as "a run with different settings"."""
+    code = main(["eval", "humaneval", "--model", "tiny-gemma", "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # renders a matplotlib chart
 def test_eval_report_combines_runs_into_markdown_json_and_png(tmp_path, capsys):
     task = get_task("humaneval")
