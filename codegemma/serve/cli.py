@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from codegemma.errors import CodegemmaError
+
 
 def model_name(spec: str | None) -> str:
     if not spec:
@@ -19,6 +21,13 @@ def cmd_serve(args) -> int:
     from codegemma.complete.cli import build_completer
     from codegemma.serve.app import ServerSettings, create_app
 
+    # checked before the model loads: a wrong flag should not cost a load, nor end in a traceback
+    if not 0 <= args.port <= 65535:
+        raise CodegemmaError(f"--port must be in 0..65535, got {args.port}")
+    for flag, value in (("--max-queue", args.max_queue), ("--max-batch", args.max_batch),
+                        ("--request-timeout", args.request_timeout), ("--max-request-bytes", args.max_request_bytes)):
+        if value <= 0:
+            raise CodegemmaError(f"{flag} must be positive, got {value}")
     completer = build_completer(args)
     settings = ServerSettings(max_queue=args.max_queue, max_batch=args.max_batch,
                               request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)
