@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from codegemma.errors import CodegemmaError
+
 Counter = Callable[[str], int]
 
 SUFFIX_STEP = 64  # tokens
@@ -28,6 +30,10 @@ class Budget:
     prefix_share: float = 0.75  # of the file window; the suffix gets the rest
     context_fraction: float = 0.5  # at most this much of the prompt goes to other files
     anchor_steps: int = 16  # the prefix cut moves in steps of about max_prompt_tokens / anchor_steps
+
+    def __post_init__(self):
+        if self.max_prompt_tokens < 1:
+            raise CodegemmaError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
 
 
 def _line_starts(text: str) -> list[int]:

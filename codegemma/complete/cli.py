@@ -41,11 +41,12 @@ def build_completer(args, instruction_tuned: bool = False):
     from codegemma.engine import Engine
     from codegemma.profiles import resolve_profile
 
+    wanted = getattr(args, "max_prompt_tokens", None)
+    budget = Budget() if wanted is None else Budget(max_prompt_tokens=wanted)  # checked before the model loads
     loaded = load_for_cli(args)
     profile = resolve_profile(loaded.tokenizer, getattr(args, "profile", None), family=loaded.config.family,
                               instruction_tuned=instruction_tuned, fim_order=getattr(args, "fim_order", None))
     engine = Engine(loaded.model, detokenize=loaded.tokenizer.decode)
-    budget = Budget(max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or Budget().max_prompt_tokens)
     return Completer(engine, loaded.tokenizer, profile, budget)
 
 
