@@ -15,6 +15,14 @@ DTYPE_CHOICES = ["float32", "bfloat16", "float16", "int8", "int4"]
 MODEL_HELP = "a .gguf file, a Hugging Face directory or a preset name (default: the bundled Gemma 3 270M)"
 
 
+def count(text: str) -> int:
+    """argparse type of a count flag: an integer of 1 or more (argparse's error names the flag)."""
+    value = int(text)  # a ValueError is argparse's "invalid count value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser):
     parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
     parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from codegemma.commands import count
 from codegemma.errors import CodegemmaError
 
 
@@ -39,14 +40,14 @@ def register(subparsers) -> None:
                                           "Resumable: rerun the same command to finish an interrupted run.")
     p.add_argument("task", metavar="TASK", choices=_TaskNames(), help="benchmark to run: %(choices)s")
     p.add_argument("--model", default=None, help="GGUF file, Hugging Face directory or preset (default: Gemma 3 270M)")
-    p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k for k <= n)")
+    p.add_argument("--n", type=count, default=1, help="samples per problem (pass@k for k <= n)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--limit", type=int, default=None, help="only the first K problems")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--limit", type=count, default=None, help="only the first K problems")
+    p.add_argument("--max-new-tokens", type=count, default=None,
                    help="default: 128 for infilling (as the paper's Table 2), 512 otherwise")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=None, help="parallel sandbox runs (default: CPU count)")
+    p.add_argument("--batch-size", type=count, default=8)
+    p.add_argument("--workers", type=count, default=None, help="parallel sandbox runs (default: CPU count)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="benchmark data: a file, a directory (infilling) or a URL")
     p.add_argument("--profile", default=None, help="model profile override (e.g. codegemma)")
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
                         "cpp,csharp,go,java,javascript,kotlin,python,rust (default: all eight)")
     p.add_argument("--fim-order", default="psm", choices=["psm", "spm", "l2r"],
                    help="FIM prompt order for infilling; l2r: the prefix alone (single-line only, any model)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None,
+    p.add_argument("--max-prompt-tokens", type=count, default=None,
                    help="infilling: trim prefix and suffix at line starts to this many prompt tokens, as the "
                         "completion server does (for a model with a short context)")
     p.add_argument("--dtype", default="float32")
@@ -109,11 +110,6 @@ def run_command(args) -> int:
                                        write_json)
     from codegemma.eval.task import INFILLING, get_task
 
-    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--limit", args.limit),
-                        ("--max-new-tokens", args.max_new_tokens), ("--max-prompt-tokens", args.max_prompt_tokens),
-                        ("--workers", args.workers)):
-        if value is not None and value < 1:
-            raise CodegemmaError(f"{flag} must be at least 1, got {value}")
     task = get_task(args.task, **_task_options(args))
     workers = args.workers or default_workers()
     if args.validate_only:

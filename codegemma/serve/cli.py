@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from codegemma.commands import count
 from codegemma.errors import CodegemmaError
 
 
@@ -24,10 +25,8 @@ def cmd_serve(args) -> int:
     # checked before the model loads: a wrong flag should not cost a load, nor end in a traceback
     if not 0 <= args.port <= 65535:
         raise CodegemmaError(f"--port must be in 0..65535, got {args.port}")
-    for flag, value in (("--max-queue", args.max_queue), ("--max-batch", args.max_batch),
-                        ("--request-timeout", args.request_timeout), ("--max-request-bytes", args.max_request_bytes)):
-        if value <= 0:
-            raise CodegemmaError(f"{flag} must be positive, got {value}")
+    if args.request_timeout <= 0:
+        raise CodegemmaError(f"--request-timeout must be positive, got {args.request_timeout}")
     completer = build_completer(args)
     settings = ServerSettings(max_queue=args.max_queue, max_batch=args.max_batch,
                               request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)
@@ -53,7 +52,7 @@ def _add_model_options(p):
     add_model_args(p)
     p.add_argument("--profile", default=None, help="override the model profile (e.g. codegemma, gemma3)")
     p.add_argument("--fim-order", choices=["psm", "spm"], default=None, help="default: the profile's (spm)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="prompt budget in tokens (default 1536)")
+    p.add_argument("--max-prompt-tokens", type=count, default=None, help="prompt budget in tokens (default 1536)")
 
 
 def register(sub):
@@ -61,10 +60,10 @@ def register(sub):
     _add_model_options(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-queue", type=int, default=32, help="waiting requests before answering 503")
-    p.add_argument("--max-batch", type=int, default=8, help="non-streaming requests generated together")
+    p.add_argument("--max-queue", type=count, default=32, help="waiting requests before answering 503")
+    p.add_argument("--max-batch", type=count, default=8, help="non-streaming requests generated together")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request, queueing included")
-    p.add_argument("--max-request-bytes", type=int, default=2_000_000)
+    p.add_argument("--max-request-bytes", type=count, default=2_000_000)
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from codegemma.commands import count
 from codegemma.errors import CodegemmaError
 
 
@@ -72,8 +73,9 @@ def register(subparsers) -> None:
     p.add_argument("experiment", choices=("fim-rate", "packing"))
     p.add_argument("--root", default="runs/demo", help="demo corpus, tokenizer and shard cache")
     p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
-    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples", "fim-chunk-chars",
-                 "eval-every"):
+    for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples"):
+        p.add_argument(f"--{name}", type=count, default=None)
+    for name in ("fim-chunk-chars", "eval-every"):  # 0: whole files; only at the end
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--init", default=None, help="start every variant from this checkpoint (e.g. the tiny-cpu "
                                                   "recipe's runs/demo/gemma3-270m-pruned) instead of from scratch")
@@ -89,12 +91,12 @@ def register(subparsers) -> None:
                                            "on a finished model)")
     p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
-    p.add_argument("--examples", type=int, default=100, help="lines to mask (drawn with a fixed seed)")
+    p.add_argument("--examples", type=count, default=100, help="lines to mask (drawn with a fixed seed)")
     p.add_argument("--orders", default="psm,spm",
                    help="comma-separated prompt orders: psm, spm (FIM), l2r (the prefix alone, any model)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None,
+    p.add_argument("--max-prompt-tokens", type=count, default=None,
                    help="default: 256, or the model's context less --max-new-tokens where that is smaller")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=count, default=32)
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
     p.add_argument("--answers", default="",
                    help="also write every greedy answer beside its line here (JSON Lines, one per line and order)")
@@ -112,7 +114,7 @@ def register(subparsers) -> None:
     p.add_argument("samples", help="JSONL (task_id, prompt, completion, passed), or a `codegemma eval` run "
                                    "directory (its samples.jsonl)")
     p.add_argument("--out", required=True)
-    p.add_argument("--max-pairs-per-task", type=int, default=4)
+    p.add_argument("--max-pairs-per-task", type=count, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_dpo_pairs)
 

@@ -5,19 +5,23 @@ import pytest
 from codegemma.cli import main
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--port", "99999"], "--port must be in 0..65535, got 99999"),
-    (["--max-batch", "0"], "--max-batch must be positive"),
-    (["--max-queue", "-1"], "--max-queue must be positive"),
-    (["--request-timeout", "0"], "--request-timeout must be positive"),
+@pytest.mark.parametrize("flags, code, message", [
+    (["--port", "99999"], 1, "--port must be in 0..65535, got 99999"),
+    (["--request-timeout", "0"], 1, "--request-timeout must be positive"),
+    (["--max-batch", "0"], 2, "argument --max-batch: must be at least 1, got 0"),
+    (["--max-queue", "-1"], 2, "argument --max-queue: must be at least 1"),
 ])
-def test_bad_flags_are_one_line_before_the_model_loads(capsys, monkeypatch, flags, message):
+def test_bad_flags_are_one_line_before_the_model_loads(capsys, monkeypatch, flags, code, message):
     import codegemma.complete.cli
 
     def no_load(args):
         raise AssertionError("the model must not load")
 
     monkeypatch.setattr(codegemma.complete.cli, "build_completer", no_load)
-    assert main(["serve", *flags]) == 1
+    try:
+        got = main(["serve", *flags])
+    except SystemExit as stop:  # argparse's refusal of a flag
+        got = stop.code
+    assert got == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
