@@ -117,7 +117,7 @@ def cmd_chat(args) -> int:
 
 
 def register(sub):
-    from codegemma.commands import add_model_args, add_sampling_args
+    from codegemma.commands import add_model_args, add_sampling_args, count
 
     p = sub.add_parser("complete", help="complete code at FILE:LINE:COL (fill in the middle with repository context)")
     p.add_argument("location", help="FILE:LINE:COL, 1-based")
@@ -130,7 +130,7 @@ def register(sub):
     p.add_argument("--lines", choices=["auto", "single", "multi"], default="auto")
     p.add_argument("--max-new-tokens", "-n", type=int, default=None)
     p.add_argument("--temperature", "-t", type=float, default=None)
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="prompt budget in tokens (default 1536)")
+    p.add_argument("--max-prompt-tokens", type=count, default=None, help="prompt budget in tokens (default 1536)")
     p.add_argument("--json", action="store_true", help="print the result and its statistics as JSON")
     p.set_defaults(func=cmd_complete)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from codegemma.complete.budget import fit_context, rank_context, split_file_budget, trim_prefix, trim_suffix
+import pytest
+
+from codegemma.complete.budget import (Budget, fit_context, rank_context, split_file_budget, trim_prefix,
+                                      trim_suffix)
+from codegemma.errors import CodegemmaError
 
 LINES = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 200))
 
@@ -72,3 +76,8 @@ def test_context_files_ranked_and_fitted(fim_tokenizer):
     kept = fit_context(ranked, 40, count, overhead=lambda p: 1 + count(p + "\n"), min_useful=4)
     assert kept[-1][0] == "geometry.py"
     assert sum(count(c) + 1 + count(p + "\n") for p, c in kept) <= 40
+
+
+def test_a_budget_holds_at_least_one_token():
+    with pytest.raises(CodegemmaError, match="max_prompt_tokens must be at least 1, got 0"):
+        Budget(max_prompt_tokens=0)

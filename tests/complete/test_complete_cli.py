@@ -60,8 +60,9 @@ def test_complete_errors_are_one_line(tmp_path, model_dir, capsys):
     assert "not UTF-8" in capsys.readouterr().err
     (tmp_path / "a.py").write_text("x = 1\n")
     for budget in ("0", "-5"):  # not the default budget (0 used to mean it), nor a message about max_new_tokens
-        assert main(["complete", f"{tmp_path / 'a.py'}:1:1", "--model", str(model_dir), "--max-prompt-tokens", budget]) == 1
-        assert f"max_prompt_tokens must be at least 1, got {budget}" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["complete", f"{tmp_path / 'a.py'}:1:1", "--model", str(model_dir), "--max-prompt-tokens", budget])
+        assert f"argument --max-prompt-tokens: must be at least 1, got {budget}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
