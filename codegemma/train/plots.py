@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codegemma.errors import CodegemmaError  # noqa: E402
 from codegemma.train import metrics  # noqa: E402
 
 _PANELS = [("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens/s")]
@@ -86,9 +87,16 @@ def plot_runs(metrics_paths: list[Path], labels: list[str], out_path: str | Path
 def save(fig, out_path: str | Path) -> Path:
     """Write a figure atomically (temporary name, then rename) and close it."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
+    try:
+        if out_path.is_dir():
+            raise CodegemmaError(f"{out_path} is a directory: name a .png file to write")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return out_path

@@ -1,7 +1,9 @@
 import json
 
 import matplotlib.image as mpimg
+import pytest
 
+from codegemma.errors import CodegemmaError
 from codegemma.train.plots import plot_run
 
 
@@ -21,3 +23,10 @@ def test_a_run_that_scored_infilling_gets_its_context_and_exact_match_panels(tmp
     plain_width, infill_width = mpimg.imread(plain).shape[1], mpimg.imread(infill).shape[1]
     assert infill_width > 1.4 * plain_width  # three columns of panels instead of two
     assert not list(tmp_path.glob(".*.tmp.png"))
+
+
+def test_an_out_that_is_a_directory_is_one_error_and_leaves_no_temporary(tmp_path):
+    (tmp_path / "plots").mkdir()
+    with pytest.raises(CodegemmaError, match="is a directory: name a .png file"):
+        plot_run(_write(tmp_path / "m.jsonl", [{"loss": 4.5}]), tmp_path / "plots")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "plots"]
