@@ -110,6 +110,8 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
         raise CodegemmaError("GGUF export needs the model's tokenizer (pass --tokenizer)")
     _check_representable(config)
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise CodegemmaError(f"{out_path} is a directory: name a .gguf file to write (or --format hf)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     os.close(fd)

@@ -122,6 +122,14 @@ def test_unrepresentable_config_is_refused(tmp_path, tokenizer):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+def test_gguf_onto_a_directory_is_refused_before_writing(tmp_path, tokenizer):
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(CodegemmaError, match="is a directory: name a .gguf file"):
+        write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "models")
+    assert [p.name for p in tmp_path.iterdir()] == ["models"] and not any((tmp_path / "models").iterdir())
+
+
 def test_export_from_a_training_run(tmp_path, tokenizer):
     """A run's checkpoint exports to HF safetensors that transformers loads with the same logits."""
     from transformers import AutoModelForCausalLM
