@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from codegemma.config import ModelConfig
+from codegemma.data.atomic import check_replaceable
 from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
 from codegemma.tokenizer import Tokenizer
@@ -177,8 +178,7 @@ def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layer
     from codegemma.train.build import load_tokenizer
 
     # the inputs that do not need the source model are checked before it loads, which takes a while
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise CodegemmaError(f"{out} exists and is not empty")
+    check_replaceable(out, lambda d: False, "empty")  # what save_hf will check, before the load
     target_tok = load_tokenizer(tokenizer)
     data = ShardDataset(calibration)
     if len(data) == 0:
