@@ -114,6 +114,10 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> DataRecipe:
         raise CodegemmaError(f"{where}: seq_len must be at least 16")
     if not 0.0 <= recipe.eval_fraction < 1.0:
         raise CodegemmaError(f"{where}: eval_fraction must be in [0, 1)")
+    if recipe.sequences_per_shard < 1:
+        raise CodegemmaError(f"{where}: sequences_per_shard must be at least 1")
+    if recipe.workers < 0:
+        raise CodegemmaError(f"{where}: workers must be 0 (every core) or more")
     return recipe
 
 

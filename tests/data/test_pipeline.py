@@ -199,6 +199,10 @@ def test_recipe_errors(tmp_path):
     with pytest.raises(CodegemmaError, match="packing.order"):
         recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t", "packing": {"order": "nope"},
                           "sources": [{"name": "a", "path": "p"}]})
+    for key, value, message in (("sequences_per_shard", 0, "at least 1"), ("workers", -1, "0 \\(every core\\) or more")):
+        with pytest.raises(CodegemmaError, match=f"{key} must be {message}"):
+            recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t", key: value,
+                              "sources": [{"name": "a", "path": "p"}]})
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [")
     with pytest.raises(CodegemmaError, match="invalid TOML"):
