@@ -158,6 +158,10 @@ def test_cli_writes_a_model_the_loader_reads(small_tokenizer, small_tokenizer_pa
     assert (hf_config["intermediate_size"], hf_config["num_attention_heads"]) == (32, 2)
     assert main(args) != 0  # the output exists: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")  # a file as --out: refused before the source loads
+    assert main(args[:-1] + [str(tmp_path / "notes.txt")]) == 1
+    assert "notes.txt exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     assert load(str(out), progress=False).config.d_ff == 32
 
 
