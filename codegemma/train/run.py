@@ -140,6 +140,9 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     seed_everything(recipe.seed)
     tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
     model, config, tokenizer = build.build_model(recipe, tokenizer)
+    if recipe.data.seq_len > config.max_seq_len:  # it would train positions the model does not claim to have
+        raise CodegemmaError(f"data.seq_len {recipe.data.seq_len} is longer than the model's context of "
+                             f"{config.max_seq_len} tokens (max_seq_len): train at most that long")
     build.check_data_vocabulary(recipe, tokenizer, config)
     if recipe.lora.enabled:
         if env.distributed and recipe.distributed.strategy == "fsdp":

@@ -201,6 +201,19 @@ def test_oss_instruct_checks_its_counts_before_asking(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_sequence_longer_than_the_models_context_is_refused(tmp_path, shards, capsys):
+    """A model trained past its max_seq_len would be exported claiming the shorter context."""
+    from codegemma.config import preset
+
+    context = preset("tiny-gemma").max_seq_len
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_toml(tmp_path / "run", shards, steps=1))
+    assert main(["train", "run", str(recipe), "--set", f"data.seq_len={context + 1}"]) == 1
+    assert (f"data.seq_len {context + 1} is longer than the model's context of {context} tokens"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_shards_of_another_vocabulary_or_other_sentinel_ids_are_refused(tmp_path, small_tokenizer_path, capsys):
     from .conftest import write_shards
 
