@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     r.add_argument("runs", nargs="+", help="run directories holding summary.json")
     r.add_argument("--out", required=True, help="directory for results.md / results.json / results.png")
     r.add_argument("--stem", default="results")
-    r.add_argument("--command", default=None, help="the command line to record in the report")
+    # dest: `command` is the subcommand's name, which error messages print
+    r.add_argument("--command", dest="command_line", default=None, help="the command line to record in the report")
     r.set_defaults(func=report_command)
 
     c = subparsers.add_parser("eval-compare", help="two models on the same problems: what each solves alone, "
@@ -164,7 +165,7 @@ def report_command(args) -> int:
         if not path.is_file():
             raise CodegemmaError(f"{path} not found: is {run} a finished eval run directory?")
         summaries.append(json.loads(path.read_text(encoding="utf-8")))
-    paths = write_report(summaries, args.out, command=args.command, stem=args.stem)
+    paths = write_report(summaries, args.out, command=args.command_line, stem=args.stem)
     print(" ".join(str(p) for p in paths.values()))
     return 0
 

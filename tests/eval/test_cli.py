@@ -60,7 +60,9 @@ def test_eval_report_combines_runs_into_markdown_json_and_png(tmp_path, capsys):
 
 def test_eval_report_on_a_directory_without_summary_fails_clearly(tmp_path, capsys):
     assert main(["eval-report", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
-    assert "summary.json not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the prefix names the command (its --command option used to overwrite the name: "codegemma None")
+    assert err.startswith("codegemma eval-report: error: ") and "summary.json not found" in err
 
 
 # Hand-written solutions of the first problem of each set, each followed by text the language's
