@@ -119,12 +119,17 @@ def _save_shards(state: dict, directory: Path, max_shard_bytes: int):
         size += nbytes
     shards.append(current)
     if len(shards) == 1:
-        save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
+        _save_readable(shards[0], directory / "model.safetensors")
         return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+        _save_readable(shard, directory / fname)
         weight_map.update({name: fname for name in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     (directory / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _save_readable(tensors: dict, path: Path):
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors writes 0600; a saved model is meant to be read by others too

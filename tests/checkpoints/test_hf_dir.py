@@ -36,6 +36,7 @@ def test_sharded_directory(tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert out.stat().st_mode & 0o777 == 0o755  # not the temporary directory's owner-only mode
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o644}  # safetensors alone writes 0600
     ids = torch.randint(0, 512, (1, 12))
     with torch.no_grad():
         assert torch.equal(load(out).model(ids), src.model(ids))
