@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from codegemma import __version__
 from codegemma.errors import CodegemmaError
 
 # Each module exposes `register(subparsers)`, adding parsers whose `func(args) -> int | None` runs them.
@@ -21,6 +22,7 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegemma", description="CodeGemma models: generate, complete, serve, data, train, eval.")
+    parser.add_argument("--version", action="version", version=f"codegemma {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

@@ -86,3 +86,12 @@ def test_building_the_cli_imports_no_evaluation_task():
             "             and m != 'codegemma.eval.cli'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_version_names_the_package_version(capsys):
+    import codegemma
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"codegemma {codegemma.__version__}"
