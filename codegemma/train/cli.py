@@ -122,12 +122,12 @@ def register(subparsers) -> None:
     p.add_argument("seeds", help="directory of seed source files")
     p.add_argument("--base-url", required=True, help="OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", default="codegemma")
-    p.add_argument("--n", type=int, default=100, help="how many seed snippets to try")
+    p.add_argument("--n", type=count, default=100, help="how many seed snippets to try")
     p.add_argument("--out", required=True, help="output conversations JSONL (only test-passing pairs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=1024, help="longest answer, in tokens")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--max-tokens", type=count, default=1024, help="longest answer, in tokens")
+    p.add_argument("--workers", type=count, default=1,
                    help="requests in flight at once (default 1; more only for a server that answers chat "
                         "requests in parallel: `codegemma serve` answers them one at a time)")
     p.set_defaults(func=_oss_instruct)
@@ -344,9 +344,6 @@ def _dpo_pairs(args) -> int:
 def _oss_instruct(args) -> int:
     from codegemma.train.oss_instruct import generate
 
-    for name in ("n", "workers", "max_tokens"):
-        if getattr(args, name) < 1:
-            raise CodegemmaError(f"--{name.replace('_', '-')} must be at least 1")
     stats = generate(args.seeds, args.base_url, args.model, args.n, args.out, seed=args.seed,
                      temperature=args.temperature, max_tokens=args.max_tokens, workers=args.workers,
                      progress=sys.stderr.isatty())

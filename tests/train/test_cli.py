@@ -4,6 +4,8 @@ import json
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from codegemma.cli import main
 
 from .conftest import recipe_toml
@@ -196,8 +198,10 @@ def test_oss_instruct_checks_its_counts_before_asking(tmp_path, capsys):
     out = tmp_path / "sft.jsonl"
     for flag in ("--n", "--workers", "--max-tokens"):
         argv = ["train", "oss-instruct", str(tmp_path), "--base-url", "http://127.0.0.1:9/v1", "--out", str(out)]
-        assert main(argv + [flag, "0"]) == 1
-        assert capsys.readouterr().err.strip() == f"codegemma train: error: {flag} must be at least 1"
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + [flag, "0"])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
     assert not out.exists()
 
 
