@@ -135,6 +135,8 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards):
 
     with pytest.raises(Stop):
         train(part, stop_after_5)
+    ckpt_dir = tmp_path / "part" / "run" / "checkpoints"
+    assert {f.stat().st_mode & 0o777 for f in ckpt_dir.iterdir()} == {0o644}  # not mkstemp's 0600
     _, resumed = train(part)  # continues from step 3
     assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
 
