@@ -413,15 +413,23 @@ def _plot_fim(runs: Path, results: dict):
     for ax, (key, title) in zip(axes[1:], panels):
         orders = [("", "PSM"), ("_spm", "SPM"), ("_l2r", "left to right")] if key != "l2r_loss" else [("", None)]
         orders = [(tag, label) for tag, label in orders if any(results[r].get(key + tag) is not None for r in rates)]
+        shown = []
         for i, (tag, label) in enumerate(orders):
             xs = [j + (i - (len(orders) - 1) / 2) * width for j in range(len(rates))]
             values = [results[r].get(key + tag) or 0.0 for r in rates]
+            shown += values
             ax.bar(xs, values, width, label=label)
-            for x, v in zip(xs, values):
-                ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
+            for x, v in zip(xs, values):  # upright labels would run into the next bar's
+                ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=7,
+                            rotation=90 if len(orders) > 1 else 0)
         ax.set_xticks(range(len(rates)), rates)
+        if key == "infill_exact_match":
+            ax.set_ylim(0, max(0.05, max(shown) * 1.6))  # an all-zero panel keeps 0 at its bottom
+        else:  # losses differ by tenths of a nat: start the axis near them, with room for labels and legend
+            low, high = min(shown), max(shown)
+            ax.set_ylim(low - 0.5, high + 0.6)
         if len(orders) > 1:
-            ax.legend()
+            ax.legend(fontsize=7, ncol=len(orders), loc="upper center")
         ax.set_title(title)
         ax.set_xlabel("FIM rate")
     fig.tight_layout()
