@@ -117,8 +117,9 @@ def tokenize_pair_side(prompt, response: str, tokenizer, where: str) -> tuple[li
     raise CodegemmaError(f"{where}: prompt must be a string (text to continue) or a list of chat messages")
 
 
-def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> Path:
-    """Tokenize pairs into `out_dir/{chosen,rejected}`, the response tokens trained.
+def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Tokenize pairs into `out_dir/{chosen,rejected}`, the response tokens trained; `meta` goes into
+    both indexes.
 
     Pairs follow the two usual layouts: text (`prompt`, `chosen`, `rejected` strings; the responses
     continue the prompt, as `dpo-pairs` writes them from `codegemma eval` samples) and
@@ -141,7 +142,7 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> P
     out_dir = Path(out_dir)
     pad = tokenizer.pad_id or 0
     for side, name in enumerate(("chosen", "rejected")):
-        writer = ShardWriter(out_dir / name, seq_len, meta={"kind": "dpo", "side": name, "pairs": len(rows)})
+        writer = ShardWriter(out_dir / name, seq_len, meta={"kind": "dpo", "side": name, "pairs": len(rows), **(meta or {})})
         for row in rows:
             tokens, trained = row[side]
             t = np.full(seq_len, pad, np.int32)

@@ -7,6 +7,8 @@ writes logs, plots and exports).
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import random
 from contextlib import contextmanager, nullcontext
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from codegemma.errors import CodegemmaError
-from codegemma.train import build, distributed, metrics, objectives
+from codegemma.train import build, checkpoint, distributed, metrics, objectives
 from codegemma.train.allocator import freed_memory_kept
 from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
@@ -45,24 +47,43 @@ def train_data(recipe: Recipe, env, tokenizer):
 
 
 def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
-    """SFT/DPO JSONL is tokenized into shards under the run directory once (by the main process)."""
+    """SFT/DPO JSONL is tokenized into shards under the run directory (by the main process), again
+    whenever the file, the tokenizer or the sequence length differ from what the shards were made
+    of, unless checkpoints already trained on them."""
     if source.is_dir():
         return source
     if tokenizer is None:
         raise CodegemmaError(f"{source}: tokenizing conversations needs a tokenizer (recipe `tokenizer` or `model.init`)")
     out = Path(recipe.out_dir) / "data" / split
-    if env.is_main and not (out / "index.json").exists() and not (out / "chosen" / "index.json").exists():
-        if recipe.objective == "sft":
-            from codegemma.train.sft import prepare
-
-            prepare(source, tokenizer, recipe.data.seq_len, out)
-        else:
-            from codegemma.train.preference import prepare
-
-            prepare(source, tokenizer, recipe.data.seq_len, out)
+    if env.is_main:
+        made_from = {"source_sha256": _sha256(source), "seq_len": recipe.data.seq_len,
+                     "tokenizer_sha256": hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()}
+        index = out / ("index.json" if recipe.objective == "sft" else "chosen/index.json")
+        earlier = json.loads(index.read_text())["meta"].get("made_from") if index.is_file() else None
+        if index.is_file() and earlier not in (None, made_from):  # None: made before this was recorded
+            trained = checkpoint.list_steps(Path(recipe.out_dir) / "checkpoints")
+            if trained:
+                changed = ", ".join(k.removesuffix("_sha256") for k in made_from if earlier.get(k) != made_from[k])
+                raise CodegemmaError(f"{source}: its {changed} changed since this run tokenized it into {out}, and "
+                                     f"checkpoints up to step {trained[-1]} trained on the earlier version: start "
+                                     "the new data in another out_dir (--set out_dir=DIR)")
+        if not index.is_file() or earlier not in (None, made_from):
+            if recipe.objective == "sft":
+                from codegemma.train.sft import prepare
+            else:
+                from codegemma.train.preference import prepare
+            prepare(source, tokenizer, recipe.data.seq_len, out, meta={"made_from": made_from})
     if env.distributed:
         torch.distributed.barrier()
     return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def make_evaluator(recipe: Recipe, env, tokenizer, context: int):

@@ -85,8 +85,9 @@ def read_conversations(path: str | Path) -> Iterable[tuple[int, list[dict]]]:
             yield n, messages
 
 
-def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> Path:
-    """Tokenize and pack conversations into a shard directory (best-fit, one segment per conversation).
+def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Tokenize and pack conversations into a shard directory (best-fit, one segment per conversation);
+    `meta` goes into its index.
 
     A conversation longer than `seq_len` is cut at `seq_len` tokens (what remains of its model turns
     is still trained); one with nothing trained left is dropped.
@@ -107,7 +108,7 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path) -> P
     if not rows:
         raise CodegemmaError(f"{path}: no usable conversations")
     pad = tokenizer.pad_id or 0
-    writer = ShardWriter(out_dir, seq_len, meta={"kind": "sft", "source": str(path), "conversations": len(rows)})
+    writer = ShardWriter(out_dir, seq_len, meta={"kind": "sft", "source": str(path), "conversations": len(rows), **(meta or {})})
     for members in best_fit([len(t) for t, _ in rows], seq_len):
         tokens = np.full(seq_len, pad, np.int32)
         segments = np.zeros(seq_len, np.int32)

@@ -101,11 +101,17 @@ class Trainer:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
                      "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "data": data_states,
                      "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
-                     "model_config": _config_dict(self.raw_model)}
+                     "model_config": _config_dict(self.raw_model), "data_stream": self._data_stream()}
             path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
         if self.env.distributed:
             torch.distributed.barrier()
         return path
+
+    def _data_stream(self) -> dict:
+        """What the saved data position counts through: the same files, cut and shuffled the same way."""
+        r = self.recipe
+        return {"objective": r.objective, "data.train": str(Path(r.data.train).resolve()) if r.data.train else "",
+                "data.seq_len": r.data.seq_len, "train.batch_size": r.train.batch_size, "seed": r.seed}
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = ckpt.load(path)
@@ -114,10 +120,13 @@ class Trainer:
                                  f"{self.env.world_size}; the data order would change")
         saved, now = state.get("model_config"), _config_dict(self.raw_model)
         if saved is not None and now is not None and saved != now:
-            differ = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} here"
-                               for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-            raise CodegemmaError(f"{path}: saved from another model ({differ}); resume with the recipe the run "
-                                 "started with, or start this one in another out_dir")
+            raise CodegemmaError(f"{path}: saved from another model ({_differences(saved, now)}); resume with "
+                                 "the recipe the run started with, or start this one in another out_dir")
+        saved, now = state.get("data_stream"), self._data_stream()  # absent from older checkpoints
+        if saved is not None and saved != now:
+            # the saved data position means nothing in another stream: it would go on silently elsewhere
+            raise CodegemmaError(f"{path}: saved from a run reading other data ({_differences(saved, now)}); "
+                                 "resume with the recipe the run started with, or start this one in another out_dir")
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
@@ -286,3 +295,8 @@ def _progress(recipe: Recipe, start: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=recipe.train.steps, initial=start, desc=recipe.name, dynamic_ncols=True)
+
+
+def _differences(saved: dict, now: dict) -> str:
+    return "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} here"
+                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))

@@ -103,3 +103,26 @@ def test_dpo_run_raises_the_preference_margin(tmp_path, small_tokenizer_path, lo
     assert records[-1]["loss"] < 0.6
     assert records[-1]["reward_accuracy"] == 1.0
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_a_changed_pairs_file_is_refused_once_checkpoints_trained_on_it(tmp_path, small_tokenizer_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=4)
+
+    def recipe(steps, seq_len=48):
+        return recipe_mod.from_dict({
+            "objective": "dpo", "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path),
+            "model": {"preset": "tiny-gemma"}, "data": {"train": str(pairs), "seq_len": seq_len},
+            "optim": {"lr": 1e-3, "warmup_steps": 1}, "train": {"steps": steps, "batch_size": 2},
+            "checkpoint": {"every": 2},
+            "log": {"every": 1, "tensorboard": False, "plots": False, "progress": False},
+        })
+
+    run(recipe(2))
+    chosen = tmp_path / "run" / "data" / "train" / "chosen" / "index.json"
+    made_from = json.loads(chosen.read_text())["meta"]["made_from"]
+    write_pairs(pairs, n=6)
+    with pytest.raises(CodegemmaError, match=r"pairs.jsonl: its source changed since this run tokenized it"):
+        run(recipe(4))
+    with pytest.raises(CodegemmaError, match=r"its source, seq_len changed"):
+        run(recipe(4, seq_len=40))
+    assert json.loads(chosen.read_text())["meta"]["made_from"] == made_from

@@ -73,3 +73,40 @@ def test_bad_conversations_name_the_line(tmp_path, small_tokenizer, line, messag
     path.write_text(line + "\n")
     with pytest.raises(CodegemmaError, match=f"bad.jsonl:1.*{message}|{message}"):
         sft.prepare(path, small_tokenizer, 64, tmp_path / "out")
+
+
+def _sft_recipe(tmp_path, conv, small_tokenizer_path, steps, seq_len=32, batch_size=1):
+    from codegemma.train import recipe as recipe_mod
+
+    return recipe_mod.from_dict({
+        "objective": "sft", "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path),
+        "model": {"preset": "tiny-gemma"}, "data": {"train": str(conv), "seq_len": seq_len},
+        "optim": {"lr": 1e-3, "warmup_steps": 1}, "train": {"steps": steps, "batch_size": batch_size},
+        "checkpoint": {"every": 2},
+        "log": {"every": 1, "tensorboard": False, "plots": False, "progress": False},
+    })
+
+
+def _write_conversations(path, n):
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"square {i}"},
+                                                     {"role": "assistant", "content": f"{i * i}"}]}) + "\n"
+                            for i in range(n)))
+
+
+def test_a_changed_conversations_file_is_tokenized_again_or_refused(tmp_path, small_tokenizer_path):
+    """The tokenized copy under the run directory must follow its source: never train on a stale one."""
+    from codegemma.train.run import run
+
+    conv = tmp_path / "conv.jsonl"
+    index = tmp_path / "run" / "data" / "train" / "index.json"
+    _write_conversations(conv, 4)
+    with pytest.raises(CodegemmaError, match="cannot fill one batch"):  # after tokenizing, before a checkpoint
+        run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=2, seq_len=64, batch_size=8))
+    assert json.loads(index.read_text())["seq_len"] == 64
+    run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=2))  # another seq_len, no checkpoint yet: again
+    assert json.loads(index.read_text())["seq_len"] == 32
+    _write_conversations(conv, 6)  # the file changes under a run whose checkpoints trained on the old one
+    with pytest.raises(CodegemmaError, match=r"conv.jsonl: its source changed since this run tokenized it into "
+                                             r".*checkpoints up to step 2 trained on the earlier version"):
+        run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4))
+    assert json.loads(index.read_text())["meta"]["conversations"] == 4  # left as it was

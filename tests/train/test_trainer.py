@@ -152,6 +152,19 @@ def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
         train(recipe)
 
 
+def test_resuming_on_other_data_names_what_differs(tmp_path, shards):
+    """A data position saved in one stream would go on silently in another."""
+    recipe = make_recipe(tmp_path, shards, steps=4)
+    recipe.checkpoint.every = 2
+    train(recipe)
+    recipe.train.steps = 6
+    recipe.seed, recipe.data.train = 1, str(write_shards(tmp_path / "other", seed=1))
+    with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from a run reading other data \(data.train "
+                                             r"'.*shards' there, '.*other' here; seed 0 there, 1 here\); resume "
+                                             r"with the recipe the run started with"):
+        train(recipe)
+
+
 def test_a_diverged_step_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, shards):
     """A non-finite loss (here injected at the fifth step) writes non-finite weights: the run stops
     with a one-line error and saves nothing, so the checkpoints before it survive."""
