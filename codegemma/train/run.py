@@ -63,10 +63,11 @@ def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
         if index.is_file() and earlier not in (None, made_from):  # None: made before this was recorded
             trained = checkpoint.list_steps(Path(recipe.out_dir) / "checkpoints")
             if trained:
-                changed = ", ".join(k.removesuffix("_sha256") for k in made_from if earlier.get(k) != made_from[k])
-                raise CodegemmaError(f"{source}: its {changed} changed since this run tokenized it into {out}, and "
-                                     f"checkpoints up to step {trained[-1]} trained on the earlier version: start "
-                                     "the new data in another out_dir (--set out_dir=DIR)")
+                names = {"source_sha256": "the file's contents", "seq_len": "seq_len", "tokenizer_sha256": "tokenizer"}
+                differ = ", ".join(names[k] for k in made_from if earlier.get(k) != made_from[k])
+                raise CodegemmaError(f"{source}: this run tokenized other data into {out} ({differ} differ), and its "
+                                     f"checkpoints up to step {trained[-1]} trained on that: start the new data in "
+                                     "another out_dir (--set out_dir=DIR)")
         if not index.is_file() or earlier not in (None, made_from):
             if recipe.objective == "sft":
                 from codegemma.train.sft import prepare

@@ -106,7 +106,7 @@ def test_a_changed_conversations_file_is_tokenized_again_or_refused(tmp_path, sm
     run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=2))  # another seq_len, no checkpoint yet: again
     assert json.loads(index.read_text())["seq_len"] == 32
     _write_conversations(conv, 6)  # the file changes under a run whose checkpoints trained on the old one
-    with pytest.raises(CodegemmaError, match=r"conv.jsonl: its source changed since this run tokenized it into "
-                                             r".*checkpoints up to step 2 trained on the earlier version"):
+    with pytest.raises(CodegemmaError, match=r"conv.jsonl: this run tokenized other data into .* \(the file's "
+                                             r"contents differ\), and its checkpoints up to step 2 trained on that"):
         run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4))
     assert json.loads(index.read_text())["meta"]["conversations"] == 4  # left as it was
