@@ -133,8 +133,10 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     for n, pair in enumerate(read_jsonl(path), 1):
         if not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")
-        sides = [tokenize_pair_side(pair["prompt"], _response_text(pair[key], f"{path}:{n}: {key}"), tokenizer,
-                                    f"{path}:{n}") for key in ("chosen", "rejected")]
+        texts = [_response_text(pair[key], f"{path}:{n}: {key}") for key in ("chosen", "rejected")]
+        if texts[0] == texts[1]:  # its DPO loss is log 2 whatever the model does: a mistake in the data
+            raise CodegemmaError(f"{path}:{n}: chosen and rejected are the same response")
+        sides = [tokenize_pair_side(pair["prompt"], text, tokenizer, f"{path}:{n}") for text in texts]
         if all(len(t) <= seq_len for t, _ in sides):
             rows.append(sides)
     if not rows:

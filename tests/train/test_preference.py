@@ -127,3 +127,18 @@ def test_a_changed_pairs_file_is_refused_once_checkpoints_trained_on_it(tmp_path
     with pytest.raises(CodegemmaError, match=r"\(the file's contents, seq_len differ\)"):
         run(recipe(4, seq_len=40))
     assert json.loads(chosen.read_text())["meta"]["made_from"] == made_from
+
+
+@pytest.mark.parametrize("pair, message", [
+    ({"prompt": "p", "chosen": "a"}, "a pair needs prompt, chosen and rejected"),
+    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "chosen and rejected are the same response"),
+    ({"prompt": "p", "chosen": 3, "rejected": "a"}, "chosen: must be a string or a list holding one assistant message"),
+    ({"prompt": 3, "chosen": "b", "rejected": "a"}, "prompt must be a string (text to continue) or a list of chat"),
+])
+def test_bad_pairs_name_the_line(tmp_path, small_tokenizer, pair, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "b", "rejected": "c"}) + "\n" + json.dumps(pair) + "\n")
+    with pytest.raises(CodegemmaError) as error:
+        preference.prepare(path, small_tokenizer, 32, tmp_path / "out")
+    assert str(error.value).startswith(f"{path}:2: {message}")
+    assert not (tmp_path / "out").exists()
