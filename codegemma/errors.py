@@ -6,3 +6,9 @@ class CodegemmaError(Exception):
 
     The CLI prints it without a traceback and exits non-zero; the server turns it into a 4xx.
     """
+
+
+def differences(there: dict, here: dict) -> str:
+    """The settings in which two records differ, for a message: "key 1 there, 2 here; ..."."""
+    return "; ".join(f"{k} {there.get(k)!r} there, {here.get(k)!r} here"
+                     for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from codegemma.errors import CodegemmaError
+from codegemma.errors import CodegemmaError, differences
 
 
 @dataclass
@@ -237,10 +237,11 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
     scale = scale or Scale()
     _, tokenizer = ensure_corpus(root)
     plain = demo_shards(root, 0.0, seq_len=scale.seq_len)
+    runs = _runs_dir(root, out, scale, rates=[float(r) for r in rates])
     results = {}
     for rate in rates:
         shards = demo_shards(root, rate, seq_len=scale.seq_len, fim_chunk_chars=scale.fim_chunk_chars)
-        run_dir = root / "experiments" / out.name / f"fim{rate:g}"
+        run_dir = runs / f"fim{rate:g}"
         every = scale.eval_every or scale.steps // 4
         recipe = _recipe(f"fim{rate:g}", run_dir, tokenizer, shards / "train", scale, every, plain / "heldout")
         run(recipe)
@@ -254,8 +255,8 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
                                    for key in ("fim_middle_loss", "fim_suffix_gain", "infill_exact_match",
                                                "infill_edit_similarity")},
                                 "train_tokens": scale.steps * scale.batch_size * scale.seq_len}
-    add_paired_tests(results, root / "experiments" / out.name)
-    _write(out, "fim-rate", scale, results, _plot_fim, root / "experiments" / out.name)
+    add_paired_tests(results, runs)
+    _write(out, "fim-rate", scale, results, _plot_fim, runs)
     return results
 
 
@@ -311,10 +312,11 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
     corpus = corpus or small_file_corpus(root)
     special = Tokenizer.from_file(tokenizer).special
     held_out = demo_shards(root, 0.0, "codegemma", scale.seq_len, corpus=corpus)
+    runs = _runs_dir(root, out, scale, orders=list(orders), corpus=str(Path(corpus).resolve()))
     results, per_file = {}, {}
     for order in orders:
         shards = demo_shards(root, 0.0, order, scale.seq_len, corpus=corpus)
-        run_dir = root / "experiments" / out.name / order
+        run_dir = runs / order
         recipe = _recipe(order, run_dir, tokenizer, shards / "train", scale, 0, None)
         run(recipe)
         losses = segment_losses(_load_final(run_dir), held_out / "eval", special["file_separator"],
@@ -330,7 +332,7 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
         results[f"{second}_minus_{first}"] = {
             condition: paired_difference([(f[i], f[3]) for f in sums[first]], [(f[i], f[3]) for f in sums[second]])
             for i, condition in enumerate(("given_files_before", "alone", "worth_of_files_before"))}
-    _write(out, "packing", scale, {"corpus": str(corpus), **results}, _plot_packing, root / "experiments" / out.name)
+    _write(out, "packing", scale, {"corpus": str(corpus), **results}, _plot_packing, runs)
     return results
 
 
@@ -358,6 +360,28 @@ def later_file_share(shards: Path, file_separator: int) -> float:
         later += int((mask & (files_within_segments(tokens, seg, file_separator) > 0)).sum())
         total += int(mask.sum())
     return later / max(total, 1)
+
+
+def _runs_dir(root: Path, out: Path, scale: Scale, **settings) -> Path:
+    """Where an experiment's variants train. A rerun with the same settings reuses it (finished
+    variants are not trained again, stopped ones continue); other settings are refused, since each
+    variant would continue its checkpoints under them and report a run that never happened."""
+    from codegemma.data import atomic
+
+    runs = root / "experiments" / out.name
+    record, now = runs / "settings.json", {**_scale_record(scale), **settings}
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != now:
+            raise CodegemmaError(f"{runs} holds this experiment's runs at other settings "
+                                 f"({differences(before, now)}): choose another --out, or remove that directory "
+                                 "to start over")
+    elif runs.is_dir() and any(runs.iterdir()):
+        raise CodegemmaError(f"{runs} holds runs whose settings were not recorded: choose another --out, or "
+                             "remove that directory to start over")
+    else:
+        atomic.write_json(record, now)
+    return runs
 
 
 def _write(out: Path, name: str, scale: Scale, results: dict, plot, runs: Path) -> None:

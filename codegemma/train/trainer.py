@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from codegemma import bf16_matmuls
-from codegemma.errors import CodegemmaError
+from codegemma.errors import CodegemmaError, differences
 from codegemma.train import checkpoint as ckpt
 from codegemma.train import distributed, metrics, optim
 from codegemma.train.distributed import DistEnv
@@ -120,12 +120,12 @@ class Trainer:
                                  f"{self.env.world_size}; the data order would change")
         saved, now = state.get("model_config"), _config_dict(self.raw_model)
         if saved is not None and now is not None and saved != now:
-            raise CodegemmaError(f"{path}: saved from another model ({_differences(saved, now)}); resume with "
+            raise CodegemmaError(f"{path}: saved from another model ({differences(saved, now)}); resume with "
                                  "the recipe the run started with, or start this one in another out_dir")
         saved, now = state.get("data_stream"), self._data_stream()  # absent from older checkpoints
         if saved is not None and saved != now:
             # the saved data position means nothing in another stream: it would go on silently elsewhere
-            raise CodegemmaError(f"{path}: saved from a run reading other data ({_differences(saved, now)}); "
+            raise CodegemmaError(f"{path}: saved from a run reading other data ({differences(saved, now)}); "
                                  "resume with the recipe the run started with, or start this one in another out_dir")
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
@@ -295,8 +295,3 @@ def _progress(recipe: Recipe, start: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=recipe.train.steps, initial=start, desc=recipe.name, dynamic_ncols=True)
-
-
-def _differences(saved: dict, now: dict) -> str:
-    return "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} here"
-                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))

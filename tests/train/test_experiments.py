@@ -103,6 +103,23 @@ def test_results_record_the_size_only_of_a_model_built_from_scratch():
     assert not {"d_model", "n_layers", "n_heads", "head_dim", "d_ff"} & set(record)  # the start's own size
 
 
+def test_a_rerun_reuses_its_runs_only_at_the_same_settings(tmp_path):
+    """The variants resume from their checkpoints: under other settings they would report runs that
+    never happened (the first 150 steps on one schedule, the rest on another)."""
+    out = tmp_path / "docs" / "fim-rate"
+    runs = experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5])
+    assert runs == tmp_path / "experiments" / "fim-rate"
+    (runs / "fim0").mkdir()
+    assert experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5]) == runs
+    with pytest.raises(CodegemmaError, match=r"experiments/fim-rate holds this experiment's runs at other settings "
+                                             r"\(lr 0.003 there, 0.001 here; steps 150 there, 300 here\): choose "
+                                             r"another --out"):
+        experiments._runs_dir(tmp_path, out, Scale(steps=300, lr=1e-3), rates=[0.0, 0.5])
+    (runs / "settings.json").unlink()  # runs from before the settings were recorded: nothing to compare
+    with pytest.raises(CodegemmaError, match="holds runs whose settings were not recorded"):
+        experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5])
+
+
 def _fake_demo_shards(out, **meta):
     (out / "train").mkdir(parents=True)
     (out / "train" / "index.json").write_text(json.dumps({"meta": meta}))
