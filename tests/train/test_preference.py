@@ -58,7 +58,7 @@ def test_text_pairs_continue_the_prompt_and_conversational_pairs_use_the_chat_te
 
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"prompt": messages, "chosen": [{"role": "assistant", "content": "a + b"}],
-                                "rejected": "a - b"}) + "\n" + json.dumps({"prompt": 3, "chosen": "", "rejected": ""}))
+                                "rejected": "a - b"}) + "\n" + json.dumps({"prompt": 3, "chosen": "a", "rejected": "b"}))
     with pytest.raises(CodegemmaError, match=r"pairs.jsonl:2: prompt must be a string"):
         preference.prepare(path, tok, 64, tmp_path / "out")
     path.write_text(json.dumps({"prompt": [{"role": "tool", "content": "x"}], "chosen": "y", "rejected": "z"}))
@@ -132,8 +132,6 @@ def test_a_changed_pairs_file_is_refused_once_checkpoints_trained_on_it(tmp_path
 @pytest.mark.parametrize("pair, message", [
     ({"prompt": "p", "chosen": "a"}, "a pair needs prompt, chosen and rejected"),
     ({"prompt": "p", "chosen": "a", "rejected": "a"}, "chosen and rejected are the same response"),
-    ({"prompt": "p", "chosen": 3, "rejected": "a"}, "chosen: must be a string or a list holding one assistant message"),
-    ({"prompt": 3, "chosen": "b", "rejected": "a"}, "prompt must be a string (text to continue) or a list of chat"),
 ])
 def test_bad_pairs_name_the_line(tmp_path, small_tokenizer, pair, message):
     path = tmp_path / "pairs.jsonl"
