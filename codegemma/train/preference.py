@@ -144,7 +144,8 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     out_dir = Path(out_dir)
     pad = tokenizer.pad_id or 0
     for side, name in enumerate(("chosen", "rejected")):
-        writer = ShardWriter(out_dir / name, seq_len, meta={"kind": "dpo", "side": name, "pairs": len(rows), **(meta or {})})
+        writer = ShardWriter(out_dir / name, seq_len,
+                             meta={"kind": "dpo", "side": name, "pairs": len(rows), **(meta or {})})
         for row in rows:
             tokens, trained = row[side]
             t = np.full(seq_len, pad, np.int32)

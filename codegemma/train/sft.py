@@ -108,7 +108,8 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     if not rows:
         raise CodegemmaError(f"{path}: no usable conversations")
     pad = tokenizer.pad_id or 0
-    writer = ShardWriter(out_dir, seq_len, meta={"kind": "sft", "source": str(path), "conversations": len(rows), **(meta or {})})
+    writer = ShardWriter(out_dir, seq_len,
+                         meta={"kind": "sft", "source": str(path), "conversations": len(rows), **(meta or {})})
     for members in best_fit([len(t) for t, _ in rows], seq_len):
         tokens = np.full(seq_len, pad, np.int32)
         segments = np.zeros(seq_len, np.int32)
