@@ -49,7 +49,7 @@ def train_data(recipe: Recipe, env, tokenizer):
 def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
     """SFT/DPO JSONL is tokenized into shards under the run directory (by the main process), again
     whenever the file, the tokenizer or the sequence length differ from what the shards were made
-    of, unless checkpoints already trained on them."""
+    of, unless checkpoints already trained on them (evaluation data is simply tokenized again)."""
     if source.is_dir():
         return source
     if tokenizer is None:
@@ -59,8 +59,8 @@ def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
         made_from = {"source_sha256": _sha256(source), "seq_len": recipe.data.seq_len,
                      "tokenizer_sha256": hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()}
         index = out / ("index.json" if recipe.objective == "sft" else "chosen/index.json")
-        earlier = json.loads(index.read_text())["meta"].get("made_from") if index.is_file() else None
-        if index.is_file() and earlier not in (None, made_from):  # None: made before this was recorded
+        earlier = json.loads(index.read_text()).get("meta", {}).get("made_from") if index.is_file() else None
+        if split == "train" and index.is_file() and earlier not in (None, made_from):  # None: not recorded
             trained = checkpoint.list_steps(Path(recipe.out_dir) / "checkpoints")
             if trained:
                 names = {"source_sha256": "the file's contents", "seq_len": "seq_len", "tokenizer_sha256": "tokenizer"}

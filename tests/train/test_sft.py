@@ -75,12 +75,13 @@ def test_bad_conversations_name_the_line(tmp_path, small_tokenizer, line, messag
         sft.prepare(path, small_tokenizer, 64, tmp_path / "out")
 
 
-def _sft_recipe(tmp_path, conv, small_tokenizer_path, steps, seq_len=32, batch_size=1):
+def _sft_recipe(tmp_path, conv, small_tokenizer_path, steps, seq_len=32, batch_size=1, eval_conv=None):
     from codegemma.train import recipe as recipe_mod
 
     return recipe_mod.from_dict({
         "objective": "sft", "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path),
-        "model": {"preset": "tiny-gemma"}, "data": {"train": str(conv), "seq_len": seq_len},
+        "model": {"preset": "tiny-gemma"},
+        "data": {"train": str(conv), "eval": str(eval_conv or ""), "seq_len": seq_len}, "eval": {"batches": 1},
         "optim": {"lr": 1e-3, "warmup_steps": 1}, "train": {"steps": steps, "batch_size": batch_size},
         "checkpoint": {"every": 2},
         "log": {"every": 1, "tensorboard": False, "plots": False, "progress": False},
@@ -110,3 +111,16 @@ def test_a_changed_conversations_file_is_tokenized_again_or_refused(tmp_path, sm
                                              r"contents differ\), and its checkpoints up to step 2 trained on that"):
         run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4))
     assert json.loads(index.read_text())["meta"]["conversations"] == 4  # left as it was
+
+
+def test_changed_evaluation_conversations_are_tokenized_again(tmp_path, small_tokenizer_path):
+    from codegemma.train.run import run
+
+    conv, held_out = tmp_path / "conv.jsonl", tmp_path / "held_out.jsonl"
+    _write_conversations(conv, 4)
+    _write_conversations(held_out, 2)
+    run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=2, eval_conv=held_out))
+    _write_conversations(held_out, 3)  # evaluation data does not move the training stream
+    run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4, eval_conv=held_out))
+    index = tmp_path / "run" / "data" / "eval" / "index.json"
+    assert json.loads(index.read_text())["meta"]["conversations"] == 3
