@@ -108,10 +108,11 @@ class Trainer:
         return path
 
     def _data_stream(self) -> dict:
-        """What the saved data position counts through: the same files, cut and shuffled the same way."""
+        """What the saved data position counts through. The reader checks the rest itself (its seed,
+        batch size and number of sequences, `ShardReader.load_state_dict`); other data of the same
+        length would pass those."""
         r = self.recipe
-        return {"objective": r.objective, "data.train": str(Path(r.data.train).resolve()) if r.data.train else "",
-                "data.seq_len": r.data.seq_len, "train.batch_size": r.train.batch_size, "seed": r.seed}
+        return {"objective": r.objective, "data.train": str(Path(r.data.train).resolve()) if r.data.train else ""}
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = ckpt.load(path)

@@ -158,10 +158,10 @@ def test_resuming_on_other_data_names_what_differs(tmp_path, shards):
     recipe.checkpoint.every = 2
     train(recipe)
     recipe.train.steps = 6
-    recipe.seed, recipe.data.train = 1, str(write_shards(tmp_path / "other", seed=1))
+    recipe.data.train = str(write_shards(tmp_path / "other", seed=1))  # as many sequences: the reader cannot tell
     with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from a run reading other data \(data.train "
-                                             r"'.*shards' there, '.*other' here; seed 0 there, 1 here\); resume "
-                                             r"with the recipe the run started with"):
+                                             r"'.*shards' there, '.*other' here\); resume with the recipe the run "
+                                             r"started with"):
         train(recipe)
 
 
