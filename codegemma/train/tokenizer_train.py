@@ -55,8 +55,11 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, max_alp
     if vocab_size <= n_fixed + 16:
         raise CodegemmaError(f"vocab_size {vocab_size} is too small: {n_fixed} ids are reserved")
     learner = build_untrained()
+    # The trainer keeps its whole alphabet even past its vocab_size; characters left out of a small
+    # vocabulary are still encoded, through the byte tokens.
+    alphabet = min(max_alphabet, vocab_size - n_fixed)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(BYTE_TOKENS), min_frequency=min_frequency,
-                                  special_tokens=reserved, limit_alphabet=max_alphabet, show_progress=False)
+                                  special_tokens=reserved, limit_alphabet=alphabet, show_progress=False)
     learner.train_from_iterator(texts, trainer=trainer)
     model = json.loads(learner.to_str())["model"]
     # Re-number: reserved, then the byte tokens as ordinary vocabulary (ByteFallback only decodes

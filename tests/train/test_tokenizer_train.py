@@ -62,6 +62,16 @@ def test_too_small_vocabulary_is_an_error():
         tokenizer_train.train(["x"], vocab_size=300)
 
 
+def test_a_small_vocabulary_has_the_size_asked_for_on_text_of_many_characters():
+    """The trainer keeps its whole alphabet past its target size: 300 distinct characters made a
+    400-token request come out at 669 tokens."""
+    texts = ["".join(chr(0x4E00 + (i * 7 + j) % 300) for j in range(40)) + " x = 1\n" for i in range(200)]
+    tok = tokenizer_train.train(texts, vocab_size=400)
+    assert tok.get_vocab_size() == 400
+    text = texts[3]
+    assert tok.decode(tok.encode(text).ids, skip_special_tokens=True) == text  # the rest through byte tokens
+
+
 def test_out_may_name_a_directory(trained, tmp_path):
     """`--out DIR` writes DIR/tokenizer.json (it used to fail naming a temporary file), leaving no
     temporary behind."""
