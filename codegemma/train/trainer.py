@@ -12,6 +12,7 @@ to continue the run bit-for-bit.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -240,8 +241,8 @@ class Trainer:
                                      f"its newest checkpoint is {ckpt.latest(self.out_dir / 'checkpoints')} "
                                      "(a lower optim.lr may help)")
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}")
+                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
+                bar.update(1)  # redraws at most every `mininterval`
             if on_step is not None:
                 on_step(self.step, out)
             if r.eval.every and self.step % r.eval.every == 0 and self.step < r.train.steps:
@@ -295,4 +296,6 @@ def _progress(recipe: Recipe, start: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=recipe.train.steps, initial=start, desc=recipe.name, dynamic_ncols=True)
+    # written to a file (a cluster job's log) the bar would add a line's worth every step: once a minute there
+    interval = 0.1 if sys.stderr.isatty() else 60.0
+    return tqdm(total=recipe.train.steps, initial=start, desc=recipe.name, dynamic_ncols=True, mininterval=interval)

@@ -52,6 +52,17 @@ def test_loss_falls_and_everything_is_logged(tmp_path, shards):
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step_00000030.pt"
 
 
+def test_the_progress_bar_written_to_a_log_file_redraws_rarely(tmp_path, shards, capsys):
+    """Every step's redraw would add a line's worth to a cluster job's log: 122,000 of them."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "r.toml"
+    path.write_text(recipe_toml(tmp_path / "run", shards, steps=30))
+    train(recipe_mod.load(path, ["log.progress=true"]))
+    err = capsys.readouterr().err  # not a terminal
+    assert "30/30" in err
+    assert err.count("\r") <= 3  # the first draw and the last, not one per step
+
+
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
     one = make_recipe(tmp_path / "a", shards, steps=4, batch_size=8, grad_accum=1)
     two = make_recipe(tmp_path / "b", shards, steps=4, batch_size=4, grad_accum=2)
