@@ -11,6 +11,7 @@ torch tensors, deterministic for a seed, a disjoint slice per rank, resumable at
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -88,10 +89,12 @@ class ShardDataset:
         index_path = self.path / "index.json"
         if not index_path.is_file():
             raise CodegemmaError(f"{self.path}: not a shard directory (no index.json)")
+        raw = index_path.read_bytes()
         try:
-            index = json.loads(index_path.read_text())
+            index = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise CodegemmaError(f"{index_path}: invalid JSON ({exc})") from None
+        self._index_bytes, self._fingerprint = raw, None
         if index.get("format") != FORMAT or index.get("version") != VERSION:
             raise CodegemmaError(f"{index_path}: not a {FORMAT} v{VERSION} index")
         self.seq_len: int = index["seq_len"]
@@ -115,6 +118,18 @@ class ShardDataset:
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    def fingerprint(self) -> str:
+        """Which sequences these are, wherever the directory was moved: the index and the tokens of
+        the first, middle and last row of every shard (reading all of them would take minutes)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self._index_bytes)
+            for arrays in self._arrays:
+                tokens = arrays["tokens"]
+                for row in sorted({0, len(tokens) // 2, len(tokens) - 1}):
+                    digest.update(np.ascontiguousarray(tokens[row]).tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         n = len(self)
@@ -193,9 +208,13 @@ class ShardReader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
                 "world_size": self.world_size, "rank": self.rank, "batch_size": self.batch_size,
-                "num_sequences": len(self.dataset), "shuffle": self.shuffle}
+                "num_sequences": len(self.dataset), "shuffle": self.shuffle, "fingerprint": self.dataset.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint", self.dataset.fingerprint()) != self.dataset.fingerprint():  # older: unrecorded
+            # as many sequences of other data would pass every other check, and the position go on in them
+            raise CodegemmaError(f"cannot resume data reader: {self.dataset.path} holds other sequences than the "
+                                 "ones it was saved with; resume with the data the run started with")
         for key in ("seed", "world_size", "batch_size", "num_sequences", "shuffle"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:

@@ -102,18 +102,11 @@ class Trainer:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
                      "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "data": data_states,
                      "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
-                     "model_config": _config_dict(self.raw_model), "data_stream": self._data_stream()}
+                     "model_config": _config_dict(self.raw_model)}
             path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
         if self.env.distributed:
             torch.distributed.barrier()
         return path
-
-    def _data_stream(self) -> dict:
-        """What the saved data position counts through. The reader checks the rest itself (its seed,
-        batch size and number of sequences, `ShardReader.load_state_dict`); other data of the same
-        length would pass those."""
-        r = self.recipe
-        return {"objective": r.objective, "data.train": str(Path(r.data.train).resolve()) if r.data.train else ""}
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = ckpt.load(path)
@@ -124,11 +117,10 @@ class Trainer:
         if saved is not None and now is not None and saved != now:
             raise CodegemmaError(f"{path}: saved from another model ({differences(saved, now)}); resume with "
                                  "the recipe the run started with, or start this one in another out_dir")
-        saved, now = state.get("data_stream"), self._data_stream()  # absent from older checkpoints
-        if saved is not None and saved != now:
-            # the saved data position means nothing in another stream: it would go on silently elsewhere
-            raise CodegemmaError(f"{path}: saved from a run reading other data ({differences(saved, now)}); "
-                                 "resume with the recipe the run started with, or start this one in another out_dir")
+        saved = state.get("recipe", {}).get("objective", self.recipe.objective)
+        if saved != self.recipe.objective:  # the data reader checks that its data are the ones saved
+            raise CodegemmaError(f"{path}: saved from a {saved} run, resuming as {self.recipe.objective}; resume "
+                                 "with the recipe the run started with, or start this one in another out_dir")
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)

@@ -163,17 +163,23 @@ def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
         train(recipe)
 
 
-def test_resuming_on_other_data_names_what_differs(tmp_path, shards):
+def test_resuming_on_other_data_is_refused_and_on_moved_data_is_not(tmp_path, shards):
     """A data position saved in one stream would go on silently in another."""
     recipe = make_recipe(tmp_path, shards, steps=4)
     recipe.checkpoint.every = 2
     train(recipe)
     recipe.train.steps = 6
-    recipe.data.train = str(write_shards(tmp_path / "other", seed=1))  # as many sequences: the reader cannot tell
-    with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from a run reading other data \(data.train "
-                                             r"'.*shards' there, '.*other' here\); resume with the recipe the run "
-                                             r"started with"):
+    recipe.data.train = str(write_shards(tmp_path / "other", seed=1))  # as many sequences of other data
+    with pytest.raises(CodegemmaError, match=r"cannot resume data reader: .*other holds other sequences than the "
+                                             r"ones it was saved with"):
         train(recipe)
+    moved = tmp_path / "moved"
+    shards.rename(moved)  # the same shards elsewhere: the run continues
+    recipe.data.train, recipe.objective = str(moved), "sft"
+    with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from a pretrain run, resuming as sft"):
+        train(recipe)
+    recipe.objective = "pretrain"
+    train(recipe)
 
 
 def test_a_diverged_step_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, shards):
