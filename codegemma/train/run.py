@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from codegemma.errors import CodegemmaError
-from codegemma.train import build, checkpoint, distributed, metrics, objectives
+from codegemma.train import build, distributed, metrics, objectives
 from codegemma.train.allocator import freed_memory_kept
 from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
 from codegemma.train.recipe import Recipe
@@ -49,7 +49,7 @@ def train_data(recipe: Recipe, env, tokenizer):
 def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
     """SFT/DPO JSONL is tokenized into shards under the run directory (by the main process), again
     whenever the file, the tokenizer or the sequence length differ from what the shards were made
-    of, unless checkpoints already trained on them (evaluation data is simply tokenized again)."""
+    of. A resume then finds other sequences than its checkpoint's, and its data reader refuses them."""
     if source.is_dir():
         return source
     if tokenizer is None:
@@ -60,15 +60,7 @@ def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
                      "tokenizer_sha256": hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()}
         index = out / ("index.json" if recipe.objective == "sft" else "chosen/index.json")
         earlier = json.loads(index.read_text()).get("meta", {}).get("made_from") if index.is_file() else None
-        if split == "train" and index.is_file() and earlier not in (None, made_from):  # None: not recorded
-            trained = checkpoint.list_steps(Path(recipe.out_dir) / "checkpoints")
-            if trained:
-                names = {"source_sha256": "the file's contents", "seq_len": "seq_len", "tokenizer_sha256": "tokenizer"}
-                differ = ", ".join(names[k] for k in made_from if earlier.get(k) != made_from[k])
-                raise CodegemmaError(f"{source}: this run tokenized other data into {out} ({differ} differ), and its "
-                                     f"checkpoints up to step {trained[-1]} trained on that: start the new data in "
-                                     "another out_dir (--set out_dir=DIR)")
-        if not index.is_file() or earlier not in (None, made_from):
+        if not index.is_file() or earlier not in (None, made_from):  # None: made before it was recorded
             if recipe.objective == "sft":
                 from codegemma.train.sft import prepare
             else:

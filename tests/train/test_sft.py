@@ -94,8 +94,9 @@ def _write_conversations(path, n):
                             for i in range(n)))
 
 
-def test_a_changed_conversations_file_is_tokenized_again_or_refused(tmp_path, small_tokenizer_path):
-    """The tokenized copy under the run directory must follow its source: never train on a stale one."""
+def test_a_changed_conversations_file_is_tokenized_again(tmp_path, small_tokenizer_path):
+    """The tokenized copy under the run directory must follow its source: never train on a stale one,
+    nor resume a checkpoint on the new one."""
     from codegemma.train.run import run
 
     conv = tmp_path / "conv.jsonl"
@@ -107,10 +108,11 @@ def test_a_changed_conversations_file_is_tokenized_again_or_refused(tmp_path, sm
     run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=2))  # another seq_len, no checkpoint yet: again
     assert json.loads(index.read_text())["seq_len"] == 32
     _write_conversations(conv, 6)  # the file changes under a run whose checkpoints trained on the old one
-    with pytest.raises(CodegemmaError, match=r"conv.jsonl: this run tokenized other data into .* \(the file's "
-                                             r"contents differ\), and its checkpoints up to step 2 trained on that"):
+    with pytest.raises(CodegemmaError, match=r"cannot resume data reader: .*data/train holds other sequences"):
         run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4))
-    assert json.loads(index.read_text())["meta"]["conversations"] == 4  # left as it was
+    assert json.loads(index.read_text())["meta"]["conversations"] == 6
+    _write_conversations(conv, 4)  # the file as it was: tokenized as it was, and the run continues
+    run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4))
 
 
 def test_changed_evaluation_conversations_are_tokenized_again(tmp_path, small_tokenizer_path):
