@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import secrets
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +43,48 @@ Answer in exactly three sections, in this order:
 ```"""
 
 _SECTION = re.compile(r"\[(Problem Description|Solution|Tests)\]\s*", re.IGNORECASE)
-_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+# models write the fence's language in any case ("```Python", "```python3")
+_CODE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+# Runs the tests in the sandbox. Running the test file as a script is not enough: tests written as
+# pytest functions or unittest classes would only be defined, never called, and any solution would
+# pass; a solution or test that exits with status 0 early would pass too. So every `test*`
+# function and TestCase of the tests is run, the tests pass only if at least one of their assert
+# statements (or TestCase tests) ran, and the run must reach its last line, which prints a token
+# drawn for that run.
+_RUNNER = """\
+import ast, builtins, inspect, sys, unittest
+
+class _Counted(ast.NodeTransformer):
+    def visit_Assert(self, node):
+        return [node, ast.copy_location(ast.parse("__oss_checks__[0] += 1").body[0], node)]
+
+builtins.__oss_checks__ = [0]
+with open("test_solution.py", encoding="utf-8") as f:
+    tree = ast.fix_missing_locations(_Counted().visit(ast.parse(f.read(), "test_solution.py")))
+namespace = {"__name__": "__main__", "__file__": "test_solution.py"}
+try:
+    exec(compile(tree, "test_solution.py", "exec"), namespace)
+except SystemExit as exc:
+    if exc.code not in (None, 0):
+        raise
+for name, obj in list(namespace.items()):
+    if getattr(obj, "__module__", None) != "__main__":
+        continue
+    if inspect.isfunction(obj) and name.startswith("test"):
+        if all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in inspect.signature(obj).parameters.values()):
+            obj()
+    elif inspect.isclass(obj) and issubclass(obj, unittest.TestCase):
+        result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(
+            unittest.defaultTestLoader.loadTestsFromTestCase(obj))
+        if not result.wasSuccessful():
+            sys.exit(1)
+        builtins.__oss_checks__[0] += result.testsRun
+if not builtins.__oss_checks__[0]:
+    sys.exit("none of the tests' assertions ran")
+print(TOKEN)
+"""
 
 
 @dataclass
@@ -88,10 +130,12 @@ def passes(candidate: Candidate, timeout: float = 10.0) -> bool:
     """Run the tests against the solution in the evaluation sandbox."""
     from codegemma.eval import sandbox
 
+    token = secrets.token_hex(16)
     files = {"solution.py": candidate.solution + "\n",
-             "test_solution.py": "from solution import *\n\n" + candidate.tests + "\n"}
-    result = sandbox.run([sys.executable, "test_solution.py"], files=files, timeout=timeout)
-    return result.status == "ok"
+             "test_solution.py": "from solution import *\n\n" + candidate.tests + "\n",
+             "run_tests.py": _RUNNER.replace("TOKEN", repr(token))}
+    result = sandbox.run([sys.executable, "run_tests.py"], files=files, timeout=timeout)
+    return result.status == "ok" and token in result.stdout.splitlines()
 
 
 def conversation(candidate: Candidate) -> dict:
@@ -102,7 +146,7 @@ def conversation(candidate: Candidate) -> dict:
 
 def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str | Path, seed: int = 0,
              temperature: float = 0.7, max_tokens: int = 1024, timeout: float = 10.0, workers: int = 1,
-             progress: bool = False, client=None) -> dict:
+             progress: bool = False, client=None, request_timeout: float = 120.0) -> dict:
     """Ask the served model about `n` seed snippets; keep the test-passing pairs. Returns counts.
 
     Up to `workers` requests are in flight at once (for a server that answers chat requests in
@@ -114,13 +158,17 @@ def generate(seed_dir: str | Path, base_url: str, model: str, n: int, out: str |
     from tqdm import tqdm
 
     out = jsonl_target(out)  # before any request: a wrong --out must not cost the answers
-    client = client or openai.OpenAI(base_url=base_url, api_key="unused", timeout=120.0, max_retries=1)
+    client = client or openai.OpenAI(base_url=base_url, api_key="unused", timeout=request_timeout, max_retries=1)
 
     def ask(index: int, snippet: str) -> str:
         try:
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": PROMPT.format(snippet=snippet)}],
                 temperature=temperature, max_tokens=max_tokens, seed=seed + index + 1)
+        except openai.APITimeoutError:  # a subclass of the connection error, but the server is there
+            raise CodegemmaError(f"the model server at {base_url} did not answer within {request_timeout:g} s "
+                                 "(a slow server, or requests queued behind others: fewer --workers or a "
+                                 "smaller --max-tokens)") from None
         except openai.APIConnectionError as exc:
             raise CodegemmaError(f"cannot reach the model server at {base_url}: {exc}") from None
         except openai.APIStatusError as exc:

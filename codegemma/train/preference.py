@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -25,19 +26,26 @@ from codegemma.errors import CodegemmaError
 _PASS_WORDS = {"passed", "pass", "ok", "success"}
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def _numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
+    """(line number, object) for every non-blank line: blank lines still count, so an error names
+    the line an editor shows."""
     path = Path(path)
     if not path.is_file():
         raise CodegemmaError(f"file not found: {path}")
-    out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise CodegemmaError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-    return out
+                if not isinstance(record, dict):
+                    raise CodegemmaError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+                yield n, record
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [record for _, record in _numbered_records(path)]
 
 
 def jsonl_target(path: str | Path) -> Path:
@@ -63,6 +71,16 @@ def passed(sample: dict) -> bool:
     return str(verdict).lower() in _PASS_WORDS
 
 
+def _distinct_completions(samples: list[dict]) -> list[dict]:
+    first: dict[str, dict] = {}
+    for sample in samples:
+        # an empty completion (a model that stopped at once) has no tokens to score: as a text pair
+        # its log-probability is 0 under every model, and `prepare` refuses it
+        if sample["completion"]:
+            first.setdefault(sample["completion"], sample)
+    return list(first.values())
+
+
 def pairs_from_samples(samples: list[dict], max_pairs_per_task: int = 4, seed: int = 0) -> list[dict]:
     """Up to `max_pairs_per_task` (passing, failing) pairs per problem, drawn without repeats."""
     by_task: dict[str, dict[bool, list[dict]]] = defaultdict(lambda: {True: [], False: []})
@@ -74,7 +92,9 @@ def pairs_from_samples(samples: list[dict], max_pairs_per_task: int = 4, seed: i
     rng = random.Random(seed)
     pairs = []
     for task_id in sorted(by_task):
-        good, bad = by_task[task_id][True], by_task[task_id][False]
+        # samples drawn at a temperature often repeat a text: the same pair twice would weigh it twice
+        # and spend the task's pairs on copies
+        good, bad = (_distinct_completions(by_task[task_id][ok]) for ok in (True, False))
         combos = [(g, b) for g in range(len(good)) for b in range(len(bad))]
         # distinct completions only: a pair of identical texts teaches nothing
         combos = [(g, b) for g, b in combos if good[g]["completion"] != bad[b]["completion"]]
@@ -111,9 +131,15 @@ def tokenize_pair_side(prompt, response: str, tokenizer, where: str) -> tuple[li
         return context + reply, [False] * len(context) + [True] * len(reply)
     if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
         try:
-            return tokenize_conversation(prompt + [{"role": "assistant", "content": response}], tokenizer)
+            tokens, trained = tokenize_conversation(prompt + [{"role": "assistant", "content": response}], tokenizer)
         except CodegemmaError as exc:
             raise CodegemmaError(f"{where}: {exc}") from None
+        # model turns inside the prompt are context, not the response: only the last run of trained
+        # tokens (the answer and its <end_of_turn>) counts in the log-probabilities
+        start = len(trained) - trained[::-1].index(True)  # just after the answer's <end_of_turn>
+        while start and trained[start - 1]:
+            start -= 1
+        return tokens, [False] * start + trained[start:]
     raise CodegemmaError(f"{where}: prompt must be a string (text to continue) or a list of chat messages")
 
 
@@ -129,23 +155,30 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     """
     from codegemma.data.shards import ShardWriter
 
-    rows = []
-    for n, pair in enumerate(read_jsonl(path), 1):
+    rows, pairs = [], 0
+    for n, pair in _numbered_records(path):
+        pairs += 1
         if not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")
         texts = [_response_text(pair[key], f"{path}:{n}: {key}") for key in ("chosen", "rejected")]
-        if texts[0] == texts[1]:  # its DPO loss is log 2 whatever the model does: a mistake in the data
-            raise CodegemmaError(f"{path}:{n}: chosen and rejected are the same response")
         sides = [tokenize_pair_side(pair["prompt"], text, tokenizer, f"{path}:{n}") for text in texts]
+        # compared as tokens: texts that differ only in what the chat template trims are the same
+        # answer, and such a pair's loss is log 2 whatever the model does: a mistake in the data
+        if sides[0] == sides[1]:
+            raise CodegemmaError(f"{path}:{n}: chosen and rejected are the same response")
         if all(len(t) <= seq_len for t, _ in sides):
             rows.append(sides)
     if not rows:
         raise CodegemmaError(f"{path}: no pair fits in seq_len={seq_len}")
+    if len(rows) < pairs:
+        warnings.warn(f"{path}: {pairs - len(rows)} of {pairs} pairs are longer than seq_len={seq_len} tokens "
+                      "and are left out", stacklevel=2)
     out_dir = Path(out_dir)
     pad = tokenizer.pad_id or 0
     for side, name in enumerate(("chosen", "rejected")):
         writer = ShardWriter(out_dir / name, seq_len,
-                             meta={"kind": "dpo", "side": name, "pairs": len(rows), **(meta or {})})
+                             meta={"kind": "dpo", "side": name, "pairs": len(rows),
+                                   "too_long": pairs - len(rows), **(meta or {})})
         for row in rows:
             tokens, trained = row[side]
             t = np.full(seq_len, pad, np.int32)

@@ -9,6 +9,7 @@ turn's text and its closing `<end_of_turn>`, never the user's words or the turn 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -44,6 +45,9 @@ def tokenize_conversation(messages: Sequence[dict], tokenizer, template=None, ad
         profile, template = _chat_template(tokenizer)
         add_bos = profile.add_bos if add_bos is None else add_bos
     ids = _piece_ids(tokenizer, template)
+    # the template checks every role and content; done first, a malformed model turn is that clear
+    # error instead of a KeyError or AttributeError below
+    template.pieces(messages, add_generation_prompt=False)
     tokens: list[int] = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
     trained: list[bool] = [False] * len(tokens)
     done: list[str] = []  # template pieces already emitted
@@ -53,7 +57,10 @@ def tokenize_conversation(messages: Sequence[dict], tokenizer, template=None, ad
         # everything up to this model turn's header is context, rendered by the template itself
         prompt = template.pieces(messages[:i], add_generation_prompt=True)
         if prompt[:len(done)] != done:
-            raise CodegemmaError("chat template is not incremental over turns; cannot mask model turns")
+            # Gemma has no system turn: system text joins the first user turn, which the model turns
+            # before this message were rendered without
+            raise CodegemmaError("a system message after a model turn: Gemma has no system role, so system "
+                                 "text goes into the first user turn; put system messages first")
         context = _encode(tokenizer, prompt[len(done):], ids)
         reply = tokenizer.encode(template.turn_text(message["content"])) + [ids[template.turn_end]]
         tokens += context + reply
@@ -97,16 +104,23 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
 
     profile, template = _chat_template(tokenizer)
     rows: list[tuple[list[int], list[bool]]] = []
+    conversations, cut = 0, 0
     for n, messages in read_conversations(path):
         try:
             tokens, trained = tokenize_conversation(messages, tokenizer, template, profile.add_bos)
         except CodegemmaError as exc:
             raise CodegemmaError(f"{path}:{n}: {exc}") from None
+        conversations += 1
+        cut += len(tokens) > seq_len
         tokens, trained = tokens[:seq_len], trained[:seq_len]
         if any(trained[1:]):
             rows.append((tokens, trained))
+    dropped = conversations - len(rows)
     if not rows:
-        raise CodegemmaError(f"{path}: no usable conversations")
+        raise CodegemmaError(f"{path}: no usable conversations: none has a model turn within seq_len={seq_len} tokens")
+    if cut:  # a user sizing seq_len needs to know how much of the data it kept
+        warnings.warn(f"{path}: {cut} of {conversations} conversations are longer than seq_len={seq_len} tokens: "
+                      f"{cut - dropped} cut there, {dropped} left out (no model turn starts within it)", stacklevel=2)
     pad = tokenizer.pad_id or 0
     writer = ShardWriter(out_dir, seq_len,
                          meta={"kind": "sft", "source": str(path), "conversations": len(rows), **(meta or {})})

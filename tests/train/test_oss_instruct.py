@@ -89,6 +89,39 @@ def test_parse_sections():
     assert oss_instruct.parse(GOOD.replace("assert", "print")) is None
 
 
+def test_fences_name_the_language_in_any_case():
+    answer = GOOD.replace("```python", "```Python3")
+    c = oss_instruct.parse(answer)
+    assert c is not None and c.solution == "def double(x):\n    return 2 * x" and c.tests.startswith("assert")
+
+
+RIGHT, WRONG_SOLUTION = "def double(x):\n    return 2 * x", "def double(x):\n    return x + 2"
+
+
+@pytest.mark.parametrize("tests", [
+    "def test_double():\n    assert double(2) == 4\n    assert double(-1) == -2",  # pytest style
+    "import unittest\n\nclass TestDouble(unittest.TestCase):\n    def test_negative(self):\n"
+    "        self.assertEqual(double(-1), -2)",  # unittest without unittest.main()
+    "import unittest\n\nclass TestDouble(unittest.TestCase):\n    def test_negative(self):\n"
+    "        self.assertEqual(double(-1), -2)\n\nif __name__ == '__main__':\n    unittest.main()",
+    "def check(f):\n    assert f(-1) == -2\n\ncheck(double)",
+])
+def test_tests_written_as_functions_or_classes_are_run(tests):
+    """Tests the test file only defines must still run: otherwise every solution passes them."""
+    assert oss_instruct.passes(oss_instruct.Candidate("s", "p", RIGHT, tests))
+    assert not oss_instruct.passes(oss_instruct.Candidate("s", "p", WRONG_SOLUTION, tests))
+
+
+@pytest.mark.parametrize("solution, tests", [
+    (RIGHT, "def helper():\n    assert double(-1) == -2"),  # no assertion ever runs
+    (RIGHT, "def test_needs_a_fixture(tmp_path):\n    assert double(-1) == -2"),
+    ("import sys\nsys.exit(0)\n" + WRONG_SOLUTION, "assert double(-1) == -2"),  # exits before the tests
+    ("import os\nos._exit(0)\n" + WRONG_SOLUTION, "assert double(-1) == -2"),
+])
+def test_tests_that_check_nothing_do_not_pass(solution, tests):
+    assert not oss_instruct.passes(oss_instruct.Candidate("s", "p", solution, tests))
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_keeps_only_pairs_whose_tests_pass(tmp_path, serve, seeds, workers):
     base_url, seen = serve(by_seed)
@@ -141,6 +174,18 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     (seeds / "m.py").write_text("a = 1\nb = 2\nc = 3\nd = 4\n")
     with pytest.raises(CodegemmaError, match="cannot reach"):
         oss_instruct.generate(seeds, "http://127.0.0.1:9/v1", "m", n=1, out=tmp_path / "o.jsonl")
+
+
+def test_a_server_that_does_not_answer_in_time_is_named_as_slow_not_unreachable(tmp_path, serve, seeds):
+    from codegemma.errors import CodegemmaError
+
+    def slow(body):
+        time.sleep(1.0)
+        return GOOD
+
+    base_url, _ = serve(slow)
+    with pytest.raises(CodegemmaError, match=r"did not answer within 0.2 s"):
+        oss_instruct.generate(seeds, base_url, "codegemma", n=1, out=tmp_path / "o.jsonl", request_timeout=0.2)
 
 
 def test_ctrl_c_keeps_the_pairs_before_it(tmp_path, serve, seeds, monkeypatch):

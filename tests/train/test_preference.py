@@ -28,6 +28,26 @@ def test_pairs_need_one_pass_and_one_fail():
     assert len(preference.pairs_from_samples(samples(), max_pairs_per_task=1)) == 2
 
 
+def test_repeated_samples_make_each_pair_once():
+    """Sampling at a temperature repeats texts; the same pair several times would weigh it several
+    times and use up the task's pairs on copies."""
+    repeated = [{"task_id": "t", "prompt": "p", "completion": text, "passed": ok}
+                for text, ok in [("good", True), ("good", True), ("good", True), ("bad", False), ("bad", False),
+                                 ("worse", False)]]
+    pairs = preference.pairs_from_samples(repeated, max_pairs_per_task=4)
+    assert sorted((p["chosen"], p["rejected"]) for p in pairs) == [("good", "bad"), ("good", "worse")]
+
+
+def test_empty_completions_make_no_pairs(tmp_path, small_tokenizer):
+    """A model that stops at once fails with an empty completion; a pair holding it could not be
+    tokenized, so the pairs file would stop the DPO run."""
+    found = [{"task_id": "t", "prompt": "p", "completion": text, "passed": ok}
+             for text, ok in [("good", True), ("", False), ("bad", False)]]
+    pairs = preference.pairs_from_samples(found)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("good", "bad")]
+    preference.prepare(preference.write_jsonl(tmp_path / "pairs.jsonl", pairs), small_tokenizer, 32, tmp_path / "out")
+
+
 def test_sandbox_style_verdicts():
     assert preference.passed({"status": "ok"}) and not preference.passed({"result": "failed: boom"})
     with pytest.raises(CodegemmaError, match="no verdict"):
@@ -67,6 +87,34 @@ def test_text_pairs_continue_the_prompt_and_conversational_pairs_use_the_chat_te
     path.write_text(json.dumps({"prompt": "x", "chosen": {"text": "y"}, "rejected": "z"}) + "\n")
     with pytest.raises(CodegemmaError, match=r"pairs.jsonl:1: chosen: must be a string"):
         preference.prepare(path, tok, 64, tmp_path / "out")
+
+
+def test_model_turns_inside_a_conversational_prompt_are_not_the_response(small_tokenizer):
+    """Only the answer being compared counts in the log-probabilities, not earlier model turns of
+    the prompt (they would add to both sides' rewards and to their logged values)."""
+    tok = small_tokenizer
+    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "earlier answer"},
+              {"role": "user", "content": "again"}]
+    tokens, trained = preference.tokenize_pair_side(prompt, "final answer", tok, "x")
+    assert tok.decode([t for t, on in zip(tokens, trained) if on]) == "final answer<end_of_turn>"
+    assert "earlier answer" in tok.decode(tokens)
+
+
+def test_pairs_the_template_makes_identical_are_refused(tmp_path, small_tokenizer):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "Add."}], "chosen": "a + b",
+                                "rejected": "\n  a + b\n"}) + "\n")
+    with pytest.raises(CodegemmaError, match=r"pairs.jsonl:1: chosen and rejected are the same response"):
+        preference.prepare(path, small_tokenizer, 64, tmp_path / "out")
+
+
+def test_pairs_longer_than_seq_len_are_left_out_with_a_warning(tmp_path, small_tokenizer):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a " * 100, "rejected": "b"}) + "\n")
+    with pytest.warns(UserWarning, match="1 of 2 pairs are longer than seq_len=32 tokens and are left out"):
+        out = preference.prepare(path, small_tokenizer, 32, tmp_path / "out")
+    assert json.loads((out / "chosen" / "index.json").read_text())["meta"]["pairs"] == 1
 
 
 def test_pair_reader_keeps_pairs_aligned(tmp_path, small_tokenizer):
@@ -136,3 +184,17 @@ def test_bad_pairs_name_the_line(tmp_path, small_tokenizer, pair, message):
         preference.prepare(path, small_tokenizer, 32, tmp_path / "out")
     assert str(error.value).startswith(f"{path}:2: {message}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("5", "expected a JSON object, got int"),
+    ('{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant"}], "chosen": "a", "rejected": "b"}',
+     r"messages\[1\].content must be a string"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "a"}', "chosen and rejected are the same response"),
+])
+def test_malformed_pairs_name_the_line_an_editor_shows(tmp_path, small_tokenizer, line, message):
+    """One line naming file and line (blank lines counted), never a traceback."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "b", "rejected": "c"}) + "\n\n" + line + "\n")
+    with pytest.raises(CodegemmaError, match=rf"pairs.jsonl:3: {message}"):
+        preference.prepare(path, small_tokenizer, 32, tmp_path / "out")

@@ -63,10 +63,34 @@ def test_prepare_packs_conversations(tmp_path, small_tokenizer):
         assert np.all(r["tokens"][r["loss_mask"]] != small_tokenizer.token_to_id("<start_of_turn>"))
 
 
+def test_conversations_longer_than_seq_len_are_cut_or_left_out_with_a_warning(tmp_path, small_tokenizer):
+    path = tmp_path / "conv.jsonl"
+    short = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    long_answer = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a " * 100}]}
+    long_question = {"messages": [{"role": "user", "content": "q " * 100}, {"role": "assistant", "content": "a"}]}
+    path.write_text("".join(json.dumps(c) + "\n" for c in (short, long_answer, long_question)))
+    with pytest.warns(UserWarning, match="2 of 3 conversations are longer than seq_len=32 tokens: 1 cut there, "
+                                         r"1 left out \(no model turn starts within it\)"):
+        out = sft.prepare(path, small_tokenizer, 32, tmp_path / "shards")
+    assert json.loads((out / "index.json").read_text())["meta"]["conversations"] == 2
+
+
 @pytest.mark.parametrize("line, message", [
     ("not json", "invalid JSON"),
     ('{"text": "x"}', "expected"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
+    # a model turn without text content: one line, not a KeyError or AttributeError traceback
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}',
+     r"messages\[1\].content must be a string"),
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null}]}',
+     r"messages\[1\].content must be a string"),
+    ('{"messages": [{"role": "user", "content": "hi"}, '
+     '{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}',
+     r"messages\[1\].content must be a string"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, '
+     '{"role": "system", "content": "late"}, {"role": "user", "content": "q2"}, '
+     '{"role": "assistant", "content": "b"}]}',
+     "a system message after a model turn: Gemma has no system role"),
 ])
 def test_bad_conversations_name_the_line(tmp_path, small_tokenizer, line, message):
     path = tmp_path / "bad.jsonl"
