@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from codegemma.errors import CodegemmaError
+
 
 @dataclass
 class DistEnv:
@@ -37,8 +39,16 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(preference)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        # asked for by name: without this, the first tensor moved there fails deep inside torch
+        if not torch.cuda.is_available():
+            raise CodegemmaError(f"train.device {preference!r}: this machine has no CUDA GPU that torch can use "
+                                 "(train.device = 'auto' picks the CPU)")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+        elif device.index >= torch.cuda.device_count():
+            raise CodegemmaError(f"train.device {preference!r}: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s)")
     return device
 
 

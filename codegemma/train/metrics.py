@@ -17,9 +17,12 @@ import torch
 from codegemma.config import ModelConfig
 from codegemma.kernels import cpu_flags
 
-# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
-_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-                  "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. The first key that is
+# part of the device's name wins, so a variant comes before the name it contains: the PCIe H100
+# (756) before the SXM one, the L40 (181) after the L40S and before the L4.
+_GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                  "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
+                  "T4": 65e12}
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -51,3 +51,24 @@ def build(model: nn.Module, cfg: OptimSection, total_steps: int, fused: bool = F
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     return opt, sched
+
+
+def settings(opt: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's hyperparameters (all but its parameters)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+
+
+def continue_at(opt: torch.optim.Optimizer, sched, own: list[dict], steps_done: int) -> None:
+    """After a checkpoint's optimizer state is loaded: go on after `steps_done` steps with this run's
+    hyperparameters (`own`, from `settings` before the load) and schedule, not the checkpoint's.
+
+    The checkpoint's would win otherwise (loading an optimizer or LambdaLR state replaces them): a
+    run resumed with another `train.steps` would decay towards the old end, and a lower `optim.lr`
+    would be ignored. With the same recipe the rates are the ones the checkpoint holds, exactly."""
+    for group, mine in zip(opt.param_groups, own):
+        group.update(mine)
+    sched.last_epoch = steps_done
+    rates = [base * fn(steps_done) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(opt.param_groups, rates):
+        group["lr"] = lr
+    sched._last_lr = rates

@@ -8,7 +8,9 @@ command is run from the repository root), matching how the CLI reports them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,7 @@ class EvalSection:
     infill_examples: int = 64
     infill_max_new_tokens: int = 48
     infill_max_prompt_tokens: int = 512
-    infill_orders: list = field(default_factory=lambda: ["psm"])  # prompt orders scored: psm, spm, l2r
+    infill_orders: list[str] = field(default_factory=lambda: ["psm"])  # prompt orders scored: psm, spm, l2r
 
 
 @dataclass
@@ -139,6 +141,9 @@ class Recipe:
             raise CodegemmaError(f"{where}: distributed.strategy must be 'ddp' or 'fsdp'")
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise CodegemmaError(f"{where}: train.precision must be auto, fp32 or bf16")
+        if not _device_name(self.train.device):
+            raise CodegemmaError(f"{where}: train.device must be auto, cpu, cuda or cuda:N (or another torch "
+                                 f"device), not {self.train.device!r}")
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self.train, name) < 1:
                 raise CodegemmaError(f"{where}: train.{name} must be at least 1")
@@ -161,6 +166,7 @@ class Recipe:
         o, t, e = self.optim, self.train, self.eval
         unit = "in [0, 1]"
         return [
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),  # numpy's seed range
             ("optim.lr", o.lr > 0, "positive"),
             ("optim.min_lr_ratio", 0 <= o.min_lr_ratio <= 1, unit),
             ("optim.warmup_steps", o.warmup_steps >= 0, "0 or more"),
@@ -191,8 +197,21 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+def _device_name(name: str) -> bool:
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return True
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
 def _build(cls, data: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - names)
     if unknown:
         raise CodegemmaError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
@@ -205,23 +224,35 @@ def _build(cls, data: dict, where: str):
                 raise CodegemmaError(f"{where}: [{key}] must be a table")
             kwargs[key] = _build(type(default), value, f"{where} [{key}]")
         else:
-            kwargs[key] = _checked(value, default, f"{where}: {key}")
+            kwargs[key] = _checked(value, default, f"{where}: {key}", _item_type(hints[key]))
     return cls(**kwargs)
 
 
-def _checked(value, default, where: str):
-    """`value` if it has the type of the field's default (ints are fine where floats are expected)."""
+def _item_type(hint) -> type | None:
+    """The element type of a list or tuple field (`list[str]`: str), else None."""
+    args = {a for a in typing.get_args(hint) if a is not Ellipsis}
+    return args.pop() if typing.get_origin(hint) in (list, tuple) and len(args) == 1 else None
+
+
+def _checked(value, default, where: str, item: type | None = None):
+    """`value` if it has the type of the field's default (ints are fine where floats are expected,
+    and numbers must be finite: an infinite learning rate or beta passes every range check);
+    lists and tuples also need items of the field's element type."""
     if default is None or isinstance(default, dict):
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise CodegemmaError(f"{where} must be a finite number, got {value!r}")
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, list)
+        if ok and item is not None:
+            value = [_checked(v, item(), f"{where}[{i}]") for i, v in enumerate(value)]
         value = type(default)(value) if ok else value
     else:
         ok = isinstance(value, type(default))
@@ -269,6 +300,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CodegemmaError(f"recipe not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise CodegemmaError(f"{path}: not a UTF-8 text file, as TOML must be ({exc.reason} at byte "
+                             f"{exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CodegemmaError(f"{path}: invalid TOML: {exc}") from None
     for item in overrides:

@@ -102,7 +102,7 @@ class Trainer:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
                      "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "data": data_states,
                      "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
-                     "model_config": _config_dict(self.raw_model)}
+                     "model_config": _config_dict(self.raw_model), "trainable": self._trainable()}
             path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
         if self.env.distributed:
             torch.distributed.barrier()
@@ -121,6 +121,16 @@ class Trainer:
         if saved != self.recipe.objective:  # the data reader checks that its data are the ones saved
             raise CodegemmaError(f"{path}: saved from a {saved} run, resuming as {self.recipe.objective}; resume "
                                  "with the recipe the run started with, or start this one in another out_dir")
+        saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+        saved = state.get("trainable")  # older checkpoints: the optimizer's group sizes alone
+        if (saved is not None and saved != self._trainable()) or \
+                saved_groups != [len(g["params"]) for g in self.optimizer.param_groups]:
+            changed = sorted(set(saved or ()) ^ set(self._trainable()))
+            which = f" ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})" if changed else ""
+            raise CodegemmaError(f"{path}: saved training other parameters than this recipe does{which}; resume "
+                                 "with the model.freeze and lora settings the run started with, or start this one "
+                                 "in another out_dir")
+        own = optim.settings(self.optimizer)
         if self.env.distributed:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
@@ -131,10 +141,14 @@ class Trainer:
         else:
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # the recipe's optimizer settings and schedule (train.steps may change), at the saved step
+        optim.continue_at(self.optimizer, self.scheduler, own, state["scheduler"]["last_epoch"])
         self.data.load_state_dict(state["data"][self.env.rank])
         ckpt.set_rng_state(state["rng"][self.env.rank])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+
+    def _trainable(self) -> list[str]:
+        return [name for name, p in self.raw_model.named_parameters() if p.requires_grad]
 
     # ---- one step ----------------------------------------------------------------------
     def _autocast(self):

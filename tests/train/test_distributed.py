@@ -114,3 +114,23 @@ infill_max_new_tokens = 8
     bf16 = json.loads(_run([sys.executable, *evaluate, "--precision", "bf16"]).stdout)
     assert bf16["fim_middle_loss"] != alone["fim_middle_loss"]  # the products did run in bf16
     assert abs(bf16["fim_middle_loss"] - alone["fim_middle_loss"]) < 0.05
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_one_line(monkeypatch):
+    """`train.device = "cuda"` where torch sees no GPU: a user error, not torch's assertion from
+    deep inside the first `.to()`."""
+    import torch
+
+    from codegemma.errors import CodegemmaError
+    from codegemma.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(CodegemmaError, match=rf"train.device '{name}': this machine has no CUDA GPU"):
+            pick_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda:1")
+    with pytest.raises(CodegemmaError, match="has 2 CUDA device"):
+        pick_device("cuda:2")
+    assert pick_device("cpu") == torch.device("cpu")

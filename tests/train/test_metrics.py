@@ -45,3 +45,12 @@ def test_a_continued_run_logs_each_step_once(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
+
+
+def test_gpu_peaks_tell_variants_apart(monkeypatch):
+    """A PCIe H100 has 756 dense bf16 TFLOP/s, not the SXM part's 989; an L40 181, not the L4's 121."""
+    names = {"NVIDIA H100 PCIe": 756e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA L40": 181e12,
+             "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A10": 125e12}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        assert metrics.peak_flops(torch.device("cuda:0"), bf16=True) == peak, name

@@ -27,6 +27,13 @@ def test_load_with_overrides(tmp_path):
     ("[eval]\nbatches = 0\n", "eval.batches"),
     ("[lora]\ndropout = 1.0\n", "lora.dropout"),
     ("[dpo]\nbeta = 0\n", "dpo.beta must be positive"),
+    ("[optim]\nbetas = ['a', 'b']\n", r"\[optim\]: betas\[0\] must be float, got 'a'"),
+    ("[model]\nfreeze = [1]\n", r"freeze\[0\] must be str, got 1"),
+    ("[eval]\ninfill_orders = [['psm']]\n", r"infill_orders\[0\] must be str"),
+    ("[optim]\nlr = inf\n", "lr must be a finite number, got inf"),
+    ("[optim]\nbetas = [0.9, nan]\n", r"betas\[1\] must be a finite number"),
+    ("seed = -1\n", r"seed must be in \[0, 2\*\*32\)"),
+    ("[train]\ndevice = 'gpu'\n", "train.device must be auto, cpu, cuda or cuda:N .* not 'gpu'"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -61,3 +68,43 @@ def test_missing_inputs_skip_presets_and_the_default_model(tmp_path):
     r.data.train = str(tmp_path)
     r.eval.infill_files = str(tmp_path / "heldout")
     assert recipe.missing_inputs(r) == [f"model.init {tmp_path / 'start'}", f"eval.infill_files {tmp_path / 'heldout'}"]
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_bytes(b"\xff\xfe[train]\n")
+    with pytest.raises(CodegemmaError, match="r.toml: not a UTF-8 text file"):
+        recipe.load(path)
+
+
+def test_list_items_of_a_number_field_become_floats(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[optim]\nbetas = [0, 0.95]\n[train]\ndevice = 'cuda:1'\n")
+    r = recipe.load(path)
+    assert r.optim.betas == (0.0, 0.95) and isinstance(r.optim.betas[0], float) and r.train.device == "cuda:1"
+
+
+@pytest.mark.parametrize("size, fim_rate, shape", [
+    ("2b", 0.9, dict(d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, head_dim=256, d_ff=16384)),
+    ("7b", 0.8, dict(d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, head_dim=256, d_ff=24576)),
+])
+def test_codegemma_recipes_match_the_paper_and_their_data(size, fim_rate, shape):
+    """The Gemma 1 shape (google/gemma-2b, -7b configs), checked against the start when it loads;
+    FIM 0.9 (2B v1.1) / 0.8 (7B), PSM/SPM 50/50, 8192 tokens; and every data path where the data
+    recipe's pipeline writes it."""
+    import tomllib
+    from pathlib import Path
+
+    from codegemma.train.build import model_config
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    r = recipe.load(root / f"codegemma-{size}.toml")
+    data = tomllib.loads((root / "data" / f"codegemma-{size}.toml").read_text())
+    config = model_config(r, None)
+    assert {k: getattr(config, k) for k in shape} == shape
+    assert (config.vocab_size, config.max_seq_len, config.family) == (256000, 8192, "gemma")
+    assert {k: r.model.overrides[k] for k in shape} == shape  # declared, so `train run` checks the start
+    assert (r.data.fim_rate, r.data.spm_rate, r.data.seq_len) == (fim_rate, 0.5, 8192)
+    assert (data["fim"]["rate"], data["fim"]["spm_rate"], data["seq_len"]) == (fim_rate, 0.5, 8192)
+    out = data["out_dir"]
+    assert (r.data.train, r.data.eval, r.eval.infill_files) == (f"{out}/train", f"{out}/eval", f"{out}/heldout")

@@ -152,6 +152,17 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards):
     assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
 
 
+def test_a_resumed_run_with_more_steps_follows_the_new_schedule(tmp_path, shards):
+    """`train.steps` may change on resume: the rest of the run decays to the new end, with the
+    rates a run of that many steps has, not towards the checkpoint's old end."""
+    recipe = make_recipe(tmp_path / "part", shards, steps=4)
+    train(recipe)
+    recipe.train.steps = 8
+    _, resumed = train(recipe)
+    _, full = train(make_recipe(tmp_path / "full", shards, steps=8))
+    assert [h["lr"] for h in resumed] == [h["lr"] for h in full[4:]]
+
+
 def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
     recipe = make_recipe(tmp_path, shards, steps=4)
     recipe.checkpoint.every = 2
@@ -161,6 +172,26 @@ def test_resuming_with_another_model_names_what_differs(tmp_path, shards):
     with pytest.raises(CodegemmaError, match=r"step_00000004.pt: saved from another model \(.*n_layers 2 there, "
                                              r"3 here\); resume with the recipe the run started with"):
         train(recipe)
+
+
+def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, shards):
+    """The optimizer state holds moments for the parameters that trained: with another model.freeze
+    they would be refused by torch with a traceback, or (as many of the same shapes) go silently
+    to other parameters."""
+    recipe = make_recipe(tmp_path, shards, steps=2)
+    recipe.model.freeze = ["layers.0.*"]
+    train(recipe)
+    recipe.train.steps = 4
+    recipe.model.freeze = ["layers.1.*"]  # as many parameters, of the same shapes
+    with pytest.raises(CodegemmaError, match=r"step_00000002.pt: saved training other parameters than this recipe "
+                                             r"does \(layers.0.*\); resume with the model.freeze"):
+        train(recipe)
+    recipe.model.freeze = []
+    with pytest.raises(CodegemmaError, match="saved training other parameters"):
+        train(recipe)
+    recipe.model.freeze = ["layers.0.*"]
+    _, resumed = train(recipe)
+    assert len(resumed) == 2
 
 
 def test_resuming_on_other_data_is_refused_and_on_moved_data_is_not(tmp_path, shards):
