@@ -83,17 +83,20 @@ def config_from_gguf(reader, path) -> ModelConfig:
     except (TypeError, KeyError) as exc:
         raise CodegemmaError(f"{path}: GGUF metadata is incomplete ({exc})") from None
     theta = float(f("rope.freq_base", 10000.0))
+    # a linear RoPE scaling the file names, applied as llama.cpp does: to every layer of Gemma 1, to
+    # the global layers of Gemma 3 (the project's Gemma 2 exports have none)
+    scaling = float(f("rope.scaling.factor", 1.0)) if f("rope.scaling.type", "none") == "linear" else 1.0
     if arch == "gemma":
-        return ModelConfig(rope_theta=theta, rope_local_theta=theta, **common)
-    # 27B models scale queries by d_model / n_heads instead of head_dim (Gemma 2 and 3 reports)
-    scalar = d_model // n_heads if n_layers in (46, 62) else head_dim
+        return ModelConfig(rope_theta=theta, rope_local_theta=theta, rope_scaling=scaling, **common)
+    # 27B models scale queries by d_model / n_heads instead of head_dim (Gemma 2 and 3 reports);
+    # readers tell them by their layer count within the family, as llama.cpp does
+    scalar = d_model // n_heads if n_layers == {"gemma2": 46, "gemma3": 62}[arch] else head_dim
     window = int(f("attention.sliding_window", 4096))
     if arch == "gemma2":
         return ModelConfig(rope_theta=theta, rope_local_theta=theta, sliding_window=window,
                            layer_types=gemma2_layer_types(n_layers), query_pre_attn_scalar=scalar,
                            attn_softcap=f("attn_logit_softcapping", 50.0), final_softcap=f("final_logit_softcapping", 30.0),
                            post_norms=True, **common)
-    scaling = float(f("rope.scaling.factor", 1.0)) if f("rope.scaling.type", "none") == "linear" else 1.0
     return ModelConfig(rope_theta=theta, rope_local_theta=10000.0, rope_scaling=scaling, sliding_window=window,
                        layer_types=gemma3_layer_types(n_layers), query_pre_attn_scalar=scalar,
                        post_norms=True, qk_norm=True, **common)

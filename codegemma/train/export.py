@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codegemma.config import ModelConfig
+from codegemma.config import ModelConfig, gemma2_layer_types, gemma3_layer_types
 from codegemma.errors import CodegemmaError
 from codegemma.tokenizer import with_fim_sentinels
 
@@ -29,7 +29,7 @@ _BLOCK = {
     "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
 }
 # SentencePiece token types (GGUF tokenizer.ggml.token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _BYTE = re.compile(r"^<0x[0-9A-F]{2}>$")
 
 
@@ -53,13 +53,41 @@ def gguf_name(name: str, family: str) -> str:
 
 
 def _check_representable(config: ModelConfig) -> None:
-    """GGUF (llama.cpp) has no key for some switches; refuse configs it would silently change."""
-    scalar = config.query_pre_attn_scalar or config.head_dim
-    expected = config.d_model // config.n_heads if config.n_layers in (46, 62) else config.head_dim
-    if config.family != "gemma" and scalar != expected:
-        raise CodegemmaError(f"query_pre_attn_scalar={scalar} cannot be stored in GGUF (readers assume {expected})")
-    if config.family == "gemma3" and config.rope_local_theta != 10000.0:
-        raise CodegemmaError("GGUF readers assume a local RoPE base of 10000 for Gemma 3")
+    """GGUF (llama.cpp) has no key for some switches: readers take them from the architecture.
+    Refuse configs they would silently change, naming every switch that differs."""
+    family = config.family
+    head_scalar = config.query_pre_attn_scalar or config.head_dim
+    assumed: dict[str, list] = {}  # field -> the values readers may assume (the config must equal all)
+    if family == "gemma":
+        assumed["layer_types"] = [["global"] * config.n_layers]
+        assumed["query_pre_attn_scalar"] = [config.head_dim]
+        assumed.update(attn_softcap=[None], final_softcap=[None], post_norms=[False], qk_norm=[False])
+    else:
+        # 27B models scale queries by d_model / n_heads: readers tell them by their layer count
+        # within the family (46 for Gemma 2, 62 for Gemma 3)
+        big = config.n_layers == {"gemma2": 46, "gemma3": 62}[family]
+        assumed["query_pre_attn_scalar"] = [config.d_model // config.n_heads if big else config.head_dim]
+        assumed["post_norms"] = [True]
+    if family == "gemma2":
+        assumed["layer_types"] = [gemma2_layer_types(config.n_layers)]
+        assumed.update(rope_local_theta=[config.rope_theta], rope_scaling=[1.0], qk_norm=[False])
+        # no cap would be read as llama.cpp's defaults (50 and 30), not as no cap
+        if config.attn_softcap is None or config.final_softcap is None:
+            raise CodegemmaError("a Gemma 2 model without soft-capping cannot be stored in GGUF (readers assume "
+                                 "attn_softcap 50 and final_softcap 30 where the file has none)")
+    if family == "gemma3":
+        assumed["layer_types"] = [gemma3_layer_types(config.n_layers)]
+        assumed.update(rope_local_theta=[10000.0], attn_softcap=[None], final_softcap=[None], qk_norm=[True])
+    values = {"query_pre_attn_scalar": head_scalar}
+    wrong = []
+    for key, options in assumed.items():
+        value = values.get(key, getattr(config, key))
+        differing = [o for o in options if value != o]
+        if differing:
+            wrong.append(f"{key}={value!r} (readers assume {differing[0]!r})")
+    if wrong:
+        raise CodegemmaError(f"cannot be stored in GGUF for {family}, whose readers take these from the "
+                             f"architecture: {'; '.join(wrong)}")
 
 
 def vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
@@ -97,6 +125,23 @@ def vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
         else:
             types.append(NORMAL)
     return pieces, scores, types
+
+
+def _pad_vocabulary(pieces: list[str], scores: list[float], types: list[int], rows: int):
+    """The token list as long as the embedding: readers take the vocabulary size from the list
+    (llama.cpp and codegemma's loader refuse a `token_embd` of another length). Rows past the
+    tokenizer become unused `[PADn]` pieces, as llama.cpp's converter pads them."""
+    if len(pieces) > rows:
+        raise CodegemmaError(f"the tokenizer has {len(pieces)} tokens, the model's embedding {rows} rows: "
+                             "not the model's tokenizer (pass --tokenizer)")
+    if len(pieces) == rows:
+        return pieces, scores, types
+    taken, pad, n = set(pieces), [], 0
+    while len(pieces) + len(pad) < rows:
+        n += 1
+        if f"[PAD{n}]" not in taken:
+            pad.append(f"[PAD{n}]")
+    return pieces + pad, scores + [-1000.0] * len(pad), types + [UNUSED] * len(pad)
 
 
 def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, out_path: str | Path,
@@ -140,6 +185,7 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(config.rope_scaling)
         pieces, scores, types = vocabulary(tokenizer)
+        pieces, scores, types = _pad_vocabulary(pieces, scores, types, config.vocab_size)
         w.add_tokenizer_model("llama")
         w.add_token_list(pieces)
         w.add_token_scores(scores)
@@ -156,7 +202,12 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
             if name.endswith("norm.weight"):
                 array = array + 1.0  # llama.cpp's converter stores Gemma norms as (1 + w)
             if dtype == "f16" and array.ndim > 1:
-                array = array.astype(np.float16)
+                with np.errstate(over="ignore"):  # overflow is checked for just below, with the tensor's name
+                    half = array.astype(np.float16)
+                if not np.isfinite(half).all() and np.isfinite(array).all():
+                    raise CodegemmaError(f"{name} has values beyond float16's range (largest "
+                                         f"{np.abs(array).max():.4g}): export with --dtype f32")
+                array = half
             w.add_tensor(gguf_name(name, arch), np.ascontiguousarray(array.astype(array.dtype, copy=False)))
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -179,10 +230,14 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
     ckpt_path = None
     if source.is_file() and source.suffix == ".pt":
         ckpt_path = source
-    elif source.is_dir() and (source / "checkpoints").is_dir():
-        ckpt_path = checkpoint.latest(source / "checkpoints")
+    elif source.is_dir() and not (source / "config.json").exists() and any(
+            (source / marker).exists() for marker in ("checkpoints", "final", ".lock", "metrics.jsonl")):
+        # a run directory: its newest checkpoint, else the final model (checkpoints deleted to save space)
+        ckpt_path = checkpoint.latest(source / "checkpoints") if (source / "checkpoints").is_dir() else None
         if ckpt_path is None:
-            raise CodegemmaError(f"{source}: the run has no checkpoint yet")
+            if not (source / "final" / "config.json").is_file():
+                raise CodegemmaError(f"{source}: the run has no checkpoint and no final model yet")
+            source = source / "final"
     if ckpt_path is None:
         from codegemma.checkpoints import load
 
@@ -201,7 +256,9 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
         from codegemma.train.recipe import LoraSection
 
         lora_cfg = LoraSection(**recipe.get("lora", {}))
-        weights = merged_state(apply_lora(Gemma(config), lora_cfg), weights)
+        with torch.device("meta"):  # merging reads only the adapters' layout: no second copy of the weights
+            shell = apply_lora(Gemma(config), lora_cfg)
+        weights = merged_state(shell, weights)
     spec = tokenizer_spec or recipe.get("tokenizer") or ""
     if spec and not tokenizer_spec and spec != "default" and not Path(spec).exists():
         raise CodegemmaError(f"{ckpt_path}: the run's tokenizer {spec} is not found from here (a recipe's paths are "

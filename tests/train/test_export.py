@@ -37,8 +37,10 @@ def random_model(name: str, vocab: int, **changes) -> tuple[Gemma, ModelConfig]:
 
 @pytest.mark.parametrize("name, changes", [
     ("tiny-gemma", {}),
+    ("tiny-gemma", {"rope_scaling": 4.0}),  # the reader once kept a scaling for Gemma 3 only
     ("tiny-gemma2", {"query_pre_attn_scalar": None}),
     ("tiny-gemma3", {"query_pre_attn_scalar": None}),
+    ("tiny-gemma3", {"query_pre_attn_scalar": None, "rope_scaling": 8.0}),
 ])
 @pytest.mark.parametrize("dtype, tol", [("f32", 0.0), ("f16", 5e-3)])
 def test_gguf_round_trip_through_the_project_loader(tmp_path, tokenizer, name, changes, dtype, tol):
@@ -239,3 +241,121 @@ def test_default_model_exported_to_gguf_reads_the_same_in_llama_cpp(tmp_path, de
         ours = loaded.model(torch.tensor([ids]))[0]
     assert (theirs - ours).abs().max().item() < 0.2
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item() >= 0.98
+
+
+def test_an_embedding_wider_than_the_tokenizer_exports_padded(tmp_path, tokenizer):
+    """A model may have more embedding rows than its tokenizer has tokens (`model.overrides.vocab_size`
+    rounded up, as for GPUs). Readers take the vocabulary size from the token list, so the file
+    used to be unloadable (codegemma: 'tensor embed_tokens.weight has shape ...'; llama.cpp the
+    same): the list is now padded with unused pieces, which leaves the encodings as they were."""
+    import gguf
+
+    model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size + 40, query_pre_attn_scalar=None)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    loaded = load(str(path), progress=False)
+    assert loaded.config.vocab_size == cfg.vocab_size
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    text = "for i in range(10):\n    print(i ** 2)\n"
+    assert loaded.tokenizer.encode(text, add_bos=True) == tokenizer.encode(text, add_bos=True)
+    types = gguf.GGUFReader(path).fields["tokenizer.ggml.token_type"]
+    assert [int(types.parts[i][0]) for i in types.data[-40:]] == [5] * 40  # UNUSED
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tokenizer):
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size - 8)
+    with pytest.raises(CodegemmaError, match=f"tokenizer has {tokenizer.vocab_size} tokens, the model's embedding"):
+        write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    # readers give Gemma 3 five local layers per global one: these layers would attend otherwise
+    ("tiny-gemma3", {"layer_types": ["local", "global"] * 3}, "layer_types="),
+    ("tiny-gemma3", {"final_softcap": 30.0}, "final_softcap=30.0"),
+    ("tiny-gemma3", {"qk_norm": False}, "qk_norm=False"),
+    ("tiny-gemma2", {"rope_local_theta": 5000.0}, "rope_local_theta=5000.0"),
+    ("tiny-gemma2", {"rope_scaling": 4.0}, "rope_scaling=4.0"),
+    ("tiny-gemma2", {"attn_softcap": None}, "without soft-capping"),
+    ("tiny-gemma", {"query_pre_attn_scalar": 20}, "query_pre_attn_scalar=20"),
+    ("tiny-gemma", {"post_norms": True}, "post_norms=True"),  # was a ValueError from gguf: duplicated name
+    ("tiny-gemma", {"attn_softcap": 20.0}, "attn_softcap=20.0"),
+])
+def test_configs_readers_would_change_are_refused(tmp_path, tokenizer, name, changes, message):
+    """GGUF has no key for these switches; the project's reader (and llama.cpp) derive them from the
+    architecture, so the files loaded as another model (for the layer types, logits off by 1.0)."""
+    changes = {"query_pre_attn_scalar": None, **changes} if name != "tiny-gemma" else changes
+    model, cfg = random_model(name, tokenizer.vocab_size, **changes)
+    with pytest.raises(CodegemmaError, match=message):
+        write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    assert not list(tmp_path.iterdir())
+
+
+def test_f16_export_refuses_weights_beyond_its_range(tmp_path, tokenizer):
+    """Such a weight became inf in the file without a word."""
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    state = model.state_dict()
+    state["layers.1.mlp.up_proj.weight"][3, 4] = 1e5
+    with pytest.raises(CodegemmaError, match="layers.1.mlp.up_proj.weight has values beyond float16's range"):
+        write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "f16")
+    assert not list(tmp_path.iterdir())
+    assert write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "f32").is_file()
+
+
+def _lora_run(tmp_path, tokenizer):
+    """A LoRA run's checkpoint as the trainer writes it: base weights and adapters, unmerged."""
+    from codegemma.train import checkpoint
+    from codegemma.train.lora import apply_lora
+    from codegemma.train.recipe import LoraSection
+
+    model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, query_pre_attn_scalar=None)
+    lora = apply_lora(model, LoraSection(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    checkpoint.save(tmp_path / "run" / "checkpoints", 3, {
+        "step": 3, "model": lora.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": str(tmp_path / "tokenizer.json"), "model": {},
+                   "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}}})
+    return lora, cfg
+
+
+def test_an_unmerged_lora_checkpoint_exports_merged(tmp_path, tokenizer):
+    """Exported from the checkpoint (adapters and base apart), GGUF and HF compute what the
+    adapted model computes, in codegemma and in transformers."""
+    from transformers import AutoModelForCausalLM
+
+    lora, cfg = _lora_run(tmp_path, tokenizer)
+    x = torch.randint(0, cfg.vocab_size, (1, 20))
+    with torch.no_grad():
+        expected = lora(x)
+        gguf_path = export(tmp_path / "run", tmp_path / "m.gguf", fmt="gguf", dtype="f32")
+        assert (load(str(gguf_path), progress=False).model(x) - expected).abs().max().item() < 1e-5
+        hf = AutoModelForCausalLM.from_pretrained(export(tmp_path / "run", tmp_path / "hf", fmt="hf"))
+        assert not any("lora" in k for k in hf.state_dict())
+        assert (hf(x).logits - expected).abs().max().item() < 1e-4
+
+
+def test_a_run_without_checkpoints_exports_its_final_model(tmp_path, tokenizer):
+    """Checkpoints deleted to save space, the run directory still names a model: its `final/`
+    (it was 'run: no config.json'). A run with neither says so in one line."""
+    import shutil
+
+    from codegemma.checkpoints import save_hf
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    save_hf(model, cfg, tokenizer, tmp_path / "run" / "final")
+    out = export(tmp_path / "run", tmp_path / "m.gguf", fmt="gguf", dtype="f32")
+    x = torch.randint(0, cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(load(str(out), progress=False).model(x), model(x))
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    assert export(tmp_path / "run", tmp_path / "m2.gguf", fmt="gguf", dtype="f32").is_file()
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / ".lock").write_text("123\n")
+    with pytest.raises(CodegemmaError, match="crashed: the run has no checkpoint and no final model yet"):
+        export(tmp_path / "crashed", tmp_path / "m3.gguf", fmt="gguf")

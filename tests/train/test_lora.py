@@ -8,7 +8,7 @@ from codegemma.errors import CodegemmaError
 from codegemma.model import Gemma
 from codegemma.train import build
 from codegemma.train import recipe as recipe_mod
-from codegemma.train.lora import adapters_disabled, apply_lora, merge, trainable_parameters
+from codegemma.train.lora import adapters_disabled, apply_lora, merge, merged_state, trainable_parameters
 from codegemma.train.recipe import LoraSection
 from codegemma.train.run import run
 
@@ -72,3 +72,51 @@ def test_lora_sft_run_exports_merged_weights(tmp_path, small_tokenizer_path):
     q = hf.state_dict()["model.layers.0.self_attn.q_proj.weight"]
     assert not torch.allclose(q, base.state_dict()["layers.0.self_attn.q_proj.weight"])
     assert torch.equal(hf.state_dict()["model.embed_tokens.weight"], base.state_dict()["embed_tokens.weight"])
+
+
+def test_targets_named_by_a_dotted_suffix_as_peft_matches_them():
+    """peft matches a target against the end of a module's dotted name; such a target was refused
+    as 'not in the model' although peft adapts exactly the projections it names."""
+    lora = apply_lora(base_model(), LoraSection(r=2, target_modules=["self_attn.q_proj", "layers.1.mlp.down_proj"]))
+    adapted = sorted(n.removesuffix(".lora_A.default.weight") for n, _ in lora.named_parameters() if "lora_A" in n)
+    assert adapted == ["layers.0.self_attn.q_proj", "layers.1.mlp.down_proj", "layers.1.self_attn.q_proj"]
+
+
+@pytest.mark.parametrize("targets, message", [
+    (["norm"], "must name linear projections; these are not: norm \\(RMSNorm\\)"),
+    (["mlp", "q_proj"], "these are not: mlp \\(MLP\\)"),
+    ([], "lora.target_modules is empty"),
+])
+def test_targets_peft_cannot_adapt_are_one_line_errors(targets, message):
+    """Norms and whole blocks made peft raise a ValueError (a traceback on the command line)."""
+    with pytest.raises(CodegemmaError, match=message):
+        apply_lora(base_model(), LoraSection(target_modules=targets))
+
+
+def test_the_tied_embedding_is_refused_as_a_target():
+    """The output head reads the embedding's base weight, so an adapter on `embed_tokens` trained the
+    input side only, and merging it changed the head too: the merged model computed other logits
+    (by 4 on the tiny model) than the one trained."""
+    with pytest.raises(CodegemmaError, match="embedding is tied to the output head"):
+        apply_lora(base_model(), LoraSection(target_modules=["embed_tokens", "q_proj"]))
+
+
+def test_merged_state_reads_only_the_models_layout():
+    """merged_state used to deep-copy the whole LoRA model (on a GPU, at the end of a run: twice the
+    weights' memory, where LoRA was chosen to save it) and load the state into the copy. It now
+    needs the model's structure alone, so a shell on the meta device does, and it gives exactly
+    peft's merge, in the model's own tensor order."""
+    lora = apply_lora(base_model(), LoraSection(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.05)
+    state = {k: v.clone() for k, v in lora.state_dict().items()}
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.device("meta"):
+        shell = apply_lora(Gemma(preset("tiny-gemma")), LoraSection(r=4, alpha=8))
+    merged = merged_state(shell, state)
+    reference = merge(lora).state_dict()
+    assert list(merged) == list(reference)
+    assert all(torch.equal(merged[k], reference[k]) for k in reference)
+    assert list(state) == list(before) and all(torch.equal(state[k], before[k]) for k in before)  # input untouched
