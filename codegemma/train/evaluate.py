@@ -311,8 +311,11 @@ class Evaluator:
 
     def __init__(self, env: DistEnv, eval_reader_factory=None, batches: int = 8,
                  scorers: list[InfillScorer] = (), max_new_tokens: int = 48, copy_probe: CopyProbe | None = None,
-                 answers_path: str | Path | None = None, share_examples: bool = False):
+                 answers_path: str | Path | None = None, share_examples: bool = False, held_out=None):
         self.env = env
+        # (loss sum, count, sums of further metrics) of a held-out batch: the objective's own
+        # (`objectives.*.held_out`), by default the next-token loss
+        self.held_out = held_out or _next_token_loss
         # Each process scores every world_size-th infilling example and the sums and lines are
         # gathered: for a model every process holds whole (DDP). An FSDP-sharded model needs every
         # process in every forward pass, so there each one scores all of them.
@@ -331,16 +334,15 @@ class Evaluator:
         result = {}
         if self.eval_reader_factory is not None:
             reader = self.eval_reader_factory()
-            total = torch.zeros((), device=device)
-            count = torch.zeros((), device=device)
+            sums: dict[str, torch.Tensor] = {}
             for _ in range(self.batches):
-                batch = {k: v.to(device) for k, v in next(reader).items()}
-                s, n = losses.lm_loss_sum(model, batch)
-                total += s.float()
-                count += n
-            total = distributed.all_reduce_sum(total, self.env)
-            count = distributed.all_reduce_sum(count, self.env)
-            result["loss"] = (total / count.clamp(min=1)).item()
+                s, n, extra = self.held_out(model, _to(next(reader), device))
+                for key, value in {"loss": s, "count": n, **extra}.items():
+                    sums[key] = sums.get(key, 0) + value.detach().double()
+            names = list(sums)
+            totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in names]), self.env)
+            count = totals[names.index("count")].clamp(min=1)
+            result.update({k: (v / count).item() for k, v in zip(names, totals) if k != "count"})
         inner = getattr(model, "module", model)
         records = []
         for scorer in self.scorers:
@@ -385,6 +387,16 @@ class Evaluator:
         for rank, part in enumerate(parts):
             out[rank::self.env.world_size] = part
         return out
+
+
+def _next_token_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    total, count = losses.lm_loss_sum(model, batch)
+    return total, count, {}
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on `device` (a DPO batch nests its chosen and rejected rows)."""
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
 
 def unigram_baseline(train_shards: str | Path, eval_shards: str | Path, vocab_size: int) -> float:

@@ -13,6 +13,7 @@ class LanguageModeling:
     """Next-token loss on trained positions: pretraining (FIM, packed files) and SFT (model turns)."""
 
     name = "lm"
+    count_name = "trained_tokens"  # what `count` counts, as the step's log names it
 
     def count(self, batch: dict) -> torch.Tensor:
         return losses.shift(batch)[3].sum()
@@ -20,6 +21,11 @@ class LanguageModeling:
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         total, _ = losses.lm_loss_sum(model, batch)
         return total, {}
+
+    def held_out(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(loss sum, count, sums of further metrics) on a held-out batch, without a gradient."""
+        total, count = losses.lm_loss_sum(model, batch)
+        return total.float(), count, {}
 
 
 class Preference:
@@ -30,6 +36,7 @@ class Preference:
     """
 
     name = "dpo"
+    count_name = "pairs"
 
     def __init__(self, beta: float, reference: nn.Module | None = None):
         self.beta = beta
@@ -40,23 +47,47 @@ class Preference:
     def count(self, batch: dict) -> torch.Tensor:
         return torch.tensor(batch["chosen"]["tokens"].shape[0])
 
-    def _logps(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        both = {k: torch.cat([batch["chosen"][k], batch["rejected"][k]]) for k in ("tokens", "segment_ids", "loss_mask")}
-        return losses.sequence_logprob(model, both["tokens"], both["segment_ids"], both["loss_mask"])
-
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        n = batch["chosen"]["tokens"].shape[0]
-        policy = self._logps(model, batch)
-        with torch.no_grad():
-            if self.reference is not None:
-                ref = self._logps(self.reference, batch)
-            else:
-                from codegemma.train.lora import adapters_disabled, has_adapters
+        """The pairs' summed DPO loss, with its gradient.
 
-                inner = getattr(model, "module", model)  # DDP wraps the LoRA model
-                if not has_adapters(inner):
-                    raise ValueError("DPO without a reference model needs LoRA adapters to switch off")
-                with adapters_disabled(inner):
-                    ref = self._logps(inner, batch)
+        The loss depends on each row's summed log-probability, which the fused head cannot
+        differentiate through without the full logits. But the loss's derivative in each row's
+        log-probability is known once a gradient-free pass has scored the rows, and the gradient
+        is then that of a weighted next-token loss (`losses.weighted_token_loss`): one more
+        forward pass instead of [rows, tokens, vocab] logits and their gradient in memory."""
+        both = self._both(batch)
+        policy, ref = self._logps(model, both)
+        n = len(policy) // 2
+        policy.requires_grad_(True)
+        with torch.enable_grad():
+            per_pair, stats = losses.dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta)
+            (d_logp,) = torch.autograd.grad(per_pair.sum(), policy)
+        surrogate = losses.weighted_token_loss(model, both, -d_logp)
+        # the value of the DPO loss, the gradient of the surrogate (which equals the loss's)
+        return surrogate - surrogate.detach() + per_pair.sum().detach(), stats
+
+    def held_out(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(DPO loss sum, pairs, sums of the implicit rewards and of the preference accuracy) on
+        held-out pairs, without a gradient."""
+        policy, ref = self._logps(model, self._both(batch))
+        n = len(policy) // 2
         per_pair, stats = losses.dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta)
-        return per_pair.sum(), stats
+        return per_pair.sum(), torch.tensor(n, device=per_pair.device), {k: v * n for k, v in stats.items()}
+
+    @staticmethod
+    def _both(batch: dict) -> dict:
+        """Chosen rows, then rejected rows, as one batch."""
+        return {k: torch.cat([batch["chosen"][k], batch["rejected"][k]]) for k in ("tokens", "segment_ids", "loss_mask")}
+
+    def _logps(self, model: nn.Module, both: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's response log-probability under the policy and under the reference."""
+        policy = losses.sequence_logprob(model, both)
+        if self.reference is not None:
+            return policy, losses.sequence_logprob(self.reference, both)
+        from codegemma.train.lora import adapters_disabled, has_adapters
+
+        inner = getattr(model, "module", model)  # DDP wraps the LoRA model
+        if not has_adapters(inner):
+            raise ValueError("DPO without a reference model needs LoRA adapters to switch off")
+        with adapters_disabled(inner):
+            return policy, losses.sequence_logprob(inner, both)

@@ -193,11 +193,13 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
 class PairReader:
     """Batches {"chosen": {...}, "rejected": {...}}: two shard readers sharing one shuffle."""
 
-    def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True):
         from codegemma.data.shards import ShardReader
 
         path = Path(path)
-        self.readers = {side: ShardReader(path / side, batch_size, rank, world_size, seed) for side in ("chosen", "rejected")}
+        self.readers = {side: ShardReader(path / side, batch_size, rank, world_size, seed, shuffle=shuffle)
+                        for side in ("chosen", "rejected")}
         if len(self.readers["chosen"].dataset) != len(self.readers["rejected"].dataset):
             raise CodegemmaError(f"{path}: chosen and rejected shards differ in length")
 

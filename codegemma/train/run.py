@@ -79,13 +79,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
-    """Held-out loss and infilling scorers per `recipe.eval`, for a model of `context` tokens."""
+def make_evaluator(recipe: Recipe, env, tokenizer, context: int, objective=None):
+    """Held-out loss (`objective`'s, by default the next-token loss) and infilling scorers per
+    `recipe.eval`, for a model of `context` tokens."""
     factory = None
-    if recipe.data.eval and recipe.objective != "dpo":
+    if recipe.data.eval:
         eval_path = _prepared(recipe, env, tokenizer, Path(recipe.data.eval), "eval") \
-            if recipe.objective == "sft" else Path(recipe.data.eval)
-        factory = lambda: build.shard_reader(eval_path, recipe, env, shuffle=False)  # noqa: E731
+            if recipe.objective != "pretrain" else Path(recipe.data.eval)
+        if recipe.objective == "dpo":  # held-out pairs: their DPO loss and preference accuracy
+            from codegemma.train.preference import PairReader
+
+            factory = lambda: PairReader(eval_path, recipe.train.batch_size, env.rank, env.world_size,  # noqa: E731
+                                         recipe.seed, shuffle=False)
+        else:
+            factory = lambda: build.shard_reader(eval_path, recipe, env, shuffle=False)  # noqa: E731
         factory()  # fail now, not at the first evaluation
     scorers, probe = [], None
     if recipe.eval.infill_files:
@@ -102,7 +109,8 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int):
         return None
     return Evaluator(env, factory, recipe.eval.batches, scorers, recipe.eval.infill_max_new_tokens, probe,
                      answers_path=Path(recipe.out_dir) / INFILL_ANSWERS,
-                     share_examples=recipe.distributed.strategy != "fsdp")
+                     share_examples=recipe.distributed.strategy != "fsdp",
+                     held_out=objective.held_out if objective is not None else None)
 
 
 def make_objective(recipe: Recipe, model):
@@ -168,7 +176,7 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     if getattr(objective, "reference", None) is not None:
         objective.reference.to(env.device)
     data = train_data(recipe, env, tokenizer)
-    evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len)
+    evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len, objective)
     seq_len = recipe.data.seq_len
     trainer = Trainer(recipe, model, objective, data, env, evaluator,
                       flops_per_token=metrics.flops_per_token(config, seq_len))

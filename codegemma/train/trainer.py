@@ -191,7 +191,7 @@ class Trainer:
         loss = distributed.all_reduce_sum(loss_sum, self.env) / global_count
         tokens = sum(_batch_tokens(b) for b in micro) * self.env.world_size
         return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                "trained_tokens": int(global_count.item()), **stats_acc}
+                self.objective.count_name: int(global_count.item()), **stats_acc}
 
     # ---- the run -----------------------------------------------------------------------
     def fit(self, resume: bool = True, on_step: Callable[[int, dict], None] | None = None) -> list[dict]:

@@ -137,10 +137,10 @@ def test_dpo_run_raises_the_preference_margin(tmp_path, small_tokenizer_path, lo
     pairs = write_pairs(tmp_path / "pairs.jsonl", chat=chat)
     recipe = recipe_mod.from_dict({
         "objective": "dpo", "out_dir": str(tmp_path / "run"), "tokenizer": str(small_tokenizer_path),
-        "model": {"preset": "tiny-gemma"}, "data": {"train": str(pairs), "seq_len": 48},
+        "model": {"preset": "tiny-gemma"}, "data": {"train": str(pairs), "eval": str(pairs), "seq_len": 48},
         "optim": {"lr": 5e-3 if lora else 1e-3, "warmup_steps": 1},
         "train": {"steps": 8, "batch_size": 4}, "dpo": {"beta": 0.5},
-        "lora": {"enabled": lora, "r": 4},
+        "lora": {"enabled": lora, "r": 4}, "eval": {"every": 4, "batches": 2},
         "log": {"every": 1, "tensorboard": False, "plots": False, "progress": False},
     })
     run(recipe)
@@ -149,7 +149,12 @@ def test_dpo_run_raises_the_preference_margin(tmp_path, small_tokenizer_path, lo
     records = metrics.read(tmp_path / "run" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start
     assert records[-1]["loss"] < 0.6
-    assert records[-1]["reward_accuracy"] == 1.0
+    assert records[-1]["reward_accuracy"] == 1.0 and records[-1]["pairs"] == 4
+    # the pairs of data.eval (here the same 8), scored at steps 4 and 8: DPO loss and preference accuracy
+    held_out = metrics.read(tmp_path / "run" / "metrics.jsonl", kind="eval")
+    assert [r["step"] for r in held_out] == [4, 8]
+    assert 0.6931 > held_out[0]["loss"] > held_out[1]["loss"]
+    assert held_out[1]["reward_accuracy"] == 1.0 and held_out[1]["reward_chosen"] > held_out[1]["reward_rejected"]
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 
