@@ -38,12 +38,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(f)` on a temporary binary file beside `path`, then rename it over `path`.
+
+    On any failure (the write, the fsync, the rename, an interrupt) the temporary file is removed
+    and the error re-raised: `path` keeps its old content, and a run that retries the save does not
+    leave a trail of half-written siblings in its checkpoint directory.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a run's directory is shared like its other outputs
@@ -54,14 +60,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
+def _atomic_torch_save(obj, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:

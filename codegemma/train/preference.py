@@ -26,7 +26,7 @@ from codegemma.errors import CodegemmaError
 _PASS_WORDS = {"passed", "pass", "ok", "success"}
 
 
-def _numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
+def numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
     """(line number, object) for every non-blank line: blank lines still count, so an error names
     the line an editor shows."""
     path = Path(path)
@@ -45,7 +45,7 @@ def _numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [record for _, record in _numbered_records(path)]
+    return [record for _, record in numbered_records(path)]
 
 
 def jsonl_target(path: str | Path) -> Path:
@@ -156,7 +156,7 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     from codegemma.data.shards import ShardWriter
 
     rows, pairs = [], 0
-    for n, pair in _numbered_records(path):
+    for n, pair in numbered_records(path):
         pairs += 1
         if not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")

@@ -19,6 +19,9 @@ from codegemma.config import PRESETS
 from codegemma.errors import CodegemmaError
 
 OBJECTIVES = ("pretrain", "sft", "dpo")
+# The prompt orders infilling is scored in: codegemma.train.evaluate.INFILL_ORDERS, mirrored so that
+# loading a recipe does not import the evaluator and torch (tests/train/test_recipe.py keeps them equal).
+INFILL_ORDERS = ("psm", "spm", "l2r")
 
 
 @dataclass
@@ -154,10 +157,24 @@ class Recipe:
             raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
         if self.model.freeze and self.lora.enabled:
             raise CodegemmaError(f"{where}: model.freeze and lora.enabled both choose what trains; use one")
-        bad = [o for o in self.eval.infill_orders if o not in ("psm", "spm", "l2r")]
-        if bad:
-            raise CodegemmaError(f"{where}: eval.infill_orders must list some of 'psm', 'spm', 'l2r', not {bad}")
+        self._check_infill_orders(where)
         return self
+
+    def _check_infill_orders(self, where: str) -> None:
+        orders = self.eval.infill_orders
+        names = ", ".join(repr(o) for o in INFILL_ORDERS)
+        bad = [o for o in orders if o not in INFILL_ORDERS]
+        if bad:
+            raise CodegemmaError(f"{where}: eval.infill_orders must list some of {names}, not {bad}")
+        repeated = sorted({o for o in orders if orders.count(o) > 1})
+        # a repeated order is generated and scored again under the same metric names: twice the
+        # evaluation time for nothing, and likely a typo for another order
+        if repeated:
+            raise CodegemmaError(f"{where}: eval.infill_orders lists {repeated} more than once")
+        if self.eval.infill_files and not orders:
+            # with held-out files but no order, the run would evaluate and report no infilling at all
+            raise CodegemmaError(f"{where}: eval.infill_orders is empty while eval.infill_files is set; "
+                                 f"list some of {names} (or leave eval.infill_files empty)")
 
     def _ranges(self):
         """(key, whether its value is in range, the range in words) for the numbers with a range;

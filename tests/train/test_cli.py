@@ -174,6 +174,24 @@ def test_dpo_pairs_command(tmp_path, capsys):
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
+def test_dpo_pairs_bad_sample_names_file_and_line(tmp_path, capsys):
+    """A sample without a required key or a verdict is named as FILE:LINE, the line an editor shows
+    (blank lines counted), also when the samples come from an eval run directory."""
+    samples = tmp_path / "samples.jsonl"
+    good = json.dumps({"task_id": "t/0", "prompt": "p", "completion": "ok", "passed": True})
+    samples.write_text(good + "\n\n" + json.dumps({"task_id": "t/0", "completion": "x", "passed": False}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["train", "dpo-pairs", str(tmp_path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}:3:" in err and "'prompt'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    samples.write_text(good + "\n" + json.dumps({"task_id": "t/0", "prompt": "p", "completion": "x"}) + "\n")
+    assert main(["train", "dpo-pairs", str(samples), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{samples}:2:" in err and "no verdict" in err
+    assert not out.exists()
+
+
 def test_a_second_run_in_the_same_out_dir_is_refused(tmp_path, shards, capsys):
     """While a run's process holds its out_dir (here: this test holds the lock), another run there
     stops before it writes anything; once the first is gone, the directory is free."""

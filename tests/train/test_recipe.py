@@ -19,6 +19,10 @@ def test_load_with_overrides(tmp_path):
     ("[train]\nsteps = 0\n", "train.steps"),
     ("[data]\nfim_rate = 1.5\n", "fim_rate"),
     ("[eval]\ninfill_orders = ['psm', 'lr']\n", "infill_orders .*'lr'"),
+    ("[eval]\ninfill_orders = ['PSM']\n", r"infill_orders must list some of 'psm', 'spm', 'l2r', not \['PSM'\]"),
+    ("[eval]\ninfill_orders = ['psm', 'spm', 'psm']\n", r"eval.infill_orders lists \['psm'\] more than once"),
+    ("[eval]\ninfill_files = 'heldout'\ninfill_orders = []\n",
+     "eval.infill_orders is empty while eval.infill_files is set"),
     ("[train\n", "invalid TOML"),
     ("[optim]\nlr = -1e-3\n", "optim.lr must be positive"),
     ("[optim]\nbetas = [0.9, 1.5]\n", "optim.betas must be two numbers in"),
@@ -40,6 +44,19 @@ def test_bad_recipes_name_the_problem(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CodegemmaError, match=message):
         recipe.load(path)
+
+
+def test_infill_orders_mirror_the_evaluator():
+    """recipe.py keeps its own copy so loading a recipe needs no torch; the two must not drift."""
+    from codegemma.train.evaluate import INFILL_ORDERS
+
+    assert recipe.INFILL_ORDERS == INFILL_ORDERS
+
+
+def test_no_infill_orders_without_infill_files_is_accepted(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text("[eval]\ninfill_orders = []\n")  # nothing to infill: no order needed
+    assert recipe.load(path).eval.infill_orders == []
 
 
 def test_missing_recipe():
