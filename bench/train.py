@@ -69,9 +69,18 @@ def theirs(cfg: ModelConfig, state: dict):
     hf_cfg = config_to_hf(cfg)
     model_type = hf_cfg.pop("model_type")
     config = AutoConfig.for_model(model_type, **{k: v for k, v in hf_cfg.items() if k not in ("architectures",)})
-    config._attn_implementation = "sdpa"
+    # SDPA where transformers offers it; it refuses it for attention logit soft-capping (Gemma 2),
+    # which only its eager attention computes, and which its docs name for training Gemma 2
+    config._attn_implementation = "eager" if cfg.attn_softcap else "sdpa"
     model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=False)
+    loaded = model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=False)
+    # strict=False only for the tied head; any other key left out would time a model that is partly
+    # random, or another architecture, without a word
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
+        raise SystemExit(f"transformers' {type(model).__name__} does not take this model's weights: missing "
+                         f"{sorted(set(loaded.missing_keys) - tied)}, unexpected {sorted(loaded.unexpected_keys)}")
+
     def loss(m, ids):  # transformers' own loss path; shift_labels: the targets as given, not re-shifted
         return m(input_ids=ids[:, :-1], labels=ids[:, :-1], shift_labels=ids[:, 1:].contiguous(), use_cache=False).loss
 
@@ -153,7 +162,9 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | N
     first alternates), and the ratio is the median of the rounds' ratios: load that changes between
     rounds cancels. Sequential, it is the ratio of the medians."""
     probe_ids = batch[:1, : min(batch.shape[1], 129)]
-    state = None
+    # the weights come from our model, whichever runner comes first (transformers' keys differ, and
+    # it draws none of its own here); when ours is first it draws them on the device
+    state = None if names[0] == "ours" else ours(cfg, None)[0].state_dict()
     times: dict[str, list[float]] = {name: [] for name in names}
     probes = {}
     if args.sequential:
@@ -175,18 +186,32 @@ def time_runners(names, cfg, batch, args) -> tuple[dict, float | None, float | N
             if state is None:
                 state = runners[name].model.state_dict()
             probes[name] = runners[name].probe(probe_ids)
+        logit_difference(probes)  # before the timing: a mismatch stops it at once
         for runner in runners.values():
             runner.step_time(batch, 1)
         for i in range(args.rounds):
             for name in names if i % 2 == 0 else names[::-1]:
                 times[name].append(runners[name].step_time(batch, args.steps))
-    diff = (probes["ours"] - probes["transformers"]).abs().max().item() if len(probes) == 2 else None
+    diff = logit_difference(probes)
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = None
     if len(names) == 2:
         paired = [theirs / ours for ours, theirs in zip(times["ours"], times["transformers"])]
         ratio = median["transformers"] / median["ours"] if args.sequential else statistics.median(paired)
     return median, ratio, diff
+
+
+def logit_difference(probes: dict) -> float | None:
+    """Max |logit difference| of the two models on the same weights and input (None with one);
+    a speed ratio between models that compute different functions means nothing, so a real
+    difference (beyond float32 rounding) stops the benchmark."""
+    if len(probes) != 2:
+        return None
+    diff = (probes["ours"] - probes["transformers"]).abs().max().item()
+    if not diff <= 1e-3 * (1 + probes["ours"].abs().max().item()):
+        raise SystemExit(f"the two models' logits differ (max |difference| {diff:.3g}) on the same weights: "
+                         "not the same architecture, no ratio")
+    return diff
 
 
 def _transformers_version() -> str | None:

@@ -147,6 +147,20 @@ def _recipe(name: str, out_dir: Path, tokenizer: Path, train: Path, scale: Scale
     })
 
 
+def check_scale(scale: Scale, root: Path) -> None:
+    """Refuse settings no variant can run with (a learning rate of 0, a context too short for the
+    infilling prompts, a missing --init) before the corpus, its tokenizer and the shards are built,
+    which takes minutes, and before the settings are recorded for the runs."""
+    from codegemma.train.recipe import missing_inputs
+
+    where = root / "experiments" / "check"  # placeholder paths: nothing is read or written
+    recipe = _recipe("check", where, where, where, scale, scale.eval_every, where)
+    missing = [item for item in missing_inputs(recipe) if item.startswith("model.init ")]
+    if missing:
+        raise CodegemmaError(f"--init {scale.init}: not found (a training checkpoint directory, HF directory "
+                             "or GGUF file)")
+
+
 @torch.no_grad()
 def segment_losses(model, shards: Path, file_separator: int, max_batches: int = 50, batch_size: int = 8,
                    bos: int | None = None) -> dict:
@@ -235,6 +249,7 @@ def fim_rate(root: Path, out: Path, rates=(0.0, 0.5, 0.9), scale: Scale | None =
     from codegemma.train.run import run
 
     scale = scale or Scale()
+    check_scale(scale, root)
     _, tokenizer = ensure_corpus(root)
     plain = demo_shards(root, 0.0, seq_len=scale.seq_len)
     runs = _runs_dir(root, out, scale, rates=[float(r) for r in rates])
@@ -308,6 +323,7 @@ def packing(root: Path, out: Path, orders=("codegemma", "random"), scale: Scale 
     from codegemma.train.run import run
 
     scale = scale or Scale(seq_len=1024, batch_size=2, steps=400)
+    check_scale(scale, root)
     _, tokenizer = ensure_corpus(root)
     corpus = corpus or small_file_corpus(root)
     special = Tokenizer.from_file(tokenizer).special
@@ -372,7 +388,11 @@ def _runs_dir(root: Path, out: Path, scale: Scale, **settings) -> Path:
     record, now = runs / "settings.json", {**_scale_record(scale), **settings}
     if record.is_file():
         before = json.loads(record.read_text())
-        if before != now:
+        if before != now and not _any_trained(runs):
+            # the last start stopped before any variant trained (a bad setting, an interrupt while the
+            # shards were built): there is nothing to continue, so these settings replace those
+            atomic.write_json(record, now)
+        elif before != now:
             raise CodegemmaError(f"{runs} holds this experiment's runs at other settings "
                                  f"({differences(before, now)}): choose another --out, or remove that directory "
                                  "to start over")
@@ -382,6 +402,15 @@ def _runs_dir(root: Path, out: Path, scale: Scale, **settings) -> Path:
     else:
         atomic.write_json(record, now)
     return runs
+
+
+def _any_trained(runs: Path) -> bool:
+    """Whether a variant under `runs` has logged a step or written a checkpoint, i.e. whether a
+    rerun would continue it."""
+    from codegemma.train import checkpoint
+
+    return any((d / "metrics.jsonl").exists() or checkpoint.list_steps(d / "checkpoints") or (d / "final").exists()
+               for d in runs.iterdir() if d.is_dir())
 
 
 def _write(out: Path, name: str, scale: Scale, results: dict, plot, runs: Path) -> None:

@@ -87,12 +87,16 @@ def plot_runs(metrics_paths: list[Path], labels: list[str], out_path: str | Path
 def save(fig, out_path: str | Path) -> Path:
     """Write a figure atomically (temporary name, then rename) and close it."""
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    # matplotlib picks the format from the file name, and the temporary one ends in .png: without
+    # naming it, `--out curves.pdf` or `.svg` got a PNG under that name. Other names get PNG.
+    kind = out_path.suffix[1:].lower()
+    kind = kind if kind in fig.canvas.get_supported_filetypes() else "png"
+    tmp = out_path.with_name(f".{out_path.name}.tmp.{kind}")
     try:
         if out_path.is_dir():
             raise CodegemmaError(f"{out_path} is a directory: name a .png file to write")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, format=kind)
         tmp.replace(out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)

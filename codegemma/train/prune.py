@@ -151,14 +151,29 @@ def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok:
 
 def parse_layers(spec: str) -> list[int]:
     """'0-5' or '0,1,2,5' -> layer numbers."""
+    bad = f"--layers: expected e.g. '0-5' or '0,1,2', got {spec!r}"
     try:
         out: list[int] = []
         for part in spec.split(","):
-            lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            lo, dash, hi = part.partition("-")
+            lo, hi = int(lo), int(hi) if dash else int(lo)  # int("") raises: '0-' is no range
+            if hi < lo:  # it would select no layer, and the message would show only []
+                raise CodegemmaError(f"{bad} ({part.strip()} runs backwards)")
+            out.extend(range(lo, hi + 1))
         return out
     except ValueError:
-        raise CodegemmaError(f"--layers: expected e.g. '0-5' or '0,1,2', got {spec!r}") from None
+        raise CodegemmaError(bad) from None
+
+
+def check_sizes(layers: list[int], d_ff: int, n_heads: int | None) -> None:
+    """What can be checked without the source model, which takes a while to load (`pruned` checks
+    them against its sizes)."""
+    if not layers or layers[0] < 0 or sorted(set(layers)) != list(layers):
+        raise CodegemmaError(f"layers must be increasing layer numbers from 0, got {layers}")
+    if d_ff < 1:
+        raise CodegemmaError(f"d_ff must be at least 1, got {d_ff}")
+    if n_heads is not None and n_heads < 1:
+        raise CodegemmaError(f"heads must be at least 1, got {n_heads}")
 
 
 def calibration_rows(data, target_tok: Tokenizer, source_tok: Tokenizer, rows: int = 16,
@@ -178,6 +193,7 @@ def prune_checkpoint(source: str | None, tokenizer: str, calibration: str, layer
     from codegemma.train.build import load_tokenizer
 
     # the inputs that do not need the source model are checked before it loads, which takes a while
+    check_sizes(layers, d_ff, n_heads)
     check_replaceable(out, lambda d: False, "empty")  # what save_hf will check, before the load
     target_tok = load_tokenizer(tokenizer)
     data = ShardDataset(calibration)

@@ -53,14 +53,23 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, max_alp
     reserved = reserved_tokens()
     n_fixed = len(reserved) + len(BYTE_TOKENS)
     if vocab_size <= n_fixed + 16:
-        raise CodegemmaError(f"vocab_size {vocab_size} is too small: {n_fixed} ids are reserved")
+        raise CodegemmaError(f"vocab_size {vocab_size} is too small: {len(reserved)} reserved and "
+                             f"{len(BYTE_TOKENS)} byte tokens take {n_fixed} ids; ask for at least {n_fixed + 17}")
     learner = build_untrained()
+    seen = {"chars": 0}
+
+    def counted(texts):
+        for text in texts:
+            seen["chars"] += len(text)
+            yield text
     # The trainer keeps its whole alphabet even past its vocab_size; characters left out of a small
     # vocabulary are still encoded, through the byte tokens.
     alphabet = min(max_alphabet, vocab_size - n_fixed)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(BYTE_TOKENS), min_frequency=min_frequency,
                                   special_tokens=reserved, limit_alphabet=alphabet, show_progress=False)
-    learner.train_from_iterator(texts, trainer=trainer)
+    learner.train_from_iterator(counted(texts), trainer=trainer)
+    if not seen["chars"]:  # the result would be the reserved and byte tokens alone, far short of vocab_size
+        raise CodegemmaError("no text to learn a vocabulary from (the corpus is empty)")
     model = json.loads(learner.to_str())["model"]
     # Re-number: reserved, then the byte tokens as ordinary vocabulary (ByteFallback only decodes
     # non-special tokens), then the learned pieces in the order the trainer found them.
@@ -83,20 +92,35 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, max_alp
 
 
 def iter_files(root: str | Path, extensions: tuple[str, ...] = (), max_bytes: int = 1_000_000) -> Iterator[str]:
-    """Texts of the files under `root` (or `root` itself), skipping binary and huge files."""
+    """Texts of the files under `root` (or `root` itself), skipping binary, empty and huge files.
+    A file named as `root` is read whatever its size, and one that is not UTF-8 text is an error:
+    it was asked for, so leaving it out silently would train on less than the user thinks."""
     root = Path(root)
     if not root.exists():
         raise CodegemmaError(f"tokenizer corpus not found: {root}")
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for path in paths:
+    # "py" and ".py" both mean Python files (Path.suffix has the dot)
+    extensions = tuple(e if e.startswith(".") else f".{e}" for e in extensions)
+    if root.is_file():
+        if extensions and root.suffix not in extensions:
+            return
+        try:
+            text = root.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CodegemmaError(f"{root}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if text:
+            yield text
+        return
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if extensions and path.suffix not in extensions:
             continue
-        if path.stat().st_size > max_bytes:
-            continue
         try:
-            yield path.read_text(encoding="utf-8")
+            if path.stat().st_size > max_bytes:  # generated or data files, in a source tree
+                continue
+            text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
+        if text:  # an empty file adds nothing, and must not count as a corpus
+            yield text
 
 
 def save(tok: Tokenizer, out_path: str | Path) -> Path:

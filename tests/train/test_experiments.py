@@ -110,6 +110,7 @@ def test_a_rerun_reuses_its_runs_only_at_the_same_settings(tmp_path):
     runs = experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5])
     assert runs == tmp_path / "experiments" / "fim-rate"
     (runs / "fim0").mkdir()
+    (runs / "fim0" / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 5.0}\n')  # it trained
     assert experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5]) == runs
     with pytest.raises(CodegemmaError, match=r"experiments/fim-rate holds this experiment's runs at other settings "
                                              r"\(lr 0.003 there, 0.001 here; steps 150 there, 300 here\): choose "
@@ -197,3 +198,92 @@ def test_fim_rates_are_tested_line_by_line_against_rate_zero(tmp_path):
     assert (best["both"], best["only_first"], best["only_second"]) == (2, 4, 0)
     assert tests["l2r", "l2r"]["p_value"] == 1.0
     assert "paired_vs_fim0" not in results["0"] and "paired_vs_fim0" not in results["0.9"]
+
+
+def test_settings_of_a_start_that_trained_nothing_do_not_block_a_rerun(tmp_path):
+    """A start that stopped before any variant trained (a bad --lr, an interrupt while the shards
+    were built) left its settings recorded, and the corrected rerun was refused as "runs at other
+    settings" although there was no run to continue."""
+    out = tmp_path / "docs" / "fim-rate"
+    runs = experiments._runs_dir(tmp_path, out, Scale(steps=150, lr=-1.0), rates=[0.0, 0.5])
+    (runs / "fim0").mkdir()  # the first variant's directory (its lock file), nothing trained
+    (runs / "fim0" / ".lock").write_text("")
+    assert experiments._runs_dir(tmp_path, out, Scale(steps=150), rates=[0.0, 0.5]) == runs
+    assert json.loads((runs / "settings.json").read_text())["lr"] == Scale.lr
+    (runs / "fim0" / "checkpoints").mkdir()
+    (runs / "fim0" / "checkpoints" / "step_00000050.pt").write_bytes(b"")
+    with pytest.raises(CodegemmaError, match="at other settings"):  # now there is a run to continue
+        experiments._runs_dir(tmp_path, out, Scale(steps=300), rates=[0.0, 0.5])
+
+
+@pytest.mark.parametrize("experiment", ["fim_rate", "packing"])
+@pytest.mark.parametrize("scale, message", [
+    (Scale(steps=8, lr=0.0), "optim.lr must be positive"),
+    (Scale(steps=8, seq_len=16), "infill_max_prompt_tokens must be at least 1"),
+    (Scale(steps=8, init="no/such/start"), "--init no/such/start: not found"),
+])
+def test_bad_settings_are_refused_before_the_corpus_is_built(tmp_path, experiment, scale, message):
+    """They used to surface when the first variant started, after minutes of building the corpus,
+    its tokenizer and the shards, and after the settings had been recorded for the runs."""
+    with pytest.raises(CodegemmaError, match=message):
+        getattr(experiments, experiment)(tmp_path / "demo", tmp_path / "out", scale=scale)
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "out").exists()
+
+
+def _bench_train():
+    """bench/train.py (the throughput comparison of docs/experiments), imported from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model, names, sequential", [
+    ("tiny-gemma", ["transformers", "ours"], False),  # transformers first: it crashed on weights of None
+    ("tiny-gemma3", ["transformers"], True),  # transformers alone
+    ("tiny-gemma2", ["ours", "transformers"], False),  # soft-capping: transformers refused SDPA
+    ("tiny-gemma3", ["ours", "transformers"], True),
+])
+def test_the_training_benchmark_times_the_same_model_on_both_sides(model, names, sequential):
+    """Both runners get the same weights in any order, and transformers' model computes the same
+    logits as ours (what makes the speed ratio mean anything), for every family."""
+    from types import SimpleNamespace
+
+    bench = _bench_train()
+    torch.manual_seed(0)
+    cfg = preset(model)
+    batch = torch.randint(0, cfg.vocab_size, (2, 17))
+    args = SimpleNamespace(device="cpu", compile=False, precision="float32", sequential=sequential, rounds=2,
+                           steps=1)
+    seconds, ratio, diff = bench.time_runners(names, cfg, batch, args)
+    assert sorted(seconds) == sorted(names) and all(s > 0 for s in seconds.values())
+    if len(names) == 2:
+        assert diff is not None and diff < 1e-4 and ratio > 0
+    else:
+        assert diff is None and ratio is None
+
+
+def test_the_training_benchmark_refuses_models_that_differ():
+    bench = _bench_train()
+    logits = torch.randn(1, 8, 32)
+    assert bench.logit_difference({"ours": logits, "transformers": logits.clone()}) == 0.0
+    with pytest.raises(SystemExit, match="logits differ"):
+        bench.logit_difference({"ours": logits, "transformers": logits + 0.5})
+    with pytest.raises(SystemExit, match="logits differ"):
+        bench.logit_difference({"ours": logits, "transformers": torch.full_like(logits, float("nan"))})
+
+
+def test_the_training_benchmark_refuses_weights_transformers_leaves_out():
+    """load_state_dict(strict=False) is there for the tied head only: a weight left out used to
+    leave transformers' model partly random without a word."""
+    bench = _bench_train()
+    cfg = preset("tiny-gemma3")
+    state = bench.ours(cfg, None)[0].state_dict()
+    bench.theirs(cfg, state)  # all taken (the head is the embedding)
+    del state["layers.0.self_attn.q_norm.weight"]
+    with pytest.raises(SystemExit, match=r"missing \['model.layers.0.self_attn.q_norm.weight'\]"):
+        bench.theirs(cfg, state)

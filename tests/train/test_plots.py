@@ -30,3 +30,12 @@ def test_an_out_that_is_a_directory_is_one_error_and_leaves_no_temporary(tmp_pat
     with pytest.raises(CodegemmaError, match="is a directory: name a .png file"):
         plot_run(_write(tmp_path / "m.jsonl", [{"loss": 4.5}]), tmp_path / "plots")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "plots"]
+
+
+@pytest.mark.parametrize("name, magic", [("curves.svg", b"<?xml"), ("curves.pdf", b"%PDF"), ("curves.PNG", b"\x89PNG"),
+                                         ("curves", b"\x89PNG")])
+def test_the_file_has_the_format_its_name_says(tmp_path, name, magic):
+    """The figure went to a temporary .png name, so `--out curves.pdf` wrote a PNG called curves.pdf."""
+    out = plot_run(_write(tmp_path / "m.jsonl", [{"loss": 4.5}]), tmp_path / name)
+    assert out.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.jsonl", name])  # no temporary left

@@ -207,3 +207,24 @@ def test_the_tiny_cpu_recipes_declared_shape_is_what_prune_builds(default_gguf_p
     declared = build.model_config(recipe, small_tokenizer)
     build.check_start_shape(recipe, config)
     assert {**config.to_dict(), "norm_eps": 1e-6} == declared.to_dict()  # GGUF holds 1e-6 as float32
+
+
+@pytest.mark.parametrize("spec", ["0-", "5-3", "-", "0,,1"])
+def test_parse_layers_refuses_open_and_backward_ranges(spec):
+    """'0-' used to mean layer 0 alone, and '5-3' no layer at all (reported as `got []` once the
+    source model had loaded)."""
+    with pytest.raises(CodegemmaError, match="--layers"):
+        prune.parse_layers(spec)
+
+
+@pytest.mark.parametrize("layers, d_ff, heads, message", [
+    ([0, 1], 0, None, "d_ff must be at least 1"), ([0], 64, 0, "heads must be at least 1"),
+    ([], 64, None, "layers must be"), ([1, 0], 64, None, "layers must be"),
+])
+def test_sizes_are_checked_before_the_source_loads(small_tokenizer_path, shards, tmp_path, layers, d_ff, heads,
+                                                   message):
+    """Sizes no model can have are refused before the source (by default the 270M model, a long
+    load) is read: the source here does not exist, and the error is about the size."""
+    with pytest.raises(CodegemmaError, match=message):
+        prune.prune_checkpoint(str(tmp_path / "no-such-model"), str(small_tokenizer_path), str(shards), layers,
+                               d_ff, str(tmp_path / "out"), heads)

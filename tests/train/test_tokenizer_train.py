@@ -82,3 +82,62 @@ def test_out_may_name_a_directory(trained, tmp_path):
                                                           "tokenizer_config.json"]
     text = "def f(x):\n    return x * 2019\n"
     assert Tokenizer.from_file(out).encode(text) == tok.encode(text).ids
+
+
+def test_vocabulary_too_small_names_the_smallest_that_works():
+    """364 ids are fixed: the message used to say only that, and 370 or 380 looked big enough."""
+    with pytest.raises(CodegemmaError, match="ask for at least 381"):
+        tokenizer_train.train(["x = 1\n"], vocab_size=380)
+    assert tokenizer_train.train(["x = 1\n" * 20], vocab_size=381).get_vocab_size() <= 381
+
+
+@pytest.mark.parametrize("text", ["a\x00b\x00", "x = 1\r\ny = 2\r\n", "\tif x:\n\t\treturn\t# tab\n",
+                                  " " * 3000 + "end", "\n" * 500, "😀🙂👍🏽\u200d🚀", "\U0010ffff\ufeff\u2028é"])
+def test_any_text_round_trips(trained, text):
+    tok, path = trained
+    from transformers import PreTrainedTokenizerFast
+
+    enc = tok.encode(text)
+    assert "<unk>" not in enc.tokens and tok.decode(enc.ids, skip_special_tokens=True) == text
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    assert hf(text, add_special_tokens=False)["input_ids"] == enc.ids
+
+
+def test_a_corpus_without_text_is_an_error(tmp_path, capsys):
+    """Empty files used to pass as a corpus: `train tokenizer` wrote the 364 fixed tokens alone
+    (asked for 1000) and said it succeeded."""
+    from codegemma.cli import main
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "empty.py").write_text("")
+    assert main(["train", "tokenizer", str(tmp_path / "corpus"), "--vocab-size", "1000",
+                 "--out", str(tmp_path / "tok.json")]) == 1
+    assert "no text files to learn a vocabulary from" in capsys.readouterr().err
+    assert not (tmp_path / "tok.json").exists()
+    with pytest.raises(CodegemmaError, match="no text to learn a vocabulary from"):
+        tokenizer_train.train(["", ""], vocab_size=1000)
+
+
+def test_a_corpus_file_named_on_the_command_line_is_read_whatever_its_size(tmp_path):
+    """The size limit skips generated files inside a directory; it used to skip a corpus file named
+    directly too, so `train tokenizer corpus.txt` of a few MB said there was no text."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x\n" * 100)
+    assert list(tokenizer_train.iter_files(corpus, max_bytes=1000)) == [corpus.read_text()]
+    assert list(tokenizer_train.iter_files(tmp_path, max_bytes=1000)) == []  # in a directory: skipped
+
+
+def test_a_named_file_that_is_not_utf8_is_an_error(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café = 1\n".encode("latin-1"))
+    with pytest.raises(CodegemmaError, match="latin1.txt: not UTF-8 text"):
+        list(tokenizer_train.iter_files(path))
+    assert list(tokenizer_train.iter_files(tmp_path)) == []  # one of many in a directory: skipped
+
+
+def test_extensions_may_leave_out_the_dot(tmp_path):
+    """`--ext py` matched nothing (a suffix has its dot) and the corpus looked empty."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.txt").write_text("words\n")
+    assert list(tokenizer_train.iter_files(tmp_path, ("py",))) == ["x = 1\n"]
+    assert list(tokenizer_train.iter_files(tmp_path, (".py",))) == ["x = 1\n"]
