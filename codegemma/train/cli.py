@@ -75,8 +75,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
     for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples"):
         p.add_argument(f"--{name}", type=count, default=None)
-    for name in ("fim-chunk-chars", "eval-every"):  # 0: whole files; only at the end
-        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--fim-chunk-chars", type=int, default=None, help="FIM pieces of at most this many "
+                                                                     "characters (0: whole files)")
+    p.add_argument("--eval-every", type=int, default=None, help="fim-rate: steps between its runs' evaluations "
+                                                                "(0: four in a run); packing scores its runs at the end")
     p.add_argument("--init", default=None, help="start every variant from this checkpoint (e.g. the tiny-cpu "
                                                   "recipe's runs/demo/gemma3-270m-pruned) instead of from scratch")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-3; a pretrained start wants less)")
@@ -193,6 +195,10 @@ def _tokenizer(args) -> int:
     tok = tokenizer_train.train(itertools.chain([first], texts), args.vocab_size)
     out = tokenizer_train.save(tok, args.out)
     print(f"wrote {out} ({tok.get_vocab_size()} tokens)")
+    if tok.get_vocab_size() < args.vocab_size:  # BPE ran out of pairs seen twice: a corpus too small
+        print(f"codegemma train tokenizer: warning: the corpus gave {tok.get_vocab_size()} of the "
+              f"{args.vocab_size} tokens asked for (no more pairs occur twice); a larger corpus gives more",
+              file=sys.stderr)
     return 0
 
 
@@ -210,7 +216,8 @@ def _prune(args) -> int:
 
     config, params = prune_checkpoint(args.source, args.tokenizer, args.calibration, parse_layers(args.layers),
                                       args.d_ff, args.out, args.heads)
-    print(f"wrote {args.out} ({params:,} parameters: {config.n_layers} layers, {config.n_heads} "
+    print(f"wrote {args.out} ({params:,} parameters: {config.n_layers} layer{'s' if config.n_layers != 1 else ''}, "
+          f"{config.n_heads} "
           f"head{'s' if config.n_heads != 1 else ''}, d_ff {config.d_ff}, "
           f"vocabulary {config.vocab_size})")
     return 0
@@ -238,6 +245,8 @@ def _experiment(args) -> int:
             raise CodegemmaError("--corpus is for the packing experiment; fim-rate uses the demo corpus")
         results = experiments.fim_rate(Path(args.root), out, scale=scale)
     else:
+        if args.eval_every is not None:  # it would be recorded with the runs and change nothing
+            raise CodegemmaError("--eval-every is for the fim-rate experiment; packing scores its runs once, at the end")
         corpus = Path(args.corpus) if args.corpus else None
         if corpus is not None and not corpus.is_dir():
             raise CodegemmaError(f"--corpus {corpus}: not a directory of repositories")

@@ -19,6 +19,23 @@ def test_tokenizer_command(tmp_path, capsys):
     assert (out.parent / "tokenizer_config.json").is_file()
 
 
+def test_tokenizer_command_says_when_the_corpus_gave_fewer_tokens_than_asked(tmp_path, capsys):
+    corpus = tmp_path / "a.py"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 20)
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train", "tokenizer", str(corpus), "--vocab-size", "1000", "--out", str(out)]) == 0
+    got = len(json.loads(out.read_text())["model"]["vocab"])
+    assert got < 1000
+    assert capsys.readouterr().err == (f"codegemma train tokenizer: warning: the corpus gave {got} of the 1000 "
+                                       "tokens asked for (no more pairs occur twice); a larger corpus gives more\n")
+
+
+def test_eval_every_is_refused_for_the_packing_experiment(tmp_path, capsys):
+    assert main(["train", "experiment", "packing", "--root", str(tmp_path), "--eval-every", "10"]) == 1
+    assert "--eval-every is for the fim-rate experiment" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_tokenizer_command_refuses_a_corpus_with_nothing_to_learn(tmp_path, capsys):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "notes.txt").write_text("text, but not of the kind asked for\n")
