@@ -41,6 +41,7 @@ from codegemma.kv_cache import KVCache
 from codegemma.profiles import resolve_profile
 from codegemma.train import distributed, losses
 from codegemma.train.distributed import DistEnv
+from codegemma.train.objectives import LanguageModeling
 from codegemma.train.preference import write_jsonl
 
 # Logit elements one batched forward pass of the middle loss may produce (512 MB in float32): 16
@@ -315,7 +316,7 @@ class Evaluator:
         self.env = env
         # (loss sum, count, sums of further metrics) of a held-out batch: the objective's own
         # (`objectives.*.held_out`), by default the next-token loss
-        self.held_out = held_out or _next_token_loss
+        self.held_out = held_out or LanguageModeling().held_out
         # Each process scores every world_size-th infilling example and the sums and lines are
         # gathered: for a model every process holds whole (DDP). An FSDP-sharded model needs every
         # process in every forward pass, so there each one scores all of them.
@@ -387,11 +388,6 @@ class Evaluator:
         for rank, part in enumerate(parts):
             out[rank::self.env.world_size] = part
         return out
-
-
-def _next_token_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    total, count = losses.lm_loss_sum(model, batch)
-    return total, count, {}
 
 
 def _to(batch: dict, device: torch.device) -> dict:
