@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import re
+import typing
 from pathlib import Path
 
 import torch
@@ -13,7 +15,7 @@ from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 from codegemma.model import Gemma
-from codegemma.tokenizer import Tokenizer, with_fim_sentinels
+from codegemma.tokenizer import SPECIAL_NAMES, Tokenizer, with_fim_sentinels
 from codegemma.train.distributed import DistEnv
 from codegemma.train.recipe import Recipe
 
@@ -26,11 +28,59 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     return load(str(spec))
 
 
+# the numeric ModelConfig fields that may be 0; every other one is a size, count, scale or cap,
+# where 0 or less is no model (n_heads = 0 ended in a ZeroDivisionError)
+_TOKEN_IDS = ("bos_id", "eos_id", "pad_id")
+
+
+def checked_overrides(overrides: dict) -> dict:
+    """`model.overrides` with each known field's value of the field's type and in its range (ints
+    where floats are expected become floats); names that are no field are left to the caller.
+
+    The recipe loader takes the table as it is, and ModelConfig does not check types: a quoted
+    `d_model = "256"` or `n_layers = 6.0` otherwise ends in a TypeError deep inside torch, and
+    `qk_norm = "no"` or `n_layers = true` build a different model without any error."""
+    hints = typing.get_type_hints(ModelConfig)
+    checked = {}
+    for key, value in overrides.items():
+        if key not in hints:
+            checked[key] = value
+            continue
+        hint = hints[key]
+        optional = type(None) in typing.get_args(hint)
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+        where = f"model.overrides.{key}"
+        if typing.get_origin(kind) is list:
+            if not isinstance(value, list) or not all(v in ("global", "local") for v in value):
+                raise CodegemmaError(f'{where} must be a list of "global" / "local", got {value!r}')
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise CodegemmaError(f"{where} must be true or false, got {value!r}")
+        elif kind in (int, float):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
+                raise CodegemmaError(f"{where} must be {'an integer' if kind is int else 'a finite number'}, "
+                                     f"got {value!r}")
+            value = float(value) if kind is float else value
+            if key in _TOKEN_IDS and value < 0:
+                raise CodegemmaError(f"{where} must be a token id (0 or more), got {value!r}")
+            if key not in _TOKEN_IDS and value <= 0:
+                raise CodegemmaError(f"{where} must be positive, got {value!r}")
+        elif not isinstance(value, kind):
+            raise CodegemmaError(f"{where} must be {kind.__name__}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
 def model_config(recipe: Recipe, tokenizer: Tokenizer | None) -> ModelConfig:
     if not recipe.model.preset:
         raise CodegemmaError("recipe [model] needs `preset` or `init`")
     base = preset(recipe.model.preset).to_dict()
-    overrides = dict(recipe.model.overrides)
+    overrides = checked_overrides(recipe.model.overrides)
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise CodegemmaError(f"model.overrides: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                             f"a model field; fields: {', '.join(base)}")
     if tokenizer is not None:
         overrides.setdefault("vocab_size", tokenizer.vocab_size)
         for name in ("bos", "eos", "pad"):
@@ -51,6 +101,7 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
     if recipe.model.init:
         from codegemma.checkpoints import load
 
+        checked_overrides(recipe.model.overrides)  # before a checkpoint that may take minutes to load
         loaded = load(recipe.model.init, dtype="float32")
         model, config = loaded.model, loaded.config
         check_start_shape(recipe, config)
@@ -61,6 +112,15 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
         config = model_config(recipe, tokenizer)
         model = Gemma(config)
         model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+        if recipe.model.fim_sentinels_from:
+            # a fresh model over a vocabulary without sentinels (Gemma's, from scratch): every row is
+            # a fresh draw already, so only the tokenizer changes; ignoring the setting instead left the
+            # run refusing shards built with it, asking for the very setting the recipe gives
+            if tokenizer is None:
+                raise CodegemmaError("model.fim_sentinels_from needs the run's tokenizer (`tokenizer`)")
+            tokenizer = with_fim_sentinels(tokenizer, checked_fim_sources(tokenizer, recipe.model.fim_sentinels_from,
+                                                                          len(model.embed_tokens.weight)),
+                                           "model.fim_sentinels_from")
     freeze(model, recipe.model.freeze)
     return model.train(), config, tokenizer
 
@@ -77,7 +137,8 @@ def check_start_shape(recipe: Recipe, config: ModelConfig) -> None:
         return have == value
 
     wrong = [f"{key} = {value!r} (the start has {known[key]!r})" if key in known else f"{key} is not a model field"
-             for key, value in recipe.model.overrides.items() if key not in known or not same(key, value)]
+             for key, value in checked_overrides(recipe.model.overrides).items()
+             if key not in known or not same(key, value)]
     if wrong:
         raise CodegemmaError(f"model.init {recipe.model.init} is not the model model.overrides describes: "
                              + "; ".join(wrong))
@@ -118,6 +179,38 @@ def new_token_rows(embed: torch.Tensor, count: int, seed: int = 0) -> torch.Tens
     return (mean + noise @ chol.T).to(embed.dtype)
 
 
+def checked_fim_sources(tokenizer: Tokenizer, unused: list[str], rows: int) -> list[str]:
+    """`unused` (model.fim_sentinels_from) if its tokens can become the sentinels: four different
+    tokens, each one the text never uses, inside the embedding's `rows`.
+
+    A token the text is made of (an ordinary vocabulary piece, a byte, <bos>, <eos>, the turn
+    markers) would lose its trained embedding row to a random draw and its place in the
+    tokenization; a name given twice left one sentinel unmade (then an IndexError). Tokens only
+    matter where their sentinel is still missing: a vocabulary that has the sentinels keeps them."""
+    sentinels = CODEGEMMA_SENTINELS.all()
+    where = "model.fim_sentinels_from"
+    if len(unused) != len(sentinels):
+        raise CodegemmaError(f"{where} needs {len(sentinels)} tokens (prefix, middle, suffix, file separator), "
+                             f"got {len(unused)}")
+    repeated = sorted({name for name in unused if unused.count(name) > 1})
+    if repeated:
+        raise CodegemmaError(f"{where} names {', '.join(repeated)} more than once: each sentinel needs its own token")
+    added = set(tokenizer.backend.get_added_tokens_decoder())
+    in_use = {SPECIAL_NAMES[name] for name in ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn")}
+    for name, sentinel in zip(unused, sentinels):
+        token_id = tokenizer.token_to_id(name)
+        if tokenizer.token_to_id(sentinel) is not None or token_id is None:
+            continue  # nothing to make, or with_fim_sentinels names the missing token
+        if name in in_use:
+            raise CodegemmaError(f"{where}: {name} (id {token_id}) is a token the model uses, not an unused one")
+        if token_id not in added and (tokenizer.encode(name) == [token_id] or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", name)):
+            raise CodegemmaError(f"{where}: {name!r} (id {token_id}) is an ordinary piece of text in this vocabulary, "
+                                 f"not an unused token: name unused ones such as <unused60>")
+        if token_id >= rows:
+            raise CodegemmaError(f"{where}: {name} is id {token_id}, past the model's {rows} embedding rows")
+    return list(unused)
+
+
 def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:
     """Turn four unused tokens into <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|>, <|file_separator|>.
 
@@ -126,6 +219,7 @@ def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[st
     """
     if tokenizer is None:
         raise CodegemmaError("turning unused tokens into FIM sentinels needs the checkpoint's tokenizer")
+    checked_fim_sources(tokenizer, unused, len(model.embed_tokens.weight))
     fresh = [new for new in CODEGEMMA_SENTINELS.all() if tokenizer.token_to_id(new) is None]
     renamed = with_fim_sentinels(tokenizer, unused, "model.fim_sentinels_from")
     with torch.no_grad():

@@ -97,3 +97,75 @@ def test_the_tiny_cpu_recipe_declares_its_starts_shape():
     config = build.model_config(recipe, None)
     assert (config.family, config.n_layers, config.d_ff, config.vocab_size) == ("gemma3", 6, 384, 8192)
     assert config.num_params() == 19_516_032  # what `train prune` reports for the start it writes
+
+
+def _without_sentinels(tokenizer):
+    """The test vocabulary with its FIM sentinels spelled <spare0..3> (same ids): a Gemma-like
+    vocabulary that has unused slots but no sentinels."""
+    spares = [f"<spare{i}>" for i in range(4)]
+    return rename_tokens(tokenizer, dict(zip(CODEGEMMA_SENTINELS.all(), spares))), spares
+
+
+def test_a_fresh_model_also_turns_unused_tokens_into_fim_sentinels(small_tokenizer):
+    """`model.fim_sentinels_from` without `init` (a fresh model over Gemma's vocabulary): the run's
+    tokenizer gets the sentinels, as the shards built with the same setting have them. Ignored, the
+    run refused those shards and asked for the setting it had been given."""
+    plain, spares = _without_sentinels(small_tokenizer)
+    recipe = recipe_mod.from_dict({"model": {"preset": "tiny-gemma", "fim_sentinels_from": spares}})
+    _, config, tok = build.build_model(recipe, plain)
+    assert [tok.token_to_id(s) for s in CODEGEMMA_SENTINELS.all()] == [plain.token_to_id(s) for s in spares]
+    assert config.vocab_size == plain.vocab_size
+
+
+def test_fim_sentinels_are_made_only_of_unused_tokens(small_tokenizer):
+    """A token the text uses (an ordinary piece, <bos>, a turn marker) or a name given twice is
+    refused with one line naming it, and no embedding row changes: renamed, the ordinary piece lost
+    its trained row to a random draw (or the tokenizer failed to load), <bos> became a sentinel, and
+    a repeated name left one sentinel unmade and failed with an IndexError."""
+    import pytest
+
+    from codegemma.errors import CodegemmaError
+
+    plain, spares = _without_sentinels(small_tokenizer)
+    model, _, _ = build.build_model(recipe_mod.from_dict({"model": {"preset": "tiny-gemma"}}), plain)
+    before = model.embed_tokens.weight.detach().clone()
+    ordinary = plain.id_to_token(plain.encode("return")[0])
+    cases = [("an ordinary piece of text", [ordinary, *spares[1:]]),
+             ("a token the model uses", ["<bos>", *spares[1:]]),
+             ("a token the model uses", [spares[0], "<start_of_turn>", *spares[2:]]),
+             ("more than once", [spares[0], spares[0], *spares[2:]])]
+    for expected, unused in cases:
+        with pytest.raises(CodegemmaError, match=expected):
+            build.add_fim_sentinels(model, plain, unused)
+    assert torch.equal(model.embed_tokens.weight, before)
+    with pytest.raises(CodegemmaError, match="more than once"):
+        build.build_model(recipe_mod.from_dict({"model": {"preset": "tiny-gemma", "fim_sentinels_from":
+                                                          [spares[0], *spares[:3]]}}), plain)
+    tok = build.add_fim_sentinels(model, small_tokenizer, [ordinary, "<bos>", "<eos>", "<absent>"])
+    assert tok.token_to_id(CODEGEMMA_SENTINELS.prefix) == 67  # a vocabulary with the sentinels keeps them
+    assert torch.equal(model.embed_tokens.weight, before)
+
+
+def test_model_overrides_are_checked_for_type_and_range(tmp_path):
+    """A value of the wrong type in [model.overrides] is one line naming the key, before a start
+    is loaded, where it failed inside torch (`d_model = "256"`, `n_layers = 6.0`) or built another
+    model without a word (`qk_norm = "yes"`, `n_layers = true`, `post_norms = 1`)."""
+    import pytest
+
+    from codegemma.errors import CodegemmaError
+
+    bad = [{"d_model": "256"}, {"n_layers": 6.0}, {"n_layers": True}, {"qk_norm": "yes"}, {"post_norms": 1},
+           {"n_heads": 0}, {"norm_eps": -1e-6}, {"sliding_window": "8"}, {"layer_types": ["global", "loca1"]}]
+    for overrides in bad:
+        key = next(iter(overrides))
+        recipe = recipe_mod.from_dict({"model": {"preset": "tiny-gemma", "overrides": overrides}})
+        with pytest.raises(CodegemmaError, match=f"model.overrides.{key} must be"):
+            build.build_model(recipe, None)
+        started = recipe_mod.from_dict({"model": {"init": str(tmp_path / "absent"), "overrides": overrides}})
+        with pytest.raises(CodegemmaError, match=f"model.overrides.{key} must be"):
+            build.build_model(started, None)  # the shape is checked before the start is looked for
+    with pytest.raises(CodegemmaError, match="model.overrides: d_fff is not a model field"):
+        build.build_model(recipe_mod.from_dict({"model": {"overrides": {"d_fff": 3}}}), None)
+    _, config, _ = build.build_model(recipe_mod.from_dict(
+        {"model": {"preset": "tiny-gemma", "overrides": {"norm_eps": 1, "n_layers": 3}}}), None)
+    assert config.norm_eps == 1.0 and isinstance(config.norm_eps, float) and config.n_layers == 3
