@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
@@ -238,4 +239,21 @@ def with_fim_sentinels(tokenizer: Tokenizer, unused: list[str], where: str = "fi
     if len(unused) != len(sentinels):
         raise CodegemmaError(f"{where} needs {len(sentinels)} tokens (prefix, middle, suffix, file separator), "
                              f"got {len(unused)}")
+    # A name given twice left one sentinel unmade. A token the text is made of (an ordinary piece, a
+    # byte, <bos>, <eos>, the turn markers) would lose its place in the tokenization, and in a
+    # model its trained embedding row. Names matter only where their sentinel is still missing.
+    repeated = sorted({name for name in unused if unused.count(name) > 1})
+    if repeated:
+        raise CodegemmaError(f"{where} names {', '.join(repeated)} more than once: each sentinel needs its own token")
+    added = set(tokenizer.backend.get_added_tokens_decoder())
+    in_use = {SPECIAL_NAMES[name] for name in ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn")}
+    for name, sentinel in zip(unused, sentinels):
+        token_id = tokenizer.token_to_id(name)
+        if tokenizer.token_to_id(sentinel) is not None or token_id is None:
+            continue  # nothing to make, or rename_tokens names the missing token
+        if name in in_use:
+            raise CodegemmaError(f"{where}: {name} (id {token_id}) is a token the model uses, not an unused one")
+        if token_id not in added and (tokenizer.encode(name) == [token_id] or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", name)):
+            raise CodegemmaError(f"{where}: {name!r} (id {token_id}) is an ordinary piece of text in this vocabulary, "
+                                 "not an unused token: name unused ones such as <unused60>")
     return rename_tokens(tokenizer, dict(zip(unused, sentinels)))

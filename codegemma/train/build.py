@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import re
 import typing
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 from codegemma.model import Gemma
-from codegemma.tokenizer import SPECIAL_NAMES, Tokenizer, with_fim_sentinels
+from codegemma.tokenizer import Tokenizer, with_fim_sentinels
 from codegemma.train.distributed import DistEnv
 from codegemma.train.recipe import Recipe
 
@@ -118,9 +117,8 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
             # run refusing shards built with it, asking for the very setting the recipe gives
             if tokenizer is None:
                 raise CodegemmaError("model.fim_sentinels_from needs the run's tokenizer (`tokenizer`)")
-            tokenizer = with_fim_sentinels(tokenizer, checked_fim_sources(tokenizer, recipe.model.fim_sentinels_from,
-                                                                          len(model.embed_tokens.weight)),
-                                           "model.fim_sentinels_from")
+            check_fim_rows(tokenizer, recipe.model.fim_sentinels_from, len(model.embed_tokens.weight))
+            tokenizer = with_fim_sentinels(tokenizer, recipe.model.fim_sentinels_from, "model.fim_sentinels_from")
     freeze(model, recipe.model.freeze)
     return model.train(), config, tokenizer
 
@@ -179,36 +177,14 @@ def new_token_rows(embed: torch.Tensor, count: int, seed: int = 0) -> torch.Tens
     return (mean + noise @ chol.T).to(embed.dtype)
 
 
-def checked_fim_sources(tokenizer: Tokenizer, unused: list[str], rows: int) -> list[str]:
-    """`unused` (model.fim_sentinels_from) if its tokens can become the sentinels: four different
-    tokens, each one the text never uses, inside the embedding's `rows`.
-
-    A token the text is made of (an ordinary vocabulary piece, a byte, <bos>, <eos>, the turn
-    markers) would lose its trained embedding row to a random draw and its place in the
-    tokenization; a name given twice left one sentinel unmade (then an IndexError). Tokens only
-    matter where their sentinel is still missing: a vocabulary that has the sentinels keeps them."""
-    sentinels = CODEGEMMA_SENTINELS.all()
-    where = "model.fim_sentinels_from"
-    if len(unused) != len(sentinels):
-        raise CodegemmaError(f"{where} needs {len(sentinels)} tokens (prefix, middle, suffix, file separator), "
-                             f"got {len(unused)}")
-    repeated = sorted({name for name in unused if unused.count(name) > 1})
-    if repeated:
-        raise CodegemmaError(f"{where} names {', '.join(repeated)} more than once: each sentinel needs its own token")
-    added = set(tokenizer.backend.get_added_tokens_decoder())
-    in_use = {SPECIAL_NAMES[name] for name in ("pad", "eos", "bos", "unk", "mask", "start_of_turn", "end_of_turn")}
-    for name, sentinel in zip(unused, sentinels):
+def check_fim_rows(tokenizer: Tokenizer, unused: list[str], rows: int) -> None:
+    """The tokens that become sentinels (model.fim_sentinels_from) have rows in the embedding
+    (`with_fim_sentinels` checks that they are unused ones)."""
+    for name in unused:
         token_id = tokenizer.token_to_id(name)
-        if tokenizer.token_to_id(sentinel) is not None or token_id is None:
-            continue  # nothing to make, or with_fim_sentinels names the missing token
-        if name in in_use:
-            raise CodegemmaError(f"{where}: {name} (id {token_id}) is a token the model uses, not an unused one")
-        if token_id not in added and (tokenizer.encode(name) == [token_id] or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", name)):
-            raise CodegemmaError(f"{where}: {name!r} (id {token_id}) is an ordinary piece of text in this vocabulary, "
-                                 f"not an unused token: name unused ones such as <unused60>")
-        if token_id >= rows:
-            raise CodegemmaError(f"{where}: {name} is id {token_id}, past the model's {rows} embedding rows")
-    return list(unused)
+        if token_id is not None and token_id >= rows:
+            raise CodegemmaError(f"model.fim_sentinels_from: {name} is id {token_id}, past the model's {rows} "
+                                 "embedding rows")
 
 
 def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[str]) -> Tokenizer:
@@ -219,7 +195,7 @@ def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[st
     """
     if tokenizer is None:
         raise CodegemmaError("turning unused tokens into FIM sentinels needs the checkpoint's tokenizer")
-    checked_fim_sources(tokenizer, unused, len(model.embed_tokens.weight))
+    check_fim_rows(tokenizer, unused, len(model.embed_tokens.weight))
     fresh = [new for new in CODEGEMMA_SENTINELS.all() if tokenizer.token_to_id(new) is None]
     renamed = with_fim_sentinels(tokenizer, unused, "model.fim_sentinels_from")
     with torch.no_grad():
