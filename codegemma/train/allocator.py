@@ -15,8 +15,11 @@ import sys
 from contextlib import contextmanager
 
 # mallopt parameters and glibc's defaults, from malloc.h and malloc.c
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+DEFAULT_MMAP_MAX = 65536
+# glibc moves its mmap threshold up to the largest block freed, to at most this (32 MB on 64-bit
+# systems), and its trim threshold to twice that: where a process that has freed large tensors ends up
+MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
 _INT_MAX = 2**31 - 1
 
 
@@ -35,8 +38,13 @@ def _libc():
 @contextmanager
 def freed_memory_kept():
     """Inside: large blocks come from the heap and the heap's free top is never trimmed. Yields
-    whether that applied (glibc only). On leaving, glibc's defaults come back and the kept memory
-    is returned to the system."""
+    whether that applied (glibc only). On leaving, the kept memory is returned to the system and
+    the thresholds are those glibc's defaults reach once large blocks have been freed.
+
+    Any mallopt call on these thresholds turns glibc's moving mmap threshold off for good, so
+    putting back the starting values (128 KB) would leave every later allocation of 128 KB or more
+    (a notebook's inference after `run()`) mapping fresh pages and faulting on each of them: the
+    threshold is set where the moving one would stand after a training run instead."""
     libc = _libc()
     applied = bool(libc) and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, _INT_MAX))
     try:
@@ -44,5 +52,6 @@ def freed_memory_kept():
     finally:
         if libc:
             libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-            libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+            libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
             libc.malloc_trim(0)

@@ -20,7 +20,10 @@ import torch
 
 from codegemma.errors import CodegemmaError
 
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
+# at least 8 digits: from step 100,000,000 on the name grows a digit, and is still a checkpoint
+_NAME = re.compile(r"^step_(\d{8,})\.pt$")
+# what a save killed before its rename leaves (`_atomic_write`'s temporary names)
+_TEMPORARY = re.compile(r"^\.(step_\d{8,}\.pt|latest)\..*\.tmp$")
 
 
 def rng_state() -> dict:
@@ -69,15 +72,57 @@ def _atomic_text(text: str, path: Path) -> None:
 
 
 def save(ckpt_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write `state` as the checkpoint of `step`, point `latest` at it, and prune old ones."""
+    """Write `state` as the checkpoint of `step`, point `latest` at it, and prune old ones.
+
+    `keep` counts this checkpoint and the newest ones before it; checkpoints of later steps (a run
+    continued from an earlier checkpoint than its newest) are left alone, and the one just written is
+    never pruned, so `latest` always names a file. A write the system refuses (a full disk, a quota)
+    is a CodegemmaError that names the file and the newest complete checkpoint, which is intact.
+    """
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{step:08d}.pt"
-    _atomic_torch_save(state, path)
-    _atomic_text(path.name + "\n", ckpt_dir / "latest")
+    _remove_temporaries(ckpt_dir)
+    try:
+        _atomic_torch_save(state, path)
+        _atomic_text(path.name + "\n", ckpt_dir / "latest")
+    except Exception as exc:
+        reason = _os_error(exc)
+        if reason is None:  # not the system refusing the write: a bug, with its traceback
+            raise
+        newest = latest(ckpt_dir)
+        kept = f"the newest complete checkpoint is still {newest}" if newest else "no checkpoint was written yet"
+        raise CodegemmaError(f"{path}: cannot write the checkpoint ({reason.strerror or reason}); {kept}") from None
     if keep > 0:
-        for old in list_steps(ckpt_dir)[:-keep]:
-            (ckpt_dir / f"step_{old:08d}.pt").unlink(missing_ok=True)
+        earlier = [s for s in list_steps(ckpt_dir) if s < step]
+        for old in earlier[:max(len(earlier) - (keep - 1), 0)]:
+            _path(ckpt_dir, old).unlink(missing_ok=True)
     return path
+
+
+def _path(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"step_{step:08d}.pt"
+
+
+def _remove_temporaries(ckpt_dir: Path) -> None:
+    """A save killed outright (SIGKILL, a second SIGTERM, a node lost) leaves its temporary file, as
+    large as a checkpoint; a preemptible job would collect one per preemption. Only the run holding
+    the out_dir lock writes here, so any temporary found is a dead save's."""
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if _TEMPORARY.match(p.name):
+                p.unlink(missing_ok=True)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: torch.save reports a failed write as a RuntimeError raised while
+    it handles the OSError ("unexpected pos ..."), which says nothing of the disk."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def list_steps(ckpt_dir: str | Path) -> list[int]:
@@ -96,7 +141,7 @@ def latest(ckpt_dir: str | Path) -> Path | None:
         if path.is_file():
             return path
     steps = list_steps(ckpt_dir)
-    return ckpt_dir / f"step_{steps[-1]:08d}.pt" if steps else None
+    return _path(ckpt_dir, steps[-1]) if steps else None
 
 
 def load(path: str | Path) -> dict:
@@ -107,4 +152,9 @@ def load(path: str | Path) -> dict:
         # the file holds RNG and data-reader states (numpy arrays, tuples), so it is not weights-only
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated or foreign file
-        raise CodegemmaError(f"{path}: not a readable training checkpoint ({exc})") from None
+        # one line: torch's messages run to several sentences and lines
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+        earlier = [s for s in list_steps(path.parent) if _path(path.parent, s) != path]
+        hint = (f"; remove it to continue from {_path(path.parent, earlier[-1]).name}"
+                if _NAME.match(path.name) and earlier else "")
+        raise CodegemmaError(f"{path}: not a readable training checkpoint ({reason}){hint}") from None

@@ -2,12 +2,14 @@
 
 `metrics.jsonl` gets one object per logged event: {"step", "kind": "train"|"eval", ...}. A resumed
 run appends to the same file and re-logs the steps after its checkpoint; readers keep the last
-record of each (kind, step), which is what `read` returns.
+record of each (kind, step), which is what `read` returns. JSON has no NaN or infinity: a value that
+is not finite (the step a run diverged on) is written as null, and `read` gives it back as nan.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import psutil
 import torch
 
 from codegemma.config import ModelConfig
+from codegemma.errors import CodegemmaError
 from codegemma.kernels import cpu_flags
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. The first key that is
@@ -98,7 +101,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, **{k: _plain(v) for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
+        # Python would write NaN/Infinity, which strict JSON readers (JavaScript, Go, jq --strict) reject
+        self._file.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
@@ -114,18 +118,33 @@ class MetricsLogger:
 
 
 def _keep_records_up_to(path: Path, step: int) -> None:
-    """Rewrite `path` (atomically) without records after `step` and without lines that do not parse."""
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line + "\n")
+    """Rewrite `path` (atomically) without records after `step` and without lines that are not
+    records (a line a kill cut short). A file whose first line is whole and no record is another
+    program's: refused, not emptied."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    if lines and lines[0].endswith(b"\n") and _step_of(lines[0]) is None:
+        raise CodegemmaError(f"{path}: not a codegemma metrics log (its first line is no JSON record); move it "
+                             "away, or choose another out_dir")
+    kept = [line.rstrip(b"\n") + b"\n" for line in lines if (n := _step_of(line)) is not None and n <= step]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.write_bytes(b"".join(kept))
     tmp.replace(path)
+
+
+def _step_of(line: bytes) -> int | None:
+    """The step of a metrics record, None for a line that is not one (torn, blank, foreign)."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step", 0)
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _plain(value):
@@ -135,14 +154,14 @@ def _plain(value):
 
 
 def read(path: str | Path, kind: str = "train") -> list[dict]:
-    """The records of one kind, last write per step wins, in step order."""
+    """The records of one kind, last write per step wins, in step order (null values as nan)."""
     by_step: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 record = json.loads(line)
             except ValueError:  # blank, or the last line of a run killed while writing it
                 continue
-            if record.get("kind") == kind:
-                by_step[record["step"]] = record
+            if isinstance(record, dict) and record.get("kind") == kind and isinstance(record.get("step"), int):
+                by_step[record["step"]] = {k: math.nan if v is None else v for k, v in record.items()}
     return [by_step[s] for s in sorted(by_step)]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def make_objective(recipe: Recipe, model):
 def run(recipe: Recipe, resume: bool = True) -> dict:
     """Train per `recipe`; returns a summary (final step, last losses, output paths)."""
     env = distributed.init(recipe.train.device)
+    threads = torch.get_num_threads()  # the run's setting is the run's: a notebook's later work keeps its own
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # on a CPU, each step's large tensors reuse the last step's memory: no page faults (allocator.py)
@@ -131,6 +133,7 @@ def run(recipe: Recipe, resume: bool = True) -> dict:
         with memory, only_run_in(Path(recipe.out_dir), env.is_main):
             return _train(recipe, env, resume)
     finally:
+        torch.set_num_threads(threads)
         distributed.shutdown(env)
 
 
@@ -181,20 +184,44 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     trainer = Trainer(recipe, model, objective, data, env, evaluator,
                       flops_per_token=metrics.flops_per_token(config, seq_len))
     out_dir = Path(recipe.out_dir)
-    trainer.fit(resume=resume)
+    trained = trainer.fit(resume=resume)
     summary = {"step": trainer.step, "out_dir": str(out_dir)}
-    state = trainer.model_state()
+    # a run finished before (nothing trained now) whose final model is newer than its last checkpoint
+    # has nothing left to do: exporting again would rewrite the same weights (gigabytes for 2B/7B).
+    # A final model that a crash left missing or older than the checkpoint is exported again.
+    done = not trained and _exported_after(out_dir / "final", out_dir / "checkpoints")
+    # (gathering the state is collective under torchrun: every process takes part whatever it decided)
+    state = None if done and not env.distributed else trainer.model_state()
     if env.is_main:
-        summary["final"] = str(export_final(model, state, config, tokenizer, out_dir / "final", recipe))
-        if recipe.log.plots and (out_dir / "metrics.jsonl").exists():
-            from codegemma.train.plots import plot_run
+        if done:
+            summary["already_finished"] = True
+            summary["final"] = str(out_dir / "final")
+            print(f"codegemma train: {out_dir} finished step {trainer.step} before; nothing trained, final model "
+                  f"{out_dir / 'final'} kept", file=sys.stderr)
+        else:
+            summary["final"] = str(export_final(model, state, config, tokenizer, out_dir / "final", recipe))
+        curves, log = out_dir / "curves.png", out_dir / "metrics.jsonl"
+        if recipe.log.plots and log.exists():
+            if not (done and curves.exists() and curves.stat().st_mtime_ns >= log.stat().st_mtime_ns):
+                from codegemma.train.plots import plot_run
 
-            summary["plot"] = str(plot_run(out_dir / "metrics.jsonl", out_dir / "curves.png", recipe.name))
+                plot_run(log, curves, recipe.name)
+            summary["plot"] = str(curves)
     if env.distributed:
         # the other processes wait for the export: none tears the process group down while the
         # main process may still use it (not in `finally`: after an error this would hang)
         torch.distributed.barrier()
     return summary
+
+
+def _exported_after(final: Path, ckpt_dir: Path) -> bool:
+    """Whether `final` holds a complete export written after the newest checkpoint was saved (it
+    appears only complete: `save_hf` writes it under another name and renames it)."""
+    from codegemma.train import checkpoint
+
+    newest = checkpoint.latest(ckpt_dir)
+    config = final / "config.json"
+    return newest is not None and config.is_file() and config.stat().st_mtime_ns >= newest.stat().st_mtime_ns
 
 
 def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:

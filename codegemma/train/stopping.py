@@ -39,11 +39,16 @@ class StopSignals:
 
     def __init__(self):
         self.received = 0
+        self._seen: set[int] = set()
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # only there can Python handle signals
             for signum in SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    # ignored by whoever started us (`nohup`, a script's `cmd &` ignores SIGINT): a
+                    # Ctrl-C meant for the foreground job must not stop this run
+                    continue
                 previous = signal.signal(signum, self._handle)
                 # None: a handler installed outside Python, which cannot be put back; the default instead
                 self._previous[signum] = signal.SIG_DFL if previous is None else previous
@@ -55,10 +60,13 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if signum == self.received:  # asked twice: the signal does what it did before
+        # asked twice: the signal does what it did before, also after the other kind came first (a
+        # Ctrl-C, then a scheduler's repeated SIGTERMs)
+        if signum in self._seen:
             signal.signal(signum, self._previous.pop(signum))
             signal.raise_signal(signum)
             return
+        self._seen.add(signum)
         self.received = self.received or signum
 
     def requested(self, env: DistEnv) -> int:

@@ -38,3 +38,115 @@ def test_atomic_text_replaces_target(tmp_path):
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["latest"]
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_checkpoints_past_99_999_999_steps_are_listed_and_pruned(tmp_path):
+    """From step 100,000,000 the name has 9 digits; it must still count as a checkpoint, or `latest`
+    without its pointer would go back to step 99,999,999 and `keep` would never prune it."""
+    for step in (99_999_999, 100_000_000, 100_000_001):
+        checkpoint.save(tmp_path, step, {"step": step}, keep=2)
+    assert checkpoint.list_steps(tmp_path) == [100_000_000, 100_000_001]
+    (tmp_path / "latest").unlink()
+    assert checkpoint.latest(tmp_path).name == "step_100000001.pt"
+
+
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
+    """A run continued from an earlier checkpoint than its newest (`latest` pointed back by hand after
+    a loss spike) saves steps below the old newest one: with keep = 1, pruning by step order deleted
+    the file just written, leaving `latest` naming nothing and the abandoned step 10 as the fallback."""
+    for step in (5, 10):
+        checkpoint.save(tmp_path, step, {"step": step}, keep=0)
+    (tmp_path / "latest").write_text("step_00000005.pt\n")
+    path = checkpoint.save(tmp_path, 8, {"step": 8}, keep=1)
+    assert path.is_file() and checkpoint.latest(tmp_path) == path
+    assert checkpoint.list_steps(tmp_path) == [8, 10]  # 5 pruned; the later step 10 left alone
+    checkpoint.save(tmp_path, 9, {"step": 9}, keep=2)
+    assert checkpoint.list_steps(tmp_path) == [8, 9, 10]
+
+
+def test_a_save_removes_what_killed_saves_left(tmp_path):
+    """A save killed before its rename (SIGKILL, a second SIGTERM) leaves a checkpoint-sized temporary
+    file; a preemptible job would pile one up per preemption. The next save removes them."""
+    checkpoint.save(tmp_path, 1, {"step": 1})
+    dead = [tmp_path / ".step_00000002.pt.k3j9x.tmp", tmp_path / ".latest.a8b2c.tmp"]
+    for p in dead:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.txt").write_text("mine")
+    checkpoint.save(tmp_path, 2, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "notes.txt", "step_00000001.pt",
+                                                          "step_00000002.pt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_full_disk_during_a_save_is_one_line_naming_the_file(tmp_path):
+    """torch.save turns the failed write into `RuntimeError: unexpected pos ...` (a traceback that says
+    nothing of the disk); the run stops with one line naming the file, the reason and the intact
+    checkpoint, and leaves no temporary file."""
+    import resource
+
+    from codegemma.errors import CodegemmaError
+
+    checkpoint.save(tmp_path, 1, {"step": 1})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # writes past 1 MB fail with EFBIG, as on a full disk
+    try:
+        with pytest.raises(CodegemmaError) as err:
+            checkpoint.save(tmp_path, 2, {"model": torch.zeros(1 << 20)})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert "\n" not in message and "step_00000002.pt: cannot write the checkpoint (File too large)" in message
+    assert message.endswith(f"the newest complete checkpoint is still {tmp_path / 'step_00000001.pt'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt"]
+    assert checkpoint.latest(tmp_path).name == "step_00000001.pt"
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_way_back(tmp_path):
+    from codegemma.errors import CodegemmaError
+
+    for step in (4, 8):
+        checkpoint.save(tmp_path, step, {"step": step, "w": torch.zeros(1000)})
+    path = tmp_path / "step_00000008.pt"
+    path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(CodegemmaError) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: not a readable training checkpoint (")
+    assert message.endswith("remove it to continue from step_00000004.pt")
+    path.unlink()
+    assert checkpoint.load(checkpoint.latest(tmp_path))["step"] == 4
+
+
+def _tiny_recipe(tmp_path, steps=4, extra=""):
+    from codegemma.train import recipe as recipe_mod
+
+    from .conftest import recipe_toml, write_shards
+
+    shards = write_shards(tmp_path / "shards", n=16)
+    (tmp_path / "r.toml").write_text(recipe_toml(tmp_path / "run", shards, steps, extra))
+    return recipe_mod.load(tmp_path / "r.toml", [])
+
+
+def test_running_a_finished_run_again_exports_nothing_unless_its_export_was_lost(tmp_path, capsys):
+    """Running the command of a finished run again re-exported the final model and said nothing (for
+    a 7B run, gigabytes rewritten). It keeps the final model and says so; a final model a crash left
+    missing, or older than the newest checkpoint (an export that failed after a longer run), is
+    written again."""
+    from codegemma.train.run import run
+
+    recipe = _tiny_recipe(tmp_path)
+    first = run(recipe)
+    config = tmp_path / "run" / "final" / "config.json"
+    written = config.stat().st_mtime_ns
+    capsys.readouterr()
+    again = run(recipe)
+    assert again["already_finished"] is True and again["final"] == first["final"] and again["step"] == 4
+    assert config.stat().st_mtime_ns == written
+    assert "finished step 4 before; nothing trained" in capsys.readouterr().err
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "final")  # the export crashed
+    assert "already_finished" not in run(recipe) and config.is_file()
+    stale = config.stat().st_mtime_ns - 10**9
+    os.utime(config, ns=(stale, stale))  # made before the newest checkpoint
+    assert "already_finished" not in run(recipe) and config.stat().st_mtime_ns > stale

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 import torch
 
 from codegemma.train import metrics
@@ -54,3 +56,59 @@ def test_gpu_peaks_tell_variants_apart(monkeypatch):
     for name, peak in names.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
         assert metrics.peak_flops(torch.device("cuda:0"), bf16=True) == peak, name
+
+
+def _strict(text: str) -> list[dict]:
+    """Parse JSON Lines as RFC 8259 does: no NaN, Infinity or -Infinity."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+
+
+def test_values_that_are_not_finite_are_written_as_valid_json(tmp_path):
+    """The step a run diverged on is logged with a NaN loss (and may have an infinite gradient norm):
+    Python's json writes the bare words NaN and Infinity, which JavaScript, Go and pandas' strict
+    readers refuse for the whole file. They are written as null, and `read` gives nan back."""
+    log = metrics.MetricsLogger(tmp_path, tensorboard=False)
+    log.log(1, "train", {"loss": 2.0, "grad_norm": 1.0})
+    log.log(2, "train", {"loss": float("nan"), "grad_norm": float("inf"), "lr": torch.tensor(float("-inf"))})
+    log.close()
+    records = _strict((tmp_path / "metrics.jsonl").read_text())
+    assert records[1] == {"step": 2, "kind": "train", "loss": None, "grad_norm": None, "lr": None}
+    second = metrics.read(tmp_path / "metrics.jsonl")[1]
+    assert math.isnan(second["loss"]) and math.isnan(second["grad_norm"])
+
+
+def test_a_metrics_file_of_another_program_is_refused_not_emptied(tmp_path):
+    """An out_dir holding someone else's metrics.jsonl (CSV, another tool's log) lost it silently:
+    every line that was not a record was dropped as if a kill had torn it."""
+    from codegemma.errors import CodegemmaError
+
+    for content in (b"step,loss\n1,2.5\n", b"\xff\xfe{\"step\": 1}\n"):
+        (tmp_path / "metrics.jsonl").write_bytes(content)
+        with pytest.raises(CodegemmaError, match="metrics.jsonl: not a codegemma metrics log"):
+            metrics.MetricsLogger(tmp_path, tensorboard=False)
+        assert (tmp_path / "metrics.jsonl").read_bytes() == content
+
+
+def test_lines_that_do_not_decode_or_are_not_records_are_dropped_on_resume(tmp_path):
+    """Bytes that are not UTF-8 (a disk's garbage), a JSON line that is no object or has no integer
+    step: dropped like a torn line, where they crashed the resume with a traceback."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "kind": "train", "loss": 1.0}\n\xff\x00\xfe\n[1, 2]\n'
+                     b'{"step": "2", "kind": "train"}\n{"step": 2, "kind": "train", "loss": 2.0}\n'
+                     b'{"step": 3, "kind": "train", "loss": 3.0}\n')
+    metrics.MetricsLogger(tmp_path, tensorboard=False, after_step=2).close()
+    assert [(r["step"], r["loss"]) for r in _strict(path.read_text())] == [(1, 1.0), (2, 2.0)]
+    with open(path, "ab") as f:
+        f.write(b"\xff\n7\n")
+    assert [r["step"] for r in metrics.read(path)] == [1, 2]  # and `read` skips them too
+
+
+def test_a_whole_last_record_without_its_newline_is_kept_apart_from_the_next(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "kind": "train", "loss": 1.0}')  # a kill between the record and its newline
+    log = metrics.MetricsLogger(tmp_path, tensorboard=False, after_step=1)
+    log.log(2, "train", {"loss": 2.0})
+    log.close()
+    assert [r["loss"] for r in _strict(path.read_text())] == [1.0, 2.0]

@@ -143,3 +143,42 @@ def test_processes_agree_to_stop_when_one_is_signalled(tmp_path):
     want = [r["loss"] for r in metrics.read(tmp_path / "reference" / "metrics.jsonl")]
     got = [r["loss"] for r in metrics.read(tmp_path / "stopped" / "metrics.jsonl")]
     assert got == want
+
+
+def test_a_second_signal_of_a_kind_acts_at_once_after_the_other_kind(tmp_path):
+    """Ctrl-C, then SIGTERM twice (a scheduler repeating its notice): the second SIGTERM did nothing,
+    since only a repeat of the first signal received counted, and the run could only be killed."""
+    from codegemma.train.stopping import StopSignals
+
+    before = handlers()
+    calls = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGINT and calls == []
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert calls == [signal.SIGTERM]  # what SIGTERM did before the run
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_a_signal_ignored_when_the_run_started_stays_ignored(tmp_path):
+    """A run started with SIGINT ignored (`cmd &` in a script, so that a Ctrl-C for the foreground job
+    spares it) was stopped by that Ctrl-C all the same."""
+    from codegemma.train.stopping import StopSignals
+
+    before = handlers()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received == 0
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
