@@ -119,7 +119,8 @@ def blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool) -> nn.Module:
-    """DDP, or FSDP2 (`fully_shard` per block, then the root) with a bf16 mixed-precision policy."""
+    """DDP, or FSDP2 (`fully_shard` per block, then the root), with bf16 parameters in its
+    mixed-precision policy when `bf16`."""
     if not env.distributed:
         return model
     if strategy == "ddp":
@@ -129,9 +130,29 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool) -> nn.Module
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # Parameters compute in bf16 on GPUs; gradients are reduced in float32 either way.
+    # With `bf16` parameters compute in bf16; gradients are reduced in float32 either way.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
     for block in blocks(model):
         fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    # The root's inputs are the caller's: its float ones are loss weights (DPO's -dL/dlogp per row),
+    # which FSDP's default cast to the parameter dtype would round to bf16's 8 bits. The blocks'
+    # inputs are activations, in the compute dtype already.
+    fully_shard(model, mp_policy=MixedPrecisionPolicy(param_dtype=policy.param_dtype, reduce_dtype=torch.float32,
+                                                      cast_forward_inputs=False))
+    return model
+
+
+def shard_frozen(model: nn.Module, bf16: bool) -> nn.Module:
+    """FSDP2 for a model that only runs forward without a gradient (DPO's reference): sharded like
+    the trained model instead of whole on every GPU (a 7B reference in float32 is 34 GB a GPU).
+
+    Its root reshards after forward too: FSDP keeps a root's parameters gathered from forward until
+    backward, and a model without a gradient has no backward, so its embedding (the largest
+    parameter) would stay gathered for the rest of the run."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, cast_forward_inputs=False)
+    for block in blocks(model):
+        fully_shard(block, mp_policy=policy, reshard_after_forward=True)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=True)
     return model

@@ -65,7 +65,14 @@ class Trainer:
         if recipe.train.activation_checkpointing:
             _enable_activation_checkpointing(self.raw_model)
         fsdp = self.env.distributed and recipe.distributed.strategy == "fsdp"
-        self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy, self.bf16)
+        # FSDP's bf16 parameters on GPUs only: on a CPU `bf16` means bf16 matrix products and float32
+        # everywhere else (norms, softmax, the C kernels), as in one process, which bf16 parameters
+        # would turn into bf16 everywhere
+        self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy,
+                                      self.bf16 and self.device.type != "cpu")
+        reference = getattr(objective, "reference", None)
+        if fsdp and reference is not None:  # DPO's frozen reference, sharded like the policy
+            distributed.shard_frozen(reference.to(self.device), self.bf16 and self.device.type != "cpu")
         self.forward_model = torch.compile(self.model) if recipe.train.compile else self.model
         self.fsdp = fsdp
         # the fused AdamW (one kernel for all parameters) on CPUs too: there PyTorch's default steps
@@ -108,8 +115,37 @@ class Trainer:
             torch.distributed.barrier()
         return path
 
+    def _read_checkpoint(self, path: str | Path) -> dict:
+        """The checkpoint's state; under torchrun only the main process reads the file.
+
+        Each process reading it would hold the whole model and both Adam moments in CPU memory at
+        once (7B: ~100 GB a process, 800 GB on an 8-GPU node, and as many reads of the file from
+        shared storage). Instead the main process broadcasts everything but the weights and the
+        optimizer state, whose tensors `broadcast_from_rank0` then sends one at a time (the other
+        processes get empty `model` and `optimizer` dicts here)."""
+        if not self.env.distributed:
+            return ckpt.load(path)
+        box: list = [None]
+        if self.env.is_main:
+            try:
+                state = ckpt.load(path)
+                meta = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+                meta["optimizer_groups"] = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+                box = [meta]
+            except Exception as exc:  # sent to every process: raised only here, the others would wait forever
+                box = [exc]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if isinstance(box[0], Exception):
+            raise box[0]
+        meta = box[0]
+        if self.env.is_main:
+            meta.update(model=state["model"], optimizer=state["optimizer"])
+        else:
+            meta.update(model={}, optimizer={})
+        return meta
+
     def load_checkpoint(self, path: str | Path) -> None:
-        state = ckpt.load(path)
+        state = self._read_checkpoint(path)
         if state.get("world_size", 1) != self.env.world_size:
             raise CodegemmaError(f"{path}: saved with {state['world_size']} processes, resuming with "
                                  f"{self.env.world_size}; the data order would change")
@@ -121,7 +157,8 @@ class Trainer:
         if saved != self.recipe.objective:  # the data reader checks that its data are the ones saved
             raise CodegemmaError(f"{path}: saved from a {saved} run, resuming as {self.recipe.objective}; resume "
                                  "with the recipe the run started with, or start this one in another out_dir")
-        saved_groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+        saved_groups = state.get("optimizer_groups") or \
+            [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
         saved = state.get("trainable")  # older checkpoints: the optimizer's group sizes alone
         if (saved is not None and saved != self._trainable()) or \
                 saved_groups != [len(g["params"]) for g in self.optimizer.param_groups]:
@@ -135,7 +172,7 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
 
-            opts = StateDictOptions(full_state_dict=True)
+            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
             set_model_state_dict(self.raw_model, state["model"], options=opts)
             set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
         else:

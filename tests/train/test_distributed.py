@@ -165,3 +165,147 @@ def test_dpo_processes_match_one(tmp_path, small_tokenizer_path, lora):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
         assert a["pairs"] == b["pairs"] == 4
+
+
+_RECORD_READS = """
+import os, sys
+from codegemma.train import checkpoint, recipe, run
+
+real_load = checkpoint.load
+
+
+def load(path):
+    with open(sys.argv[2], "a") as f:
+        f.write(os.environ["RANK"] + "\\n")
+    return real_load(path)
+
+
+checkpoint.load = load
+run.run(recipe.load(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_resumed_run_reads_its_checkpoint_in_the_main_process_only(tmp_path, strategy):
+    """Resuming under torchrun: the main process reads the checkpoint file and sends the rest its
+    part (every process reading it would hold a 7B model's whole training state in CPU memory,
+    eight times on one node), and the resumed steps are the uninterrupted run's."""
+    shards = write_shards(tmp_path / "shards", n=64)
+    extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\nkeep = 5\n"
+    (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 6, extra))
+    (tmp_path / "driver.py").write_text(_RECORD_READS)
+    reads = tmp_path / "reads.txt"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(tmp_path / "driver.py"), str(tmp_path / "run.toml"), str(reads)]
+    _run(torchrun)
+    assert not reads.exists()  # a fresh run: nothing to read
+    uninterrupted = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "step_00000006.pt").unlink()
+    (checkpoints / "latest").write_text("step_00000003.pt\n")
+    _run(torchrun)
+    assert reads.read_text().split() == ["0"]
+    resumed = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(uninterrupted, resumed):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), a["step"]
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_on_a_cpu_follows_one_process(tmp_path):
+    """`train.precision = "bf16"` on a CPU means bf16 matrix products and float32 everywhere else;
+    under FSDP2 too (bf16 parameters would make it bf16 everywhere): the first step's loss and
+    gradient norm are one process's within float32 rounding."""
+    shards = write_shards(tmp_path / "shards", n=32)
+    extra = "[distributed]\nstrategy = \"fsdp\"\n"
+    cli = ["-m", "codegemma", "train", "run"]
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 1, extra))
+    _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8",
+          "--set", "train.precision=bf16"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli,
+          str(tmp_path / "two.toml"), "--set", "train.batch_size=4", "--set", "train.precision=bf16"])
+    (a,), (b,) = (metrics.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
+    assert abs(a["loss"] - b["loss"]) < 1e-5, (a["loss"], b["loss"])
+    assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"], (a["grad_norm"], b["grad_norm"])
+
+
+def test_fsdp_keeps_float_loss_weights_in_float32(tmp_path):
+    """With bf16 parameters FSDP2 casts a module's float inputs to bf16 by default; the root's
+    `loss_weights` (DPO's per-row gradient weights) must reach the loss unrounded: weights of
+    1 + 2^-10 (1 in bf16) scale the loss sum by exactly that."""
+    import torch
+    import torch.distributed as dist
+
+    from codegemma.config import preset
+    from codegemma.model import Gemma
+    from codegemma.train import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = Gemma(preset("tiny-gemma"))
+        model.init_weights()
+        env = distributed.DistEnv(launched=True)
+        model = distributed.wrap(model, env, "fsdp", bf16=True)
+        tokens = torch.randint(5, 512, (2, 9))
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        with torch.no_grad():
+            plain, _ = model(inputs, targets=targets, loss_weights=torch.ones(targets.shape))
+            scaled, _ = model(inputs, targets=targets, loss_weights=torch.full(targets.shape, 1 + 2 ** -10))
+    finally:
+        dist.destroy_process_group()
+    assert scaled.item() / plain.item() == pytest.approx(1 + 2 ** -10, rel=2 ** -20)
+
+
+_RECORD_REFERENCE = """
+import sys
+from torch.distributed.tensor import DTensor
+from codegemma.train import recipe, run, trainer
+
+real_fit = trainer.Trainer.fit
+
+
+def fit(self, *args, **kwargs):
+    params = list(self.objective.reference.parameters())
+    local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{local} {sum(p.numel() for p in params)}\\n")
+    return real_fit(self, *args, **kwargs)
+
+
+trainer.Trainer.fit = fit
+run.run(recipe.load(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_dpo_shards_the_reference_and_matches_one_process(tmp_path, small_tokenizer_path):
+    """Under FSDP2 DPO's frozen reference is sharded like the policy (each of 2 processes holds
+    about half of it, not all of it: a 7B reference whole on every GPU is 17-34 GB), and the run
+    follows one process with the same global batch."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Return {i}.\n", "chosen": f"return {i}", "rejected": "pass"})
+                             + "\n" for i in range(16)))
+    for name, batch in (("one", 4), ("two", 2)):  # the same global batch
+        (tmp_path / f"{name}.toml").write_text(
+            f'objective = "dpo"\nout_dir = "{(tmp_path / name).as_posix()}"\n'
+            f'tokenizer = "{small_tokenizer_path.as_posix()}"\n[model]\npreset = "tiny-gemma"\n'
+            f'[data]\ntrain = "{pairs.as_posix()}"\nseq_len = 48\n[optim]\nlr = 1e-3\nwarmup_steps = 1\n'
+            f'[train]\nsteps = 3\nbatch_size = {batch}\n[dpo]\nbeta = 0.5\n[distributed]\nstrategy = "fsdp"\n'
+            f'[log]\nevery = 1\ntensorboard = false\nplots = false\nprogress = false\n')
+    (tmp_path / "driver.py").write_text(_RECORD_REFERENCE)
+    sizes = tmp_path / "sizes.txt"
+    _run([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml")])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(sizes)])
+    for line in sizes.read_text().splitlines():
+        local, whole = map(int, line.split())
+        assert local <= whole // 2 + 64, (local, whole)  # a shard: half, and rows that do not split evenly
+    assert len(sizes.read_text().splitlines()) == 2
+    one, two = (metrics.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
