@@ -250,8 +250,11 @@ class Trainer:
                 finally:
                     if bar is not None:
                         bar.close()
-            self.evaluate()
-            self.save_checkpoint()
+                # still under the stop handling: a Ctrl-C or a scheduler's SIGTERM during the final
+                # evaluation lets it and the final checkpoint finish (a second one stops at once),
+                # where it would lose the steps since the last periodic checkpoint
+                self.evaluate()
+                self.save_checkpoint()
         finally:
             self.logger.close()
         return history

@@ -182,3 +182,32 @@ def test_a_signal_ignored_when_the_run_started_stays_ignored(tmp_path):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_final_evaluation_lets_the_run_finish(tmp_path, shards, signum):
+    """The final evaluation and checkpoint ran after the stop handling ended: a Ctrl-C there was a
+    KeyboardInterrupt and a SIGTERM killed the process, losing the steps since the last checkpoint."""
+    import torch
+
+    from codegemma.train import build, objectives
+    from codegemma.train.distributed import DistEnv
+    from codegemma.train.trainer import Trainer
+
+    recipe = make_recipe(tmp_path, shards, steps=6)
+    recipe.checkpoint.every = 4
+    torch.manual_seed(recipe.seed)
+    model, _, _ = build.build_model(recipe, None)
+    data = build.shard_reader(recipe.data.train, recipe, DistEnv())
+    before = handlers()
+
+    def evaluator(model):
+        # unhandled, the signal would end the test process itself
+        assert signal.getsignal(signum) != before[signum], "no stop handling during the final evaluation"
+        os.kill(os.getpid(), signum)  # as a final evaluation of minutes would be interrupted
+        return {"loss": 1.0}
+
+    Trainer(recipe, model, objectives.LanguageModeling(), data, DistEnv(), evaluator).fit()
+    assert checkpoint.load(checkpoint.latest(tmp_path / "run" / "checkpoints"))["step"] == 6
+    assert [r["step"] for r in metrics.read(tmp_path / "run" / "metrics.jsonl", kind="eval")] == [6]
+    assert handlers() == before
