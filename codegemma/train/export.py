@@ -56,35 +56,29 @@ def _check_representable(config: ModelConfig) -> None:
     """GGUF (llama.cpp) has no key for some switches: readers take them from the architecture.
     Refuse configs they would silently change, naming every switch that differs."""
     family = config.family
-    head_scalar = config.query_pre_attn_scalar or config.head_dim
-    assumed: dict[str, list] = {}  # field -> the values readers may assume (the config must equal all)
+    assumed: dict[str, object] = {}  # field -> the value readers assume
     if family == "gemma":
-        assumed["layer_types"] = [["global"] * config.n_layers]
-        assumed["query_pre_attn_scalar"] = [config.head_dim]
-        assumed.update(attn_softcap=[None], final_softcap=[None], post_norms=[False], qk_norm=[False])
+        assumed.update(layer_types=["global"] * config.n_layers, query_pre_attn_scalar=config.head_dim,
+                       attn_softcap=None, final_softcap=None, post_norms=False, qk_norm=False)
     else:
         # 27B models scale queries by d_model / n_heads: readers tell them by their layer count
         # within the family (46 for Gemma 2, 62 for Gemma 3)
         big = config.n_layers == {"gemma2": 46, "gemma3": 62}[family]
-        assumed["query_pre_attn_scalar"] = [config.d_model // config.n_heads if big else config.head_dim]
-        assumed["post_norms"] = [True]
+        assumed.update(query_pre_attn_scalar=config.d_model // config.n_heads if big else config.head_dim,
+                       post_norms=True)
     if family == "gemma2":
-        assumed["layer_types"] = [gemma2_layer_types(config.n_layers)]
-        assumed.update(rope_local_theta=[config.rope_theta], rope_scaling=[1.0], qk_norm=[False])
+        assumed.update(layer_types=gemma2_layer_types(config.n_layers), rope_local_theta=config.rope_theta,
+                       rope_scaling=1.0, qk_norm=False)
         # no cap would be read as llama.cpp's defaults (50 and 30), not as no cap
         if config.attn_softcap is None or config.final_softcap is None:
             raise CodegemmaError("a Gemma 2 model without soft-capping cannot be stored in GGUF (readers assume "
                                  "attn_softcap 50 and final_softcap 30 where the file has none)")
     if family == "gemma3":
-        assumed["layer_types"] = [gemma3_layer_types(config.n_layers)]
-        assumed.update(rope_local_theta=[10000.0], attn_softcap=[None], final_softcap=[None], qk_norm=[True])
-    values = {"query_pre_attn_scalar": head_scalar}
-    wrong = []
-    for key, options in assumed.items():
-        value = values.get(key, getattr(config, key))
-        differing = [o for o in options if value != o]
-        if differing:
-            wrong.append(f"{key}={value!r} (readers assume {differing[0]!r})")
+        assumed.update(layer_types=gemma3_layer_types(config.n_layers), rope_local_theta=10000.0,
+                       attn_softcap=None, final_softcap=None, qk_norm=True)
+    values = {"query_pre_attn_scalar": config.query_pre_attn_scalar or config.head_dim}
+    wrong = [f"{key}={values.get(key, getattr(config, key))!r} (readers assume {value!r})"
+             for key, value in assumed.items() if values.get(key, getattr(config, key)) != value]
     if wrong:
         raise CodegemmaError(f"cannot be stored in GGUF for {family}, whose readers take these from the "
                              f"architecture: {'; '.join(wrong)}")
