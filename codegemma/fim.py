@@ -24,6 +24,9 @@ from typing import Iterable, Protocol, Sequence
 PSM = "psm"
 SPM = "spm"
 ORDERS = (PSM, SPM)
+# Infilling is also scored left to right: the prefix alone, as a completion without FIM sees it
+L2R = "l2r"
+INFILL_ORDERS = (*ORDERS, L2R)
 
 
 @dataclass(frozen=True)

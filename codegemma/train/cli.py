@@ -335,22 +335,11 @@ def _plot(args) -> int:
 
 
 def _dpo_pairs(args) -> int:
-    from codegemma.train.preference import numbered_records, pairs_from_samples, passed, write_jsonl
+    from codegemma.train.preference import pairs_from_samples, read_samples, write_jsonl
 
     source = Path(args.samples)
     source = source / "samples.jsonl" if source.is_dir() else source  # an eval run directory
-    samples = []
-    for n, sample in numbered_records(source):
-        # checked here, where the line number is known: pairs_from_samples only sees a list and would
-        # name a record by its index, which matches no line once the file has blank lines
-        for key in ("task_id", "prompt", "completion"):
-            if key not in sample:
-                raise CodegemmaError(f"{source}:{n}: sample is missing {key!r}")
-        try:
-            passed(sample)
-        except CodegemmaError as exc:
-            raise CodegemmaError(f"{source}:{n}: {exc}") from None
-        samples.append(sample)
+    samples = read_samples(source)
     pairs = pairs_from_samples(samples, args.max_pairs_per_task, args.seed)
     if not pairs:  # a DPO run could not start from it: refused, nothing written
         tasks = len({s.get("task_id") for s in samples})

@@ -36,7 +36,7 @@ from codegemma.complete.prompt import FIM, build_prompt
 from codegemma.data.pipeline import HELDOUT_REPOSITORIES
 from codegemma.errors import CodegemmaError
 from codegemma.eval.metrics import edit_similarity
-from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, sentinel_ids
+from codegemma.fim import CODEGEMMA_SENTINELS, INFILL_ORDERS, L2R, PSM, sentinel_ids
 from codegemma.kv_cache import KVCache
 from codegemma.profiles import resolve_profile
 from codegemma.train import distributed, losses
@@ -48,9 +48,6 @@ from codegemma.train.preference import write_jsonl
 # rows of 256 tokens for an 8192-token vocabulary, 2 for Gemma's 262,144.
 LOGITS_BUDGET = 2**27
 
-# Left to right: the prefix alone, as a completion without FIM would see it.
-L2R = "l2r"
-INFILL_ORDERS = (*ORDERS, L2R)
 
 # A run's greedy infilling answers of its last evaluation, in its out_dir (`answer_records`).
 INFILL_ANSWERS = "infill-answers.jsonl"

@@ -26,7 +26,7 @@ from codegemma.errors import CodegemmaError
 _PASS_WORDS = {"passed", "pass", "ok", "success"}
 
 
-def numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
+def _numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
     """(line number, object) for every non-blank line: blank lines still count, so an error names
     the line an editor shows."""
     path = Path(path)
@@ -45,7 +45,7 @@ def numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [record for _, record in numbered_records(path)]
+    return [record for _, record in _numbered_records(path)]
 
 
 def jsonl_target(path: str | Path) -> Path:
@@ -81,14 +81,28 @@ def _distinct_completions(samples: list[dict]) -> list[dict]:
     return list(first.values())
 
 
+def _checked_sample(sample: dict, where: str) -> dict:
+    for key in ("task_id", "prompt", "completion"):
+        if key not in sample:
+            raise CodegemmaError(f"{where}: sample is missing {key!r}")
+    try:
+        passed(sample)
+    except CodegemmaError as exc:
+        raise CodegemmaError(f"{where}: {exc}") from None
+    return sample
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    """Evaluation samples (JSONL: task_id, prompt, completion and a verdict), a bad one named by the
+    file and the line an editor shows."""
+    return [_checked_sample(sample, f"{path}:{n}") for n, sample in _numbered_records(path)]
+
+
 def pairs_from_samples(samples: list[dict], max_pairs_per_task: int = 4, seed: int = 0) -> list[dict]:
     """Up to `max_pairs_per_task` (passing, failing) pairs per problem, drawn without repeats."""
     by_task: dict[str, dict[bool, list[dict]]] = defaultdict(lambda: {True: [], False: []})
     for i, sample in enumerate(samples):
-        for key in ("task_id", "prompt", "completion"):
-            if key not in sample:
-                raise CodegemmaError(f"sample {i}: missing {key!r}")
-        by_task[str(sample["task_id"])][passed(sample)].append(sample)
+        by_task[str(sample["task_id"])][passed(_checked_sample(sample, f"sample {i}"))].append(sample)
     rng = random.Random(seed)
     pairs = []
     for task_id in sorted(by_task):
@@ -156,7 +170,7 @@ def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta
     from codegemma.data.shards import ShardWriter
 
     rows, pairs = [], 0
-    for n, pair in numbered_records(path):
+    for n, pair in _numbered_records(path):
         pairs += 1
         if not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise CodegemmaError(f"{path}:{n}: a pair needs prompt, chosen and rejected")

@@ -17,11 +17,9 @@ from typing import Any
 
 from codegemma.config import PRESETS
 from codegemma.errors import CodegemmaError
+from codegemma.fim import INFILL_ORDERS
 
 OBJECTIVES = ("pretrain", "sft", "dpo")
-# The prompt orders infilling is scored in: codegemma.train.evaluate.INFILL_ORDERS, mirrored so that
-# loading a recipe does not import the evaluator and torch (tests/train/test_recipe.py keeps them equal).
-INFILL_ORDERS = ("psm", "spm", "l2r")
 
 
 @dataclass
