@@ -67,22 +67,30 @@ def default_gguf_path() -> str:
     return assemble()
 
 
-def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", progress: bool = True) -> Loaded:
+def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", progress: bool = True,
+         weights: bool = True) -> Loaded:
     """`dtype` int8/int4 quantizes the weights for inference (see codegemma.quant); for GGUF files
-    the quantized weights are cached beside the float ones and memory-mapped on later loads."""
+    the quantized weights are cached beside the float ones and memory-mapped on later loads.
+
+    `weights=False` reads the config and tokenizer alone and gives a model on the meta device: what
+    the other processes of a distributed run need while one of them reads the weights."""
     quant = dtype if isinstance(dtype, str) and dtype in QUANT_DTYPES else None
     dtype = torch.float32 if quant else resolve_dtype(dtype)
     if spec is None or str(spec) in ("", "default"):
-        return _load_gguf(Path(default_gguf_path()), dtype, progress, quant)
-    if isinstance(spec, str) and spec in PRESETS:
+        spec = default_gguf_path()
+    elif isinstance(spec, str) and spec in PRESETS:
         config = preset(spec)
+        if not weights:
+            return Loaded(empty_model(config), None, config, f"preset:{spec}")
         model = Gemma(config)
         model.init_weights()
         return _quantized(Loaded(model.to(dtype).eval(), None, config, f"preset:{spec} (random weights)"), quant)
     path = Path(spec)
     if path.is_dir():
-        return _quantized(_load_hf_dir(path, dtype), quant)
+        return _quantized(_load_hf_dir(path, dtype, weights), quant)
     if path.suffix == ".gguf" or path.is_file():
+        if not weights:
+            return _gguf_shape(path)
         return _load_gguf(path, dtype, progress, quant)
     raise CodegemmaError(f"model not found: {spec} (expected a .gguf file, a Hugging Face directory or a preset: "
                          f"{', '.join(sorted(PRESETS))})")
@@ -119,12 +127,14 @@ def load_weights_into(model: Gemma, tensors: Iterable[tuple[str, torch.Tensor]],
     return model.eval()
 
 
-def _load_hf_dir(directory: Path, dtype: torch.dtype) -> Loaded:
+def _load_hf_dir(directory: Path, dtype: torch.dtype, weights: bool = True) -> Loaded:
     if (directory / "codegemma.json").is_file():
-        return _load_cache(directory, dtype, str(directory))
+        return _load_cache(directory, dtype, str(directory), weights)
     config = hf_dir.read_config(directory)
     tokenizer = Tokenizer.from_hf_dir(directory) if _has_tokenizer(directory) else None
     model = empty_model(config)
+    if not weights:
+        return Loaded(model, tokenizer, config, str(directory))
     tensors = ((name.removeprefix("model."), t) for name, t in hf_dir.iter_tensors(directory))
     load_weights_into(model, tensors, str(directory), dtype)
     return Loaded(model, tokenizer, config, str(directory))
@@ -188,6 +198,14 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
     model = model.to(dtype)
     _attach_decoding_aids(cached, model, path, progress)
     return Loaded(model, tokenizer, config, str(path))
+
+
+def _gguf_shape(path: Path) -> Loaded:
+    """A GGUF file's config and tokenizer, its model on the meta device (nothing dequantized)."""
+    if not path.is_file():
+        raise CodegemmaError(f"model file not found: {path}")
+    config = gguf_file.config_from_gguf(gguf_file.open_gguf(path), path)
+    return Loaded(empty_model(config), Tokenizer.from_gguf(path), config, str(path))
 
 
 def _attach_decoding_aids(cached: Path, model: Gemma, path: Path, progress: bool):
@@ -298,11 +316,13 @@ def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tok
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_cache(cached: Path, dtype: torch.dtype, source: str) -> Loaded:
+def _load_cache(cached: Path, dtype: torch.dtype, source: str, weights: bool = True) -> Loaded:
     meta = json.loads((cached / "codegemma.json").read_text())
     config = ModelConfig.from_dict(meta["config"])
     tokenizer = Tokenizer.from_file(cached / "tokenizer.json")
     tokenizer.add_bos_default = meta.get("add_bos", True)
     model = empty_model(config)
+    if not weights:
+        return Loaded(model, tokenizer, config, source)
     load_weights_into(model, load_file(str(cached / "model.safetensors")).items(), source, dtype)
     return Loaded(model, tokenizer, config, source)

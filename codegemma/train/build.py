@@ -95,13 +95,17 @@ def model_config(recipe: Recipe, tokenizer: Tokenizer | None) -> ModelConfig:
     return ModelConfig.from_dict({**base, **overrides})
 
 
-def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, ModelConfig, Tokenizer | None]:
-    """A float32 model in training mode: from `model.init` if given, else freshly initialised."""
+def build_model(recipe: Recipe, tokenizer: Tokenizer | None,
+                weights: bool = True) -> tuple[Gemma, ModelConfig, Tokenizer | None]:
+    """A float32 model in training mode: from `model.init` if given, else freshly initialised.
+
+    `weights=False` builds it on the meta device, neither read nor initialised: the other processes
+    of a distributed run get their weights from the main process (`Trainer`)."""
     if recipe.model.init:
         from codegemma.checkpoints import load
 
         checked_overrides(recipe.model.overrides)  # before a checkpoint that may take minutes to load
-        loaded = load(recipe.model.init, dtype="float32")
+        loaded = load(recipe.model.init, dtype="float32", weights=weights)
         model, config = loaded.model, loaded.config
         check_start_shape(recipe, config)
         tokenizer = tokenizer or loaded.tokenizer
@@ -109,8 +113,13 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None) -> tuple[Gemma, Mod
             tokenizer = add_fim_sentinels(model, tokenizer, recipe.model.fim_sentinels_from)
     else:
         config = model_config(recipe, tokenizer)
-        model = Gemma(config)
-        model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+        if weights:
+            model = Gemma(config)
+            model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
+        else:
+            from codegemma.checkpoints.loading import empty_model
+
+            model = empty_model(config)
         if recipe.model.fim_sentinels_from:
             # a fresh model over a vocabulary without sentinels (Gemma's, from scratch): every row is
             # a fresh draw already, so only the tokenizer changes; ignoring the setting instead left the
@@ -203,7 +212,7 @@ def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[st
         fresh_ids = [renamed.token_to_id(new) for new in fresh]
         trained = torch.ones(len(weight), dtype=torch.bool)
         trained[fresh_ids] = False
-        if fresh_ids:
+        if fresh_ids and not weight.is_meta:  # a model without weights gets them, these rows too, sent
             weight[fresh_ids] = new_token_rows(weight[trained], len(fresh_ids))
     return renamed
 

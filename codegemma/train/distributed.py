@@ -118,18 +118,28 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     return inner.layers
 
 
-def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool) -> nn.Module:
-    """DDP, or FSDP2 (`fully_shard` per block, then the root), with bf16 parameters in its
-    mixed-precision policy when `bf16`."""
+def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool, start: dict | None = None) -> nn.Module:
+    """The model on this process's device: as it is in one process, else DDP, or FSDP2
+    (`fully_shard` per block, then the root) with bf16 parameters in its mixed-precision policy
+    when `bf16`.
+
+    Under torchrun only the main process needs the weights; the others may build the model on the
+    meta device (`build.build_model(weights=False)`), so that a 7B start is not read and held in CPU
+    memory once per GPU. DDP's construction sends the main process's parameters and buffers to the
+    others. Under FSDP2 every process shards the empty model first and then receives its shards of
+    `start` (the main process's weights, `main_state`), so no GPU ever holds the whole model."""
     if not env.distributed:
-        return model
+        return model.to(env.device)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        _materialize(model, env.device)
         ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    start = main_state(model, env) if start is None else start
+    model.to("meta")  # the main process's weights live on in `start` until they are sent
     # With `bf16` parameters compute in bf16; gradients are reduced in float32 either way.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
     for block in blocks(model):
@@ -139,20 +149,66 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str, bf16: bool) -> nn.Module
     # inputs are activations, in the compute dtype already.
     fully_shard(model, mp_policy=MixedPrecisionPolicy(param_dtype=policy.param_dtype, reduce_dtype=torch.float32,
                                                       cast_forward_inputs=False))
+    _receive_shards(model, start, env.device)
     return model
 
 
-def shard_frozen(model: nn.Module, bf16: bool) -> nn.Module:
-    """FSDP2 for a model that only runs forward without a gradient (DPO's reference): sharded like
-    the trained model instead of whole on every GPU (a 7B reference in float32 is 34 GB a GPU).
+def shard_frozen(model: nn.Module, env: DistEnv, bf16: bool, start: dict) -> nn.Module:
+    """FSDP2 for a model that only runs forward without a gradient (DPO's reference), filled with
+    `start` (`main_state`) like the trained model: sharded instead of whole on every GPU (a 7B
+    reference in float32 is 34 GB a GPU).
 
     Its root reshards after forward too: FSDP keeps a root's parameters gathered from forward until
     backward, and a model without a gradient has no backward, so its embedding (the largest
     parameter) would stay gathered for the rest of the run."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    model.to("meta")
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, cast_forward_inputs=False)
     for block in blocks(model):
         fully_shard(block, mp_policy=policy, reshard_after_forward=True)
     fully_shard(model, mp_policy=policy, reshard_after_forward=True)
+    _receive_shards(model, start, env.device)
     return model
+
+
+def main_state(model: nn.Module, env: DistEnv) -> dict:
+    """The weights the main process sends the others (on the CPU, where they were loaded); {}
+    in the other processes, whose model may have none."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()} if env.is_main else {}
+
+
+def place_copy(copy: nn.Module, source: nn.Module, device: torch.device) -> nn.Module:
+    """`copy` (DPO's reference) on `device` with `source`'s weights: the trained model's start, which
+    DDP has just sent to every process, where a process without weights built `copy` empty."""
+    empty = any(p.is_meta for p in copy.parameters())
+    _materialize(copy, device)
+    if empty:
+        copy.load_state_dict(source.state_dict())
+    return copy
+
+
+def _materialize(model: nn.Module, device: torch.device) -> None:
+    """A model on `device`: memory for one without weights (filled by the caller), or moved there."""
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)
+        _reset_buffers(model)
+    else:
+        model.to(device)
+
+
+def _receive_shards(model: nn.Module, start: dict, device: torch.device) -> None:
+    """Memory for this process's shards, filled from the main process's `start` one tensor at a time."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=device)
+    _reset_buffers(model)
+    # (a copy of the dict: torch puts the model's shards into the one it is given)
+    set_model_state_dict(model, dict(start), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _reset_buffers(model: nn.Module) -> None:
+    """The buffers a state dict does not hold (RoPE tables), computed again after `to_empty`."""
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()

@@ -164,7 +164,8 @@ def only_run_in(out_dir: Path, main: bool):
 def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     seed_everything(recipe.seed)
     tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
-    model, config, tokenizer = build.build_model(recipe, tokenizer)
+    # under torchrun only the main process reads the start; the Trainer sends it to the others
+    model, config, tokenizer = build.build_model(recipe, tokenizer, weights=env.is_main)
     if recipe.data.seq_len > config.max_seq_len:  # it would train positions the model does not claim to have
         raise CodegemmaError(f"data.seq_len {recipe.data.seq_len} is longer than the model's context of "
                              f"{config.max_seq_len} tokens (max_seq_len): train at most that long")
@@ -176,8 +177,6 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
 
         model = apply_lora(model, recipe.lora)
     objective = make_objective(recipe, model)
-    if getattr(objective, "reference", None) is not None:
-        objective.reference.to(env.device)
     data = train_data(recipe, env, tokenizer)
     evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len, objective)
     seq_len = recipe.data.seq_len

@@ -48,7 +48,7 @@ class Trainer:
         self.recipe = recipe
         self.env = env or DistEnv()
         self.device = self.env.device
-        self.raw_model = model.to(self.device)
+        self.raw_model = model  # placed on the device by `distributed.wrap` below
         self.objective = objective
         self.data = data
         self.evaluator = evaluator
@@ -68,11 +68,15 @@ class Trainer:
         # FSDP's bf16 parameters on GPUs only: on a CPU `bf16` means bf16 matrix products and float32
         # everywhere else (norms, softmax, the C kernels), as in one process, which bf16 parameters
         # would turn into bf16 everywhere
-        self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy,
-                                      self.bf16 and self.device.type != "cpu")
-        reference = getattr(objective, "reference", None)
-        if fsdp and reference is not None:  # DPO's frozen reference, sharded like the policy
-            distributed.shard_frozen(reference.to(self.device), self.bf16 and self.device.type != "cpu")
+        bf16_params = self.bf16 and self.device.type != "cpu"
+        reference = getattr(objective, "reference", None)  # DPO's frozen copy of the start
+        start = distributed.main_state(self.raw_model, self.env) if fsdp else None
+        self.model = distributed.wrap(self.raw_model, self.env, recipe.distributed.strategy, bf16_params, start)
+        if reference is not None and fsdp:  # sharded like the policy, from the same start
+            distributed.shard_frozen(reference, self.env, bf16_params, start)
+        elif reference is not None:
+            distributed.place_copy(reference, self.raw_model, self.device)
+        del start
         self.forward_model = torch.compile(self.model) if recipe.train.compile else self.model
         self.fsdp = fsdp
         # the fused AdamW (one kernel for all parameters) on CPUs too: there PyTorch's default steps

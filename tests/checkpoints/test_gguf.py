@@ -71,6 +71,28 @@ def test_gguf_tokenizer_and_config(tmp_path):
     assert tok.decode(ids) == "def self return é"
 
 
+def test_shape_alone_reads_no_weights(tmp_path, monkeypatch):
+    """`load(weights=False)`, for the processes of a distributed run that get their weights sent:
+    the config and tokenizer of a full load, the model on the meta device, nothing dequantized,
+    from the file and from its converted cache alike."""
+    from codegemma.checkpoints import gguf_file
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, random_state())
+    real_dequantize = gguf_file.dequantize
+    monkeypatch.setattr(gguf_file, "dequantize", lambda *a: pytest.fail("dequantized a tensor"))
+    shape = load(path, weights=False)
+    monkeypatch.setattr(gguf_file, "dequantize", real_dequantize)
+    full = load(path)  # also writes the converted cache
+    cached = load(path, weights=False)
+    for got in (shape, cached):
+        assert got.config == full.config
+        assert all(p.is_meta for p in got.model.parameters())
+        assert got.tokenizer.backend.to_str() == full.tokenizer.backend.to_str()
+        assert got.tokenizer.add_bos_default == full.tokenizer.add_bos_default
+        assert got.model.state_dict().keys() == full.model.state_dict().keys()
+
+
 def test_missing_file():
     with pytest.raises(CodegemmaError, match="not found"):
         load("no/such/model.gguf")

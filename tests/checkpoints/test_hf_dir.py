@@ -29,6 +29,21 @@ def test_saved_directory_loads_in_transformers_and_back(tmp_path, name):
         assert torch.equal(back.model(ids), expected)
 
 
+def test_shape_alone_reads_no_weights(tmp_path, monkeypatch):
+    """`load(weights=False)`: a directory's config and tokenizer, the model on the meta device,
+    no weight file opened; a preset likewise."""
+    from codegemma.checkpoints import hf_dir
+
+    src = load("tiny-gemma3")
+    save_hf(src.model, src.config, None, tmp_path / "hf")
+    monkeypatch.setattr(hf_dir, "iter_tensors", lambda *a: pytest.fail("read the weights"))
+    for spec in (tmp_path / "hf", "tiny-gemma3"):
+        shape = load(spec, weights=False)
+        assert shape.config == src.config
+        assert all(p.is_meta for p in shape.model.parameters())
+        assert shape.model.state_dict().keys() == src.model.state_dict().keys()
+
+
 def test_sharded_directory(tmp_path):
     src = load("tiny-gemma3")
     out = tmp_path / "sharded"

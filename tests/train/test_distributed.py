@@ -212,6 +212,60 @@ def test_a_resumed_run_reads_its_checkpoint_in_the_main_process_only(tmp_path, s
         assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), a["step"]
 
 
+_RECORD_START_READS = """
+import os, sys
+from codegemma.checkpoints import loading
+from codegemma.train import recipe, run
+
+real_load = loading.load_weights_into
+
+
+def load_weights_into(*args, **kwargs):
+    with open(sys.argv[2], "a") as f:
+        f.write(os.environ["RANK"] + "\\n")
+    return real_load(*args, **kwargs)
+
+
+loading.load_weights_into = load_weights_into
+run.run(recipe.load(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_only_the_main_process_reads_the_start(tmp_path, strategy):
+    """A run from a checkpoint (`model.init`) under torchrun: the main process reads its weights
+    and the others get them sent (every process reading a 7B start would hold it in CPU memory
+    once per GPU, and under FSDP move it whole onto each GPU before sharding it), and the run
+    follows one process from the same start."""
+    import torch
+
+    from codegemma.checkpoints import save_hf
+    from codegemma.config import preset
+    from codegemma.model import Gemma
+
+    torch.manual_seed(7)  # not the weights a fresh run of the recipe would draw
+    start = Gemma(preset("tiny-gemma"))
+    start.init_weights(std=0.05)
+    save_hf(start, start.config, None, tmp_path / "start")
+    shards = write_shards(tmp_path / "shards", n=64)
+    extra = f"[distributed]\nstrategy = \"{strategy}\"\n"
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 4, extra).replace(
+            "[model]\n", f"[model]\ninit = \"{(tmp_path / 'start').as_posix()}\"\n"))
+    (tmp_path / "driver.py").write_text(_RECORD_START_READS)
+    reads = tmp_path / "reads.txt"
+    _run([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml"), "--set", "train.batch_size=8"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(reads)])
+    assert reads.read_text().split() == ["0"]
+    one, two = (metrics.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+
+
 @pytest.mark.slow
 def test_fsdp_bf16_on_a_cpu_follows_one_process(tmp_path):
     """`train.precision = "bf16"` on a CPU means bf16 matrix products and float32 everywhere else;
