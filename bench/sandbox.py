@@ -22,7 +22,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from codegemma.eval import sandbox
 from codegemma.eval.runner import default_workers
 from codegemma.eval.task import get_task
 

@@ -6,7 +6,7 @@ Reads both the transformers 4.x keys (rope_theta, rope_local_base_freq, rope_sca
 
 from __future__ import annotations
 
-from codegemma.config import ModelConfig, gemma2_layer_types, gemma3_layer_types
+from codegemma.config import ModelConfig, gemma2_layer_types
 from codegemma.errors import CodegemmaError
 
 MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}

@@ -261,8 +261,8 @@ def _infill_eval(args) -> int:
     import torch
 
     from codegemma import bf16_matmuls
+    from codegemma.checkpoints.loading import empty_model, load_weights_into
     from codegemma.fim import sentinel_ids
-    from codegemma.model import Gemma
     from codegemma.train import distributed
     from codegemma.train.evaluate import (
         INFILL_ORDERS,
@@ -296,8 +296,7 @@ def _infill_eval(args) -> int:
         scorers, probe = infill_scorers(tokenizer, args.files, args.examples, max_prompt_tokens, orders)
     except CodegemmaError as e:
         raise CodegemmaError(f"--files: {e}") from None
-    model = Gemma(config)
-    model.load_state_dict(state)
+    model = load_weights_into(empty_model(config), state.items(), str(args.source))
     # under torchrun (CPU processes over gloo) each process scores a share of the lines
     env = distributed.init("cpu")
     products = bf16_matmuls.enabled() if args.precision == "bf16" else nullcontext()

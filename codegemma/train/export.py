@@ -274,10 +274,9 @@ def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str = 
     if fmt == "gguf":
         return write_gguf(state, config, tokenizer, out, dtype)
     from codegemma.checkpoints import save_hf
-    from codegemma.model import Gemma
+    from codegemma.checkpoints.loading import empty_model, load_weights_into
 
-    model = Gemma(config)
-    model.load_state_dict(state)
+    model = load_weights_into(empty_model(config), state.items(), str(source))
     out = Path(out)
     save_hf(model, config, tokenizer, out, replace=True)
     return out

@@ -14,8 +14,6 @@ stream on the calibration text (key/value heads are all kept).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from codegemma.config import ModelConfig

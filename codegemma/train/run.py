@@ -226,13 +226,13 @@ def _exported_after(final: Path, ckpt_dir: Path) -> bool:
 def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:
     """The trained weights as a Hugging Face directory (LoRA adapters merged in)."""
     from codegemma.checkpoints import save_hf
-    from codegemma.model import Gemma
+    from codegemma.checkpoints.loading import empty_model, load_weights_into
 
     if recipe.lora.enabled:
         from codegemma.train.lora import merged_state
 
         state = merged_state(model, state)
-    fresh = Gemma(config)
-    fresh.load_state_dict(state)
+    # the gathered tensors themselves, not a second (at 7B, 28 GB) randomly initialised model
+    fresh = load_weights_into(empty_model(config), state.items(), "the trained model")
     save_hf(fresh, config, tokenizer, out, replace=True)  # the previous final model goes only once this one is complete
     return out

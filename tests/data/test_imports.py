@@ -1,4 +1,4 @@
-from codegemma.data.imports import Import, extract_imports, module_directory
+from codegemma.data.imports import extract_imports, module_directory
 
 
 def kinds(imports):

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 import signal
@@ -7,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from codegemma.data.pipeline import build
