@@ -6,6 +6,7 @@ import copy
 import fnmatch
 import math
 import typing
+import warnings
 from pathlib import Path
 
 import torch
@@ -129,6 +130,9 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None,
             check_fim_rows(tokenizer, recipe.model.fim_sentinels_from, len(model.embed_tokens.weight))
             tokenizer = with_fim_sentinels(tokenizer, recipe.model.fim_sentinels_from, "model.fim_sentinels_from")
     freeze(model, recipe.model.freeze)
+    if recipe.model.fim_sentinels_from and not model.embed_tokens.weight.requires_grad and weights:
+        warnings.warn("model.freeze keeps embed_tokens as it starts: the FIM sentinels' rows "
+                      "(model.fim_sentinels_from), fresh random draws, will not train", stacklevel=2)
     return model.train(), config, tokenizer
 
 

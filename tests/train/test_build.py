@@ -117,6 +117,20 @@ def test_a_fresh_model_also_turns_unused_tokens_into_fim_sentinels(small_tokeniz
     assert config.vocab_size == plain.vocab_size
 
 
+def test_freezing_the_embedding_of_new_fim_sentinels_warns(small_tokenizer):
+    """The sentinels' rows are random draws: frozen with embed_tokens, they would never train."""
+    import warnings
+
+    plain, spares = _without_sentinels(small_tokenizer)
+    for frozen, warns in ((["embed_tokens.*"], True), (["layers.0.*"], False)):
+        recipe = recipe_mod.from_dict({"model": {"preset": "tiny-gemma", "fim_sentinels_from": spares,
+                                                 "freeze": frozen}})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build.build_model(recipe, plain)
+        assert any("sentinels' rows" in str(w.message) for w in caught) == warns, frozen
+
+
 def test_fim_sentinels_are_made_only_of_unused_tokens(small_tokenizer):
     """A token the text uses (an ordinary piece, <bos>, a turn marker) or a name given twice is
     refused with one line naming it, and no embedding row changes: renamed, the ordinary piece lost
