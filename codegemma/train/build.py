@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 import typing
@@ -221,10 +220,13 @@ def add_fim_sentinels(model: Gemma, tokenizer: Tokenizer | None, unused: list[st
     return renamed
 
 
-def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of the starting weights (the DPO reference)."""
-    ref = copy.deepcopy(model)
-    return ref.eval().requires_grad_(False)
+def reference_shell(model: Gemma) -> Gemma:
+    """DPO's frozen reference: a model of `model`'s shape on the meta device, which the Trainer fills
+    with the start's weights where it places the trained model (`distributed.place_copy`, under FSDP2
+    `distributed.shard_frozen`), so that no process holds a second copy of the start first."""
+    from codegemma.checkpoints.loading import empty_model
+
+    return empty_model(model.config).eval().requires_grad_(False)
 
 
 def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: ModelConfig) -> None:

@@ -179,12 +179,10 @@ def main_state(model: nn.Module, env: DistEnv) -> dict:
 
 
 def place_copy(copy: nn.Module, source: nn.Module, device: torch.device) -> nn.Module:
-    """`copy` (DPO's reference) on `device` with `source`'s weights: the trained model's start, which
-    DDP has just sent to every process, where a process without weights built `copy` empty."""
-    empty = any(p.is_meta for p in copy.parameters())
+    """`copy` (DPO's reference, an empty shell) on `device` with `source`'s weights: the trained
+    model's start, placed there (and under DDP sent to every process) a moment before."""
     _materialize(copy, device)
-    if empty:
-        copy.load_state_dict(source.state_dict())
+    copy.load_state_dict(source.state_dict())
     return copy
 
 

@@ -116,7 +116,7 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int, objective=None)
 
 def make_objective(recipe: Recipe, model):
     if recipe.objective == "dpo":
-        reference = None if recipe.lora.enabled else build.reference_copy(model)
+        reference = None if recipe.lora.enabled else build.reference_shell(model)
         return objectives.Preference(recipe.dpo.beta, reference)
     return objectives.LanguageModeling()
 

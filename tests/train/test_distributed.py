@@ -214,19 +214,19 @@ def test_a_resumed_run_reads_its_checkpoint_in_the_main_process_only(tmp_path, s
 
 _RECORD_START_READS = """
 import os, sys
-from codegemma.checkpoints import loading
+from codegemma.checkpoints import hf_dir
 from codegemma.train import recipe, run
 
-real_load = loading.load_weights_into
+real_read = hf_dir.iter_tensors
 
 
-def load_weights_into(*args, **kwargs):
+def iter_tensors(*args, **kwargs):
     with open(sys.argv[2], "a") as f:
         f.write(os.environ["RANK"] + "\\n")
-    return real_load(*args, **kwargs)
+    return real_read(*args, **kwargs)
 
 
-loading.load_weights_into = load_weights_into
+hf_dir.iter_tensors = iter_tensors
 run.run(recipe.load(sys.argv[1]))
 """
 
