@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from codegemma.errors import CodegemmaError
+
+
+# How long the other processes wait for the main one to read or write files (`wait_for_main`).
+FILE_WAIT = timedelta(hours=1)
 
 
 @dataclass
@@ -25,6 +30,7 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     launched: bool = False  # started by torchrun, so a process group exists
+    file_group: object = None  # the process group `wait_for_main` waits on
 
     @property
     def is_main(self) -> bool:
@@ -59,11 +65,24 @@ def init(preference: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
-    if launched and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank, world_size, local_rank, device, launched)
+    file_group = None
+    if launched:
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        file_group = dist.new_group(backend="gloo", timeout=FILE_WAIT)
+    return DistEnv(rank, world_size, local_rank, device, launched, file_group)
+
+
+def wait_for_main(env: DistEnv) -> None:
+    """Every process waits here until the main one arrives, which may first read or write files: the
+    start, a checkpoint, the final export, tokenized data. At 7B those take minutes (a checkpoint with
+    its Adam moments is ~100 GB), past NCCL's 10-minute limit on a collective, which would end the
+    run; so the wait is a barrier on a CPU (gloo) group of its own, allowed `FILE_WAIT`, and the
+    training collectives keep their short limit."""
+    if env.distributed:
+        dist.barrier(group=env.file_group)
 
 
 def shutdown(env: DistEnv) -> None:

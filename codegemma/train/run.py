@@ -67,8 +67,7 @@ def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:
             else:
                 from codegemma.train.preference import prepare
             prepare(source, tokenizer, recipe.data.seq_len, out, meta={"made_from": made_from})
-    if env.distributed:
-        torch.distributed.barrier()
+    distributed.wait_for_main(env)
     return out
 
 
@@ -166,6 +165,7 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
     tokenizer = build.load_tokenizer(recipe.tokenizer) if recipe.tokenizer else None
     # under torchrun only the main process reads the start; the Trainer sends it to the others
     model, config, tokenizer = build.build_model(recipe, tokenizer, weights=env.is_main)
+    distributed.wait_for_main(env)  # while it reads
     if recipe.data.seq_len > config.max_seq_len:  # it would train positions the model does not claim to have
         raise CodegemmaError(f"data.seq_len {recipe.data.seq_len} is longer than the model's context of "
                              f"{config.max_seq_len} tokens (max_seq_len): train at most that long")
@@ -206,10 +206,9 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
 
                 plot_run(log, curves, recipe.name)
             summary["plot"] = str(curves)
-    if env.distributed:
-        # the other processes wait for the export: none tears the process group down while the
-        # main process may still use it (not in `finally`: after an error this would hang)
-        torch.distributed.barrier()
+    # the other processes wait for the export: none tears the process group down while the
+    # main process may still use it (not in `finally`: after an error this would hang)
+    distributed.wait_for_main(env)
     return summary
 
 

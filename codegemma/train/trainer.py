@@ -115,8 +115,7 @@ class Trainer:
                      "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
                      "model_config": _config_dict(self.raw_model), "trainable": self._trainable()}
             path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
-        if self.env.distributed:
-            torch.distributed.barrier()
+        distributed.wait_for_main(self.env)
         return path
 
     def _read_checkpoint(self, path: str | Path) -> dict:
@@ -138,6 +137,7 @@ class Trainer:
                 box = [meta]
             except Exception as exc:  # sent to every process: raised only here, the others would wait forever
                 box = [exc]
+        distributed.wait_for_main(self.env)  # while it reads the file
         torch.distributed.broadcast_object_list(box, src=0)
         if isinstance(box[0], Exception):
             raise box[0]

@@ -266,6 +266,63 @@ def test_only_the_main_process_reads_the_start(tmp_path, strategy):
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
 
 
+_SLOW_FILES = """
+import os, sys, time
+from datetime import timedelta
+
+import torch.distributed as dist
+
+import codegemma.checkpoints
+from codegemma.checkpoints import hf_dir
+from codegemma.train import checkpoint, recipe, run
+
+# collectives time out after 4 s (NCCL's limit is 10 minutes); the main process's file work takes 8
+real_init = dist.init_process_group
+dist.init_process_group = lambda *a, **k: real_init(*a, **{**k, "timeout": timedelta(seconds=4)})
+
+
+def slow(real):
+    def wrapped(*args, **kwargs):
+        if os.environ["RANK"] == "0":
+            time.sleep(8)
+        return real(*args, **kwargs)
+    return wrapped
+
+
+hf_dir.iter_tensors = slow(hf_dir.iter_tensors)  # reading the start
+checkpoint.save = slow(checkpoint.save)
+checkpoint.load = slow(checkpoint.load)
+codegemma.checkpoints.save_hf = slow(codegemma.checkpoints.save_hf)  # the final export
+run.run(recipe.load(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_the_others_wait_as_long_as_the_main_process_reads_and_writes(tmp_path):
+    """At 7B the main process reads the start or a checkpoint, and writes checkpoints and the final
+    model, for minutes, past NCCL's 10-minute limit on a collective. The other processes wait for it
+    on a group of their own (`wait_for_main`), not in a training collective: with collectives timing
+    out after 4 s, a run whose file work takes 8 s each time starts, saves, exports and resumes."""
+    from codegemma.checkpoints import save_hf
+    from codegemma.config import preset
+    from codegemma.model import Gemma
+
+    save_hf(Gemma(preset("tiny-gemma")), preset("tiny-gemma"), None, tmp_path / "start")
+    shards = write_shards(tmp_path / "shards", n=64)
+    (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 4, "[checkpoint]\nevery = 2\nkeep = 3\n")
+                                       .replace("[model]\n", f"[model]\ninit = \"{(tmp_path / 'start').as_posix()}\"\n"))
+    (tmp_path / "driver.py").write_text(_SLOW_FILES)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(tmp_path / "driver.py"), str(tmp_path / "run.toml")]
+    _run(torchrun)
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "step_00000004.pt").unlink()
+    (checkpoints / "latest").write_text("step_00000002.pt\n")
+    _run(torchrun)
+    assert [r["step"] for r in metrics.read(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
 @pytest.mark.slow
 def test_fsdp_bf16_on_a_cpu_follows_one_process(tmp_path):
     """`train.precision = "bf16"` on a CPU means bf16 matrix products and float32 everywhere else;
