@@ -64,7 +64,7 @@ class TrainSection:
     steps: int = 1000
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32", "bf16" (on a CPU: bf16 products)
+    precision: str = "auto"  # auto: bf16 autocast on GPUs with native bf16 (Ampere on), else float32; or "fp32", "bf16" (on a CPU: bf16 products)
     compile: bool = False
     activation_checkpointing: bool = False
     device: str = "auto"

@@ -38,7 +38,16 @@ def to_device(batch, device: torch.device):
 
 
 def use_bf16(recipe: Recipe, device: torch.device) -> bool:
-    return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+    """`auto`: bf16 autocast on a GPU that computes bf16 natively (Ampere and later); on a V100 or
+    T4 torch only emulates it, slower than float32, which `auto` keeps there."""
+    if recipe.train.precision == "auto":
+        return device.type == "cuda" and native_bf16_gpu(device)
+    return recipe.train.precision == "bf16"
+
+
+def native_bf16_gpu(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 class Trainer:
@@ -62,6 +71,10 @@ class Trainer:
             warnings.warn("train.precision = 'bf16' on a CPU without AMX or AVX512-BF16: its bf16 products run "
                           "no faster than float32 ones there (--set train.precision=fp32 avoids the "
                           "rounding)", stacklevel=2)
+        if self.bf16 and self.device.type == "cuda" and not native_bf16_gpu(self.device) and self.env.is_main:
+            warnings.warn(f"train.precision = 'bf16' on a {torch.cuda.get_device_name(self.device)}, which only "
+                          "emulates bf16: slower than float32 there (train.precision = 'auto' or 'fp32')",
+                          stacklevel=2)
         if recipe.train.activation_checkpointing:
             _enable_activation_checkpointing(self.raw_model)
         fsdp = self.env.distributed and recipe.distributed.strategy == "fsdp"

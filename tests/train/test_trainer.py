@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,6 +96,26 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, shards, monkeypatch, 
         warnings.simplefilter("always")
         Trainer(recipe, model, objectives.LanguageModeling(), iter(()))
     assert any("AMX or AVX512-BF16" in str(w.message) for w in caught) == warns
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_gpus_that_compute_it(tmp_path, shards, monkeypatch, native):
+    """`auto` on a GPU: bf16 where it is native (A100, H100); on a V100 or T4, which only emulate it
+    (slower than float32), float32. Asked for by name there, bf16 is kept, with a warning."""
+    import warnings
+
+    from codegemma.train import trainer as trainer_mod
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or native)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    gpu = torch.device("cuda:0")
+    assert trainer_mod.use_bf16(make_recipe(tmp_path, shards, precision="auto"), gpu) == native
+    assert asked == [False]
+    assert trainer_mod.use_bf16(make_recipe(tmp_path, shards, precision="bf16"), gpu)
+    assert not trainer_mod.use_bf16(make_recipe(tmp_path, shards, precision="fp32"), gpu)
+    assert not trainer_mod.use_bf16(make_recipe(tmp_path, shards, precision="auto"), torch.device("cpu"))
 
 
 def test_frozen_parameters_stay_as_they_start(tmp_path, shards):
