@@ -25,14 +25,20 @@ def _run(args: list[str]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, procs", [("ddp", 2), ("fsdp", 2), ("fsdp", 1)])
-def test_processes_match_one(tmp_path, strategy, procs):
-    """`procs` processes (1: torchrun still forms a process group and wraps the model) match a plain run."""
+@pytest.mark.parametrize("strategy, procs, compiled", [("ddp", 2, False), ("fsdp", 2, False), ("fsdp", 1, False),
+                                                       ("fsdp", 2, True)])
+def test_processes_match_one(tmp_path, strategy, procs, compiled):
+    """`procs` processes (1: torchrun still forms a process group and wraps the model) match a plain
+    run; so do FSDP2 processes whose model is compiled, with activation checkpointing, against one
+    compiled process."""
     shards = write_shards(tmp_path / "shards", n=64)
     steps = 6
     extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\n"
-    (tmp_path / "one.toml").write_text(recipe_toml(tmp_path / "one", shards, steps, extra))
-    (tmp_path / "two.toml").write_text(recipe_toml(tmp_path / "two", shards, steps, extra))
+    for name in ("one", "two"):
+        text = recipe_toml(tmp_path / name, shards, steps, extra)
+        if compiled:
+            text = text.replace("[train]\n", "[train]\ncompile = true\nactivation_checkpointing = true\n")
+        (tmp_path / f"{name}.toml").write_text(text)
     cli = ["-m", "codegemma", "train", "run"]
     # the same global batch: 1 x 8 sequences vs `procs` processes x 8 / procs
     _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8"])
