@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from codegemma import block_weights
 from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
@@ -107,6 +108,7 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None,
         checked_overrides(recipe.model.overrides)  # before a checkpoint that may take minutes to load
         loaded = load(recipe.model.init, dtype="float32", weights=weights)
         model, config = loaded.model, loaded.config
+        block_weights.detach(model)  # a GGUF start's decoding aids: training changes their weights
         check_start_shape(recipe, config)
         tokenizer = tokenizer or loaded.tokenizer
         if recipe.model.fim_sentinels_from:

@@ -183,3 +183,36 @@ def test_model_overrides_are_checked_for_type_and_range(tmp_path):
     _, config, _ = build.build_model(recipe_mod.from_dict(
         {"model": {"preset": "tiny-gemma", "overrides": {"norm_eps": 1, "n_layers": 3}}}), None)
     assert config.norm_eps == 1.0 and isinstance(config.norm_eps, float) and config.n_layers == 3
+
+
+def test_a_gguf_start_trains_without_its_decoding_aids(tmp_path, monkeypatch):
+    """A GGUF start loads with block forms for decoding (codes, fused copies, a decode step): about
+    two bytes a weight that training, which changes the weights they were made from, never uses.
+    The training model has plain linear layers with the same parameters and computes the same."""
+    import pytest
+    from gguf import GGMLQuantizationType as Q
+
+    from codegemma import kernels
+    from codegemma.block_weights import BlockLinear
+    from codegemma.checkpoints import load
+    from codegemma.model import Gemma
+
+    from ..checkpoints.gguf_fixtures import CONFIG, write_gguf
+
+    if not kernels.available():
+        pytest.skip("no C compiler: a GGUF start gets no block forms to drop")
+    monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    source = Gemma(CONFIG)
+    source.init_weights()
+    path = tmp_path / "start.gguf"
+    write_gguf(path, source.state_dict(), types={n: Q.Q8_0 for n, p in source.named_parameters() if p.dim() == 2})
+    decoding = load(path).model
+    assert any(isinstance(m, BlockLinear) for m in decoding.modules()) and decoding._decode_step is not None
+    model, _, _ = build.build_model(recipe_mod.from_dict({"model": {"init": str(path)}}), None)
+    assert not any(isinstance(m, BlockLinear) for m in model.modules())
+    assert model._decode_step is None and model._head_blocks is None and model._head_screen is None
+    assert all(block.self_attn.qkv_proj is None and block.mlp.gate_up_proj is None for block in model.layers)
+    ids = torch.randint(3, CONFIG.vocab_size, (1, 9))
+    with torch.no_grad():  # (the block kernel sums in another order: float32 rounding)
+        assert torch.allclose(model.eval()(ids), decoding(ids), atol=1e-5)
