@@ -58,6 +58,16 @@ def test_gpu_peaks_tell_variants_apart(monkeypatch):
         assert metrics.peak_flops(torch.device("cuda:0"), bf16=True) == peak, name
 
 
+def test_a_float32_run_on_a_gpu_is_measured_against_the_float32_peak(monkeypatch):
+    """A float32 run (train.precision = "fp32", or "auto" on a V100) does not use the bf16 tensor
+    cores: its MFU is against the GPU's float32 peak, 67 TFLOP/s on an H100 SXM, not 989."""
+    names = {"NVIDIA H100 80GB HBM3": 67e12, "NVIDIA H100 PCIe": 51e12, "NVIDIA A100-SXM4-80GB": 19.5e12,
+             "Tesla V100-SXM2-16GB": 15.7e12, "Tesla T4": 8.1e12, "NVIDIA L4": 30.3e12}
+    for name, peak in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        assert metrics.peak_flops(torch.device("cuda:0")) == peak, name
+
+
 def _strict(text: str) -> list[dict]:
     """Parse JSON Lines as RFC 8259 does: no NaN, Infinity or -Infinity."""
     def refuse(name):
