@@ -101,9 +101,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, shards, monkeypatch, 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_on_gpus_that_compute_it(tmp_path, shards, monkeypatch, native):
     """`auto` on a GPU: bf16 where it is native (A100, H100); on a V100 or T4, which only emulate it
-    (slower than float32), float32. Asked for by name there, bf16 is kept, with a warning."""
-    import warnings
-
+    (slower than float32), float32. Asked for by name, bf16 is kept."""
     from codegemma.train import trainer as trainer_mod
 
     asked = []
