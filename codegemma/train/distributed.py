@@ -218,8 +218,7 @@ def _receive_shards(model: nn.Module, start: dict, device: torch.device) -> None
     """Memory for this process's shards, filled from the main process's `start` one tensor at a time."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    model.to_empty(device=device)
-    _reset_buffers(model)
+    _materialize(model, device)
     # (a copy of the dict: torch puts the model's shards into the one it is given)
     set_model_state_dict(model, dict(start), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
