@@ -97,24 +97,6 @@ class FusedBlocks:
         return torch.cat([getattr(self.parent, name)(x) for name in self.names], dim=-1)
 
 
-def detach(model) -> None:
-    """Drop the block forms: plain nn.Linear layers with the same parameters, no fused views, no
-    decode step or head forms. For training, which changes the weights they were made from: from
-    then on they only hold memory (the codes and their fused copies, about two bytes a weight)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BlockLinear):
-            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
-            plain.weight, plain.bias = module.weight, module.bias
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, plain)
-    for block in model.layers:
-        if isinstance(block.self_attn.qkv_proj, FusedBlocks):
-            block.self_attn.qkv_proj = None
-        if isinstance(block.mlp.gate_up_proj, FusedBlocks):
-            block.mlp.gate_up_proj = None
-    model._head_blocks = model._head_screen = model._decode_step = None
-
-
 def _fuse(model):
     """One kernel call for q/k/v and one for gate/up per layer: fewer calls per decoded token."""
     for block in model.layers:

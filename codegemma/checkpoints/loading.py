@@ -68,12 +68,14 @@ def default_gguf_path() -> str:
 
 
 def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", progress: bool = True,
-         weights: bool = True) -> Loaded:
+         weights: bool = True, decoding_aids: bool = True) -> Loaded:
     """`dtype` int8/int4 quantizes the weights for inference (see codegemma.quant); for GGUF files
     the quantized weights are cached beside the float ones and memory-mapped on later loads.
 
     `weights=False` reads the config and tokenizer alone and gives a model on the meta device: what
-    the other processes of a distributed run need while one of them reads the weights."""
+    the other processes of a distributed run need while one of them reads the weights.
+    `decoding_aids=False` leaves out a float32 GGUF model's block forms for decoding: training
+    changes the weights they are made from, after which they only hold memory."""
     quant = dtype if isinstance(dtype, str) and dtype in QUANT_DTYPES else None
     dtype = torch.float32 if quant else resolve_dtype(dtype)
     if spec is None or str(spec) in ("", "default"):
@@ -91,7 +93,7 @@ def load(spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "floa
     if path.suffix == ".gguf" or path.is_file():
         if not weights:
             return _gguf_shape(path)
-        return _load_gguf(path, dtype, progress, quant)
+        return _load_gguf(path, dtype, progress, quant, decoding_aids)
     raise CodegemmaError(f"model not found: {spec} (expected a .gguf file, a Hugging Face directory or a preset: "
                          f"{', '.join(sorted(PRESETS))})")
 
@@ -156,7 +158,8 @@ def _quantized(loaded: Loaded, quant: str | None) -> Loaded:
     return loaded
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None = None) -> Loaded:
+def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None = None,
+               decoding_aids: bool = True) -> Loaded:
     if not path.is_file():
         raise CodegemmaError(f"model file not found: {path}")
     cached = _cache_dir(path)
@@ -173,7 +176,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         else:
             if quant:
                 _write_quantized_cache(cached, quantize_model(loaded.model, quant), quant)
-            else:
+            elif decoding_aids:
                 _attach_decoding_aids(cached, loaded.model, path, progress)
             return loaded
     reader = gguf_file.open_gguf(path)
@@ -196,7 +199,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         _write_quantized_cache(cached, quantize_model(model, quant), quant)
         return Loaded(model, tokenizer, config, str(path))
     model = model.to(dtype)
-    _attach_decoding_aids(cached, model, path, progress)
+    if decoding_aids:
+        _attach_decoding_aids(cached, model, path, progress)
     return Loaded(model, tokenizer, config, str(path))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from codegemma import block_weights
+from codegemma.checkpoints.loading import empty_model
 from codegemma.config import ModelConfig, preset
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
@@ -106,9 +106,8 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None,
         from codegemma.checkpoints import load
 
         checked_overrides(recipe.model.overrides)  # before a checkpoint that may take minutes to load
-        loaded = load(recipe.model.init, dtype="float32", weights=weights)
+        loaded = load(recipe.model.init, dtype="float32", weights=weights, decoding_aids=False)
         model, config = loaded.model, loaded.config
-        block_weights.detach(model)  # a GGUF start's decoding aids: training changes their weights
         check_start_shape(recipe, config)
         tokenizer = tokenizer or loaded.tokenizer
         if recipe.model.fim_sentinels_from:
@@ -119,8 +118,6 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer | None,
             model = Gemma(config)
             model.init_weights(std=recipe.model.init_std, generator=torch.Generator().manual_seed(recipe.seed))
         else:
-            from codegemma.checkpoints.loading import empty_model
-
             model = empty_model(config)
         if recipe.model.fim_sentinels_from:
             # a fresh model over a vocabulary without sentinels (Gemma's, from scratch): every row is
@@ -226,8 +223,6 @@ def reference_shell(model: Gemma) -> Gemma:
     """DPO's frozen reference: a model of `model`'s shape on the meta device, which the Trainer fills
     with the start's weights where it places the trained model (`distributed.place_copy`, under FSDP2
     `distributed.shard_frozen`), so that no process holds a second copy of the start first."""
-    from codegemma.checkpoints.loading import empty_model
-
     return empty_model(model.config).eval().requires_grad_(False)
 
 

@@ -200,7 +200,7 @@ def test_a_gguf_start_trains_without_its_decoding_aids(tmp_path, monkeypatch):
     from ..checkpoints.gguf_fixtures import CONFIG, write_gguf
 
     if not kernels.available():
-        pytest.skip("no C compiler: a GGUF start gets no block forms to drop")
+        pytest.skip("no C compiler: a GGUF start gets no block forms to leave out")
     monkeypatch.setenv("CODEGEMMA_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     source = Gemma(CONFIG)
