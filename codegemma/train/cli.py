@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16) or a HF directory")
-    p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
+    p.add_argument("source", help="training checkpoint (a .pt file or a sharded step directory), run directory, HF directory or GGUF")
     p.add_argument("--out", required=True, help="output .gguf file or directory")
     p.add_argument("--format", choices=("gguf", "hf"), default=None, help="default: from --out's suffix")
     p.add_argument("--dtype", choices=("f32", "f16"), default="f16", help="GGUF tensor type")
@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("infill-eval", help="single-line infilling on held-out files: middle loss, suffix gain, "
                                            "exact match, edit similarity, copy gain (the training evaluation, "
                                            "on a finished model)")
-    p.add_argument("source", help="training checkpoint (.pt), run directory, HF directory or GGUF")
+    p.add_argument("source", help="training checkpoint (a .pt file or a sharded step directory), run directory, HF directory or GGUF")
     p.add_argument("--files", required=True, help="directory of held-out source files")
     p.add_argument("--examples", type=count, default=100, help="lines to mask (drawn with a fixed seed)")
     p.add_argument("--orders", default="psm,spm",

@@ -222,7 +222,7 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
 
     source = Path(source)
     ckpt_path = None
-    if source.is_file() and source.suffix == ".pt":
+    if (source.is_file() and source.suffix == ".pt") or checkpoint.is_sharded(source):
         ckpt_path = source
     elif source.is_dir() and not (source / "config.json").exists() and any(
             (source / marker).exists() for marker in ("checkpoints", "final", ".lock", "metrics.jsonl")):

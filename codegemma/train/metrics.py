@@ -23,9 +23,10 @@ from codegemma.kernels import cpu_flags
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. The first key that is
 # part of the device's name wins, so a variant comes before the name it contains: the PCIe H100
 # (756) before the SXM one, the L40 (181) after the L40S and before the L4.
+# The V100 and T4 have no bf16 units (torch emulates bf16 there with float32 arithmetic), so a bf16
+# run on them is measured against their float32 peak below.
 _GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-                  "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
-                  "T4": 65e12}  # (V100 and T4: fp16, they have no bf16 units)
+                  "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
 # float32 without tensor cores, what PyTorch's float32 products use unless TF32 is allowed
 _GPU_PEAK_FP32 = {"H200": 67e12, "H100 PCIe": 51e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12,
                   "L40": 90.5e12, "L4": 30.3e12, "A10": 31.2e12, "4090": 82.6e12, "3090": 35.6e12, "V100": 15.7e12,
@@ -51,7 +52,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 def peak_flops(device: torch.device, bf16: bool = False) -> float:
     """Peak FLOP/s of one device: data-sheet numbers for known GPUs (dense bf16 tensor cores with
-    `bf16`, else plain float32), an FMA estimate for CPUs.
+    `bf16` where the GPU has them, else plain float32), an FMA estimate for CPUs.
 
     The CPU figure assumes two FMA units per core, 256-bit (32 float32 FLOPs per cycle) or, with
     `avx512f`, 512-bit (64), at the maximum clock over the cores this process may use; it is an
@@ -62,9 +63,11 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in (_GPU_PEAK_BF16 if bf16 else _GPU_PEAK_FP32).items():
-            if key in name:
-                return value
+        tables = (_GPU_PEAK_BF16, _GPU_PEAK_FP32) if bf16 else (_GPU_PEAK_FP32,)
+        for table in tables:
+            for key, value in table.items():
+                if key in name:
+                    return value
         return 0.0
     freq = psutil.cpu_freq()
     mhz = (freq.max or freq.current) if freq else 0.0

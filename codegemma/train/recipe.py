@@ -95,6 +95,9 @@ class LogSection:
 class CheckpointSection:
     every: int = 0  # 0: only at the end
     keep: int = 2
+    # "file": one file written by the main process; "sharded": a directory where each process writes
+    # its own shards (torch.distributed.checkpoint); "auto": sharded under FSDP, else a file
+    format: str = "auto"
 
 
 @dataclass
@@ -140,6 +143,8 @@ class Recipe:
             raise CodegemmaError(f"{where}: objective {self.objective!r} is not one of {OBJECTIVES}")
         if self.distributed.strategy not in ("ddp", "fsdp"):
             raise CodegemmaError(f"{where}: distributed.strategy must be 'ddp' or 'fsdp'")
+        if self.checkpoint.format not in ("auto", "file", "sharded"):
+            raise CodegemmaError(f"{where}: checkpoint.format must be 'auto', 'file' or 'sharded'")
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise CodegemmaError(f"{where}: train.precision must be auto, fp32 or bf16")
         if not _device_name(self.train.device):

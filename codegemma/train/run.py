@@ -219,7 +219,7 @@ def _exported_after(final: Path, ckpt_dir: Path) -> bool:
 
     newest = checkpoint.latest(ckpt_dir)
     config = final / "config.json"
-    return newest is not None and config.is_file() and config.stat().st_mtime_ns >= newest.stat().st_mtime_ns
+    return newest is not None and config.is_file() and config.stat().st_mtime_ns >= checkpoint.saved_at(newest)
 
 
 def export_final(model, state: dict, config, tokenizer, out: Path, recipe: Recipe) -> Path:

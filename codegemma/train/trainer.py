@@ -117,28 +117,46 @@ class Trainer:
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
+    def sharded_checkpoints(self) -> bool:
+        fmt = self.recipe.checkpoint.format
+        return fmt == "sharded" or (fmt == "auto" and self.fsdp)
+
     def save_checkpoint(self) -> Path | None:
         data_states = distributed.gather_objects(self.data.state_dict(), self.env)
         rng_states = distributed.gather_objects(ckpt.rng_state(), self.env)
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
+                 "data": data_states, "rng": rng_states, "recipe": self.recipe.to_dict(),
+                 "world_size": self.env.world_size, "model_config": _config_dict(self.raw_model),
+                 "trainable": self._trainable(),
+                 "optimizer_groups": [len(g["params"]) for g in self.optimizer.param_groups]}
+        keep = self.recipe.checkpoint.keep
+        if self.sharded_checkpoints():
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_state, optim_state = get_state_dict(self.raw_model, self.optimizer)
+            path = ckpt.save_sharded(self.out_dir / "checkpoints", self.step,
+                                     {"model": model_state, "optimizer": optim_state},
+                                     state if self.env.is_main else None, self.env, keep=keep)
+            return path if self.env.is_main else None
         model_state, optim_state = self.model_state(), self._optim_state()
         path = None
         if self.env.is_main:
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "model": model_state,
-                     "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "data": data_states,
-                     "rng": rng_states, "recipe": self.recipe.to_dict(), "world_size": self.env.world_size,
-                     "model_config": _config_dict(self.raw_model), "trainable": self._trainable()}
-            path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=self.recipe.checkpoint.keep)
+            state.update(model=model_state, optimizer=optim_state)
+            path = ckpt.save(self.out_dir / "checkpoints", self.step, state, keep=keep)
         distributed.wait_for_main(self.env)
         return path
 
     def _read_checkpoint(self, path: str | Path) -> dict:
-        """The checkpoint's state; under torchrun only the main process reads the file.
+        """The checkpoint's state; under torchrun only the main process reads a checkpoint file.
 
         Each process reading it would hold the whole model and both Adam moments in CPU memory at
         once (7B: ~100 GB a process, 800 GB on an 8-GPU node, and as many reads of the file from
         shared storage). Instead the main process broadcasts everything but the weights and the
         optimizer state, whose tensors `broadcast_from_rank0` then sends one at a time (the other
-        processes get empty `model` and `optimizer` dicts here)."""
+        processes get empty `model` and `optimizer` dicts here). Of a sharded checkpoint every
+        process reads the small state (and later its own shards, `_load_tensors`)."""
+        if ckpt.is_sharded(path):
+            return ckpt.load_state(path)
         if not self.env.distributed:
             return ckpt.load(path)
         box: list = [None]
@@ -146,7 +164,7 @@ class Trainer:
             try:
                 state = ckpt.load(path)
                 meta = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
-                meta["optimizer_groups"] = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+                meta.setdefault("optimizer_groups", [len(g["params"]) for g in state["optimizer"].get("param_groups", [])])
                 box = [meta]
             except Exception as exc:  # sent to every process: raised only here, the others would wait forever
                 box = [exc]
@@ -174,6 +192,7 @@ class Trainer:
         if saved != self.recipe.objective:  # the data reader checks that its data are the ones saved
             raise CodegemmaError(f"{path}: saved from a {saved} run, resuming as {self.recipe.objective}; resume "
                                  "with the recipe the run started with, or start this one in another out_dir")
+        # older checkpoints: the optimizer's group sizes from its state
         saved_groups = state.get("optimizer_groups") or \
             [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
         saved = state.get("trainable")  # older checkpoints: the optimizer's group sizes alone
@@ -185,21 +204,30 @@ class Trainer:
                                  "with the model.freeze and lora settings the run started with, or start this one "
                                  "in another out_dir")
         own = optim.settings(self.optimizer)
-        if self.env.distributed:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+        self._load_tensors(path, state)
+        # the recipe's optimizer settings and schedule (train.steps may change), at the saved step
+        optim.continue_at(self.optimizer, self.scheduler, own, state["scheduler"]["last_epoch"])
+        self.data.load_state_dict(state["data"][self.env.rank])
+        ckpt.set_rng_state(state["rng"][self.env.rank])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
 
+    def _load_tensors(self, path: str | Path, state: dict) -> None:
+        """The weights and the optimizer state: from this process's shards of a sharded checkpoint,
+        else from `state` (under torchrun sent by the main process one tensor at a time)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict, set_state_dict)
+
+        if ckpt.is_sharded(path):
+            model_state, optim_state = get_state_dict(self.raw_model, self.optimizer)
+            ckpt.load_shards(path, {"model": model_state, "optimizer": optim_state}, self.env)
+            set_state_dict(self.raw_model, self.optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+        elif self.env.distributed:
             opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
             set_model_state_dict(self.raw_model, state["model"], options=opts)
             set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
         else:
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        # the recipe's optimizer settings and schedule (train.steps may change), at the saved step
-        optim.continue_at(self.optimizer, self.scheduler, own, state["scheduler"]["last_epoch"])
-        self.data.load_state_dict(state["data"][self.env.rank])
-        ckpt.set_rng_state(state["rng"][self.env.rank])
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
 
     def _trainable(self) -> list[str]:
         return [name for name, p in self.raw_model.named_parameters() if p.requires_grad]

@@ -117,6 +117,69 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_way_back(tmp_path):
     assert checkpoint.load(checkpoint.latest(tmp_path))["step"] == 4
 
 
+def _sharded(tmp_path, step, keep=2, size=1000):
+    from codegemma.train.distributed import DistEnv
+
+    tensors = {"model": {"w": torch.full((size,), float(step))}, "optimizer": {"state": {"w": {"m": torch.ones(3)}}}}
+    return checkpoint.save_sharded(tmp_path, step, tensors, {"step": step}, DistEnv(), keep=keep)
+
+
+def test_sharded_checkpoints_are_published_pruned_and_read_whole(tmp_path):
+    """A sharded checkpoint is a directory that appears whole (renamed from a temporary one, which
+    a later save removes if a killed save left it), `latest` names it, `keep` prunes the old ones, and
+    one process reads its weights whole: the state without the optimizer's, which only a resuming
+    run reads, process by process."""
+    _sharded(tmp_path, 1)
+    (tmp_path / ".step_00000002.sharded.tmp").mkdir()
+    (tmp_path / ".step_00000002.sharded.tmp" / "__0_0.distcp").write_bytes(b"half a shard")
+    for step in (2, 3):
+        path = _sharded(tmp_path, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002", "step_00000003"]
+    assert checkpoint.latest(tmp_path) == path and checkpoint.is_sharded(path)
+    state = checkpoint.load(path)
+    assert state["step"] == 3 and "optimizer" not in state
+    assert torch.equal(state["model"]["w"], torch.full((1000,), 3.0))
+    checkpoint.save(tmp_path, 3, {"step": 3})  # the same step again, as a file: it replaces the directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000002", "step_00000003.pt"]
+    assert checkpoint.latest(tmp_path).name == "step_00000003.pt"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_full_disk_during_a_sharded_save_is_one_line_naming_the_checkpoint(tmp_path):
+    import resource
+
+    from codegemma.errors import CodegemmaError
+
+    _sharded(tmp_path, 1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(CodegemmaError) as err:
+            _sharded(tmp_path, 2, size=1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert "\n" not in message and "step_00000002: cannot write the checkpoint (File too large)" in message
+    assert message.endswith(f"the newest complete checkpoint is still {tmp_path / 'step_00000001'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001"]
+
+
+def test_a_damaged_sharded_checkpoint_is_one_line(tmp_path):
+    from codegemma.errors import CodegemmaError
+
+    path = _sharded(tmp_path, 1)
+    shard = path / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CodegemmaError) as err:
+        checkpoint.load(path)
+    assert str(err.value) == (f"{path}: not a readable sharded checkpoint (PytorchStreamReader failed reading zip "
+                              "archive: failed finding central directory)")
+    shard.unlink()
+    with pytest.raises(CodegemmaError) as err:
+        checkpoint.load(path)
+    assert str(err.value) == f"{path}: not a readable sharded checkpoint ([Errno 2] No such file or directory: '{shard}')"
+
+
 def _tiny_recipe(tmp_path, steps=4, extra=""):
     from codegemma.train import recipe as recipe_mod
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,11 +195,11 @@ run.run(recipe.load(sys.argv[1]))
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_resumed_run_reads_its_checkpoint_in_the_main_process_only(tmp_path, strategy):
-    """Resuming under torchrun: the main process reads the checkpoint file and sends the rest its
-    part (every process reading it would hold a 7B model's whole training state in CPU memory,
-    eight times on one node), and the resumed steps are the uninterrupted run's."""
+    """Resuming from a checkpoint file under torchrun: the main process reads it and sends the rest
+    their part (every process reading it would hold a 7B model's whole training state in CPU
+    memory, eight times on one node), and the resumed steps are the uninterrupted run's."""
     shards = write_shards(tmp_path / "shards", n=64)
-    extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\nkeep = 5\n"
+    extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\nkeep = 5\nformat = \"file\"\n"
     (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 6, extra))
     (tmp_path / "driver.py").write_text(_RECORD_READS)
     reads = tmp_path / "reads.txt"
@@ -216,6 +217,75 @@ def test_a_resumed_run_reads_its_checkpoint_in_the_main_process_only(tmp_path, s
     assert [r["step"] for r in resumed] == list(range(1, 7))
     for a, b in zip(uninterrupted, resumed):
         assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), a["step"]
+
+
+_SLOW_SHARD_WRITES = """
+import os, sys, time
+from datetime import timedelta
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from codegemma.train import recipe, run
+
+# collectives time out after 4 s; the second process takes 8 s to write its shards
+real_init = dist.init_process_group
+dist.init_process_group = lambda *a, **k: real_init(*a, **{**k, "timeout": timedelta(seconds=4)})
+real_write = dcp.FileSystemWriter.write_data
+
+
+def write_data(self, *args, **kwargs):
+    if os.environ["RANK"] == "1":
+        time.sleep(8)
+    return real_write(self, *args, **kwargs)
+
+
+dcp.FileSystemWriter.write_data = write_data
+run.run(recipe.load(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoints_are_sharded_and_resume_exactly(tmp_path):
+    """Under FSDP2 each process writes and reads back its own shards of the weights and the Adam
+    moments (a 7B run's ~100 GB of training state is never gathered into one process). The
+    processes wait for a slow writer on the long-wait group, not a training collective (4 s here);
+    the resumed steps are the uninterrupted run's; and the checkpoint exports, read whole in one
+    process, as the run's final model."""
+    import torch
+
+    from codegemma.checkpoints import load
+    from codegemma.train import checkpoint
+    from codegemma.train.export import load_trained
+
+    shards = write_shards(tmp_path / "shards", n=64)
+    extra = "[distributed]\nstrategy = \"fsdp\"\n[checkpoint]\nevery = 3\nkeep = 5\n"
+    (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 6, extra))
+    (tmp_path / "driver.py").write_text(_SLOW_SHARD_WRITES)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(tmp_path / "driver.py"), str(tmp_path / "run.toml")]
+    _run(torchrun)
+    uninterrupted = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000003", "step_00000006"]
+    step6 = checkpoints / "step_00000006"
+    assert sorted(p.name for p in step6.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"]
+    sizes = [(step6 / f"__{r}_0.distcp").stat().st_size for r in (0, 1)]
+    assert max(sizes) < 0.6 * sum(sizes)  # each process wrote about half
+
+    weights, _, _ = load_trained(tmp_path / "run")  # the run's newest checkpoint, step 6
+    final = load(str(tmp_path / "run" / "final")).model.state_dict()
+    assert weights.keys() == final.keys()
+    assert all(torch.equal(weights[k], final[k]) for k in final)
+
+    shutil.rmtree(step6)
+    (checkpoints / "latest").write_text("step_00000003\n")
+    _run(torchrun)
+    resumed = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(uninterrupted, resumed):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), a["step"]
+    assert checkpoint.latest(checkpoints) == step6
 
 
 _RECORD_START_READS = """

@@ -66,6 +66,10 @@ def test_a_float32_run_on_a_gpu_is_measured_against_the_float32_peak(monkeypatch
     for name, peak in names.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
         assert metrics.peak_flops(torch.device("cuda:0")) == peak, name
+    # bf16 asked for by name on a V100 or T4 is emulated with float32 arithmetic: the same peak
+    for name in ("Tesla V100-SXM2-16GB", "Tesla T4"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        assert metrics.peak_flops(torch.device("cuda:0"), bf16=True) == names[name], name
 
 
 def _strict(text: str) -> list[dict]:

@@ -150,11 +150,15 @@ def test_compiled_training_follows_eager(tmp_path, shards):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
 
 
-def test_resume_from_checkpoint_in_process(tmp_path, shards):
+@pytest.mark.parametrize("form", ["file", "sharded"])
+def test_resume_from_checkpoint_in_process(tmp_path, shards, form):
+    """Stopped after step 5, the run continues from its step-3 checkpoint, a file or a sharded
+    directory (`checkpoint.format`), and logs the uninterrupted run's losses exactly."""
     full = make_recipe(tmp_path / "full", shards, steps=8)
     _, reference = train(full)
     part = make_recipe(tmp_path / "part", shards, steps=8)
     part.checkpoint.every = 3
+    part.checkpoint.format = form
 
     class Stop(Exception):
         pass
@@ -166,7 +170,8 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards):
     with pytest.raises(Stop):
         train(part, stop_after_5)
     ckpt_dir = tmp_path / "part" / "run" / "checkpoints"
-    assert {f.stat().st_mode & 0o777 for f in ckpt_dir.iterdir()} == {0o644}  # not mkstemp's 0600
+    assert {f.stat().st_mode & 0o777 for f in ckpt_dir.rglob("*") if f.is_file()} == {0o644}  # not mkstemp's 0600
+    assert checkpoint.latest(ckpt_dir).name == {"file": "step_00000003.pt", "sharded": "step_00000003"}[form]
     _, resumed = train(part)  # continues from step 3
     assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
 
