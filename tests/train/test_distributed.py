@@ -246,12 +246,15 @@ run.run(recipe.load(sys.argv[1]))
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoints_are_sharded_and_resume_exactly(tmp_path):
-    """Under FSDP2 each process writes and reads back its own shards of the weights and the Adam
-    moments (a 7B run's ~100 GB of training state is never gathered into one process). The
-    processes wait for a slow writer on the long-wait group, not a training collective (4 s here);
-    the resumed steps are the uninterrupted run's; and the checkpoint exports, read whole in one
-    process, as the run's final model."""
+@pytest.mark.parametrize("settings", ["strategy = \"fsdp\"\n[checkpoint]\n",
+                                      "strategy = \"ddp\"\n[checkpoint]\nformat = \"sharded\"\n"])
+def test_checkpoints_are_sharded_and_resume_exactly(tmp_path, settings):
+    """Under FSDP2 (by default) each process writes and reads back its own shards of the weights and
+    the Adam moments (a 7B run's ~100 GB of training state is never gathered into one process); under
+    DDP, asked for, the processes share the writing of the replicated state. The processes wait for
+    a slow writer on the long-wait group, not a training collective (4 s here); the resumed steps
+    are the uninterrupted run's; and the checkpoint exports, read whole in one process, as the run's
+    final model."""
     import torch
 
     from codegemma.checkpoints import load
@@ -259,7 +262,7 @@ def test_fsdp_checkpoints_are_sharded_and_resume_exactly(tmp_path):
     from codegemma.train.export import load_trained
 
     shards = write_shards(tmp_path / "shards", n=64)
-    extra = "[distributed]\nstrategy = \"fsdp\"\n[checkpoint]\nevery = 3\nkeep = 5\n"
+    extra = f"[distributed]\n{settings}every = 3\nkeep = 5\n"
     (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 6, extra))
     (tmp_path / "driver.py").write_text(_SLOW_SHARD_WRITES)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
