@@ -156,6 +156,11 @@ class ShardReader:
     Every epoch draws one permutation of all sequences from (seed, epoch), identical on every rank;
     rank r takes positions r, r + world_size, ... of it, cut to the same length on every rank so that
     all ranks run the same number of steps. The last incomplete batch of an epoch is dropped.
+
+    So the k-th batches of all ranks together are positions [k·G, (k+1)·G) of the permutation, G =
+    world_size × batch_size, and an epoch holds ⌊n / G⌋ of them: the same sequences in the same
+    batches for any split of G into processes. A reader's position therefore carries over to
+    another number of processes that keeps G (`load_state_dict`).
     """
 
     def __init__(self, path: str | os.PathLike | ShardDataset, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -215,10 +220,15 @@ class ShardReader:
             # as many sequences of other data would pass every other check, and the position go on in them
             raise CodegemmaError(f"cannot resume data reader: {self.dataset.path} holds other sequences than the "
                                  "ones it was saved with; resume with the data the run started with")
-        for key in ("seed", "world_size", "batch_size", "num_sequences", "shuffle"):
+        for key in ("seed", "num_sequences", "shuffle"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise CodegemmaError(f"cannot resume data reader: saved {key}={state[key]!r}, this reader has {mine!r}")
+        world, batch = state.get("world_size", self.world_size), state.get("batch_size", self.batch_size)
+        if world * batch != self.world_size * self.batch_size:
+            raise CodegemmaError(f"cannot resume data reader: saved {world} rank(s) × {batch} sequences a batch, this "
+                                 f"reader has {self.world_size} × {self.batch_size}: the batches would hold other "
+                                 "sequences")
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self._order = None

@@ -181,9 +181,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = self._read_checkpoint(path)
-        if state.get("world_size", 1) != self.env.world_size:
-            raise CodegemmaError(f"{path}: saved with {state['world_size']} processes, resuming with "
-                                 f"{self.env.world_size}; the data order would change")
+        self._check_global_batch(path, state)
         saved, now = state.get("model_config"), _config_dict(self.raw_model)
         if saved is not None and now is not None and saved != now:
             raise CodegemmaError(f"{path}: saved from another model ({differences(saved, now)}); resume with "
@@ -207,9 +205,32 @@ class Trainer:
         self._load_tensors(path, state)
         # the recipe's optimizer settings and schedule (train.steps may change), at the saved step
         optim.continue_at(self.optimizer, self.scheduler, own, state["scheduler"]["last_epoch"])
-        self.data.load_state_dict(state["data"][self.env.rank])
-        ckpt.set_rng_state(state["rng"][self.env.rank])
+        # on another number of processes every reader takes the saved position, which all shared
+        # (`ShardReader`), and a saved process's random state (LoRA dropout then draws otherwise)
+        saved_ranks = len(state["data"])
+        self.data.load_state_dict(state["data"][self.env.rank % saved_ranks])
+        ckpt.set_rng_state(state["rng"][self.env.rank % saved_ranks])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+
+    def _check_global_batch(self, path: str | Path, state: dict) -> None:
+        """A run may resume on another number of processes (a node lost, a smaller allocation) when
+        processes × train.batch_size stays the same: the data readers then give the same sequences in
+        the same batches, and the steps are the same up to float rounding. Otherwise it is refused."""
+        saved = state.get("world_size", 1)
+        world = self.env.world_size
+        if saved == world:
+            return
+        batch = state.get("recipe", {}).get("train", {}).get("batch_size")
+        if batch is not None and saved * batch == world * self.recipe.train.batch_size:
+            return
+        if batch is None:
+            hint = "resume with that many"
+        elif saved * batch % world == 0:
+            hint = (f"with {world}, train.batch_size = {saved * batch // world} keeps its "
+                    f"{saved * batch} sequences a batch and the data order")
+        else:
+            hint = f"{world} processes cannot split its {saved * batch} sequences a batch evenly"
+        raise CodegemmaError(f"{path}: saved with {saved} processes of train.batch_size {batch}; {hint}")
 
     def _load_tensors(self, path: str | Path, state: dict) -> None:
         """The weights and the optimizer state: from this process's shards of a sharded checkpoint,

@@ -86,6 +86,30 @@ def test_reader_resumes_exactly(tmp_path):
         other.load_state_dict(state)
 
 
+def test_a_readers_position_carries_over_to_another_number_of_ranks(tmp_path):
+    """Saved by 2 ranks of 3 sequences and resumed by 1 of 6 (or 3 of 2), the global batches are
+    the same sequences, across the epoch boundary too; a split that changes the global batch is
+    refused."""
+    _write(tmp_path / "s", n_docs=60)
+
+    def global_batches(readers, count):
+        return [sorted(tuple(r.tolist()) for reader in readers for r in next(reader)["tokens"]) for _ in range(count)]
+
+    two = [ShardReader(tmp_path / "s", batch_size=3, rank=r, world_size=2, seed=1) for r in range(2)]
+    steps = two[0].batches_per_epoch + 3
+    reference = global_batches(two, steps)
+    saved = [ShardReader(tmp_path / "s", batch_size=3, rank=r, world_size=2, seed=1) for r in range(2)]
+    global_batches(saved, 4)
+    for world, batch in ((1, 6), (3, 2)):
+        resumed = [ShardReader(tmp_path / "s", batch_size=batch, rank=r, world_size=world, seed=1) for r in range(world)]
+        for reader in resumed:
+            reader.load_state_dict(json.loads(json.dumps(saved[0].state_dict())))
+        assert global_batches(resumed, steps - 4) == reference[4:]
+    other = ShardReader(tmp_path / "s", batch_size=3, seed=1)
+    with pytest.raises(CodegemmaError, match=r"saved 2 rank\(s\) × 3 sequences a batch, this reader has 1 × 3"):
+        other.load_state_dict(saved[0].state_dict())
+
+
 def test_not_a_shard_dir(tmp_path):
     with pytest.raises(CodegemmaError, match="index.json"):
         ShardDataset(tmp_path)

@@ -291,6 +291,39 @@ def test_checkpoints_are_sharded_and_resume_exactly(tmp_path, settings):
     assert checkpoint.latest(checkpoints) == step6
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, form", [("fsdp", "sharded"), ("ddp", "file")])
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, strategy, form):
+    """Saved by 2 processes of 4 sequences, a run continues in one process of 8 (a node lost, a
+    smaller allocation): the same global batches, so the uninterrupted run's steps within float
+    rounding. A number of processes that would change the global batch is refused, saying the
+    batch size that keeps it."""
+    from codegemma.train import checkpoint
+
+    shards = write_shards(tmp_path / "shards", n=64)
+    extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 3\nkeep = 5\nformat = \"{form}\"\n"
+    (tmp_path / "run.toml").write_text(recipe_toml(tmp_path / "run", shards, 6, extra))
+    cli = ["-m", "codegemma", "train", "run", str(tmp_path / "run.toml")]
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli])
+    uninterrupted = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    step3 = checkpoint.latest(checkpoints).with_name("step_00000003" + (".pt" if form == "file" else ""))
+    (checkpoints / "latest").write_text(step3.name + "\n")
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run([sys.executable, *cli], env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        f"{step3}: saved with 2 processes of train.batch_size 4; with 1, train.batch_size = 8 keeps its "
+        "8 sequences a batch and the data order")
+    _run([sys.executable, *cli, "--set", "train.batch_size=8"])
+    resumed = metrics.read(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(uninterrupted[3:], resumed[3:]):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+
+
 _RECORD_START_READS = """
 import os, sys
 from codegemma.checkpoints import hf_dir
