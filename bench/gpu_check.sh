@@ -68,6 +68,30 @@ step fsdp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codege
     $common --set distributed.strategy=fsdp --set train.compile=true --set train.activation_checkpointing=true \
     --set out_dir=$RUNS/fsdp
 cp "$RUNS/fsdp/metrics.jsonl" "$OUT/fsdp-metrics.jsonl" 2>/dev/null
+
+# 3b. The FSDP run again from its mid-run checkpoint, which each process wrote as its own shards
+#     (torch.distributed.checkpoint, coordinated on the gloo group beside NCCL): the resumed steps
+#     should follow the first run's (up to the GPU's nondeterministic sums).
+fsdp_resume() {
+    local ckpts=$RUNS/fsdp/checkpoints mid
+    mid=$(printf 'step_%08d' $((WIDE_STEPS / 2)))
+    [ -f "$ckpts/$mid/.metadata" ] || { echo "no sharded checkpoint $ckpts/$mid"; return 1; }
+    rm -rf "$ckpts/$(printf 'step_%08d' "$WIDE_STEPS")" && echo "$mid" > "$ckpts/latest"
+    # shellcheck disable=SC2086
+    $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu-scratch.toml \
+        ${common/--no-resume/} --set distributed.strategy=fsdp --set train.compile=true \
+        --set train.activation_checkpointing=true --set out_dir=$RUNS/fsdp || return 1
+    $PY - "$OUT/fsdp-metrics.jsonl" "$RUNS/fsdp/metrics.jsonl" <<'PYTHON'
+import sys
+from codegemma.train import metrics
+first, resumed = (metrics.read(path) for path in sys.argv[1:])
+gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(first, resumed))
+print(f"{len(resumed)} steps; largest loss difference from the uninterrupted run: {gap:.2e}")
+sys.exit(0 if len(first) == len(resumed) and gap < 1e-2 else 1)
+PYTHON
+}
+step fsdp-resume fsdp_resume
+cp "$RUNS/fsdp/metrics.jsonl" "$OUT/fsdp-resumed-metrics.jsonl" 2>/dev/null
 # shellcheck disable=SC2086
 step ddp $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m codegemma train run recipes/tiny-cpu-scratch.toml \
     $common --set distributed.strategy=ddp --set out_dir=$RUNS/ddp
