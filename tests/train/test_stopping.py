@@ -114,11 +114,13 @@ def test_ctrl_c_on_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_processes_agree_to_stop_when_one_is_signalled(tmp_path):
+@pytest.mark.parametrize("strategy, first", [("ddp", "step_00000020.pt"), ("fsdp", "step_00000020")])
+def test_processes_agree_to_stop_when_one_is_signalled(tmp_path, strategy, first):
     """Under torchrun, SIGTERM to one process (a preempted node) stops both after the same step with
-    one checkpoint, and the run then continues as if never stopped."""
+    one checkpoint (under FSDP2 each process writes its shards), and the run then continues as if
+    never stopped."""
     shards = write_shards(tmp_path / "shards", n=64)
-    extra = "[distributed]\nstrategy = \"ddp\"\n[checkpoint]\nevery = 20\n"
+    extra = f"[distributed]\nstrategy = \"{strategy}\"\n[checkpoint]\nevery = 20\n"
     for name in ("reference", "stopped"):
         (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 60, extra))
     cli = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -128,7 +130,7 @@ def test_processes_agree_to_stop_when_one_is_signalled(tmp_path):
 
     run = subprocess.Popen([*cli, str(tmp_path / "stopped.toml"), "--set", "train.batch_size=2"], env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "stopped" / "checkpoints" / "step_00000020.pt", run)
+    _wait_for(tmp_path / "stopped" / "checkpoints" / first, run)
     workers = _children(run.pid)
     assert len(workers) == 2
     os.kill(max(workers), signal.SIGTERM)  # the later-started worker only
