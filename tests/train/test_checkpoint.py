@@ -77,30 +77,6 @@ def test_a_save_removes_what_killed_saves_left(tmp_path):
                                                           "step_00000002.pt"]
 
 
-@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
-def test_a_full_disk_during_a_save_is_one_line_naming_the_file(tmp_path):
-    """torch.save turns the failed write into `RuntimeError: unexpected pos ...` (a traceback that says
-    nothing of the disk); the run stops with one line naming the file, the reason and the intact
-    checkpoint, and leaves no temporary file."""
-    import resource
-
-    from codegemma.errors import CodegemmaError
-
-    checkpoint.save(tmp_path, 1, {"step": 1})
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # writes past 1 MB fail with EFBIG, as on a full disk
-    try:
-        with pytest.raises(CodegemmaError) as err:
-            checkpoint.save(tmp_path, 2, {"model": torch.zeros(1 << 20)})
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    message = str(err.value)
-    assert "\n" not in message and "step_00000002.pt: cannot write the checkpoint (File too large)" in message
-    assert message.endswith(f"the newest complete checkpoint is still {tmp_path / 'step_00000001.pt'}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt"]
-    assert checkpoint.latest(tmp_path).name == "step_00000001.pt"
-
-
 def test_a_truncated_checkpoint_is_one_line_naming_the_way_back(tmp_path):
     from codegemma.errors import CodegemmaError
 
@@ -145,23 +121,35 @@ def test_sharded_checkpoints_are_published_pruned_and_read_whole(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
-def test_a_full_disk_during_a_sharded_save_is_one_line_naming_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("form", ["file", "sharded"])
+def test_a_full_disk_during_a_save_is_one_line_naming_the_checkpoint(tmp_path, form):
+    """torch.save turns the failed write into `RuntimeError: unexpected pos ...` (a traceback that says
+    nothing of the disk), and a sharded save into a CheckpointException with every process's
+    traceback; the run stops with one line naming the checkpoint, the reason and the intact one
+    before it, and leaves no temporary file or directory."""
     import resource
 
     from codegemma.errors import CodegemmaError
 
-    _sharded(tmp_path, 1)
+    def save(step, size):
+        if form == "file":
+            return checkpoint.save(tmp_path, step, {"model": torch.zeros(size)})
+        return _sharded(tmp_path, step, size=size)
+
+    first = save(1, 1000)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # writes past 1 MB fail with EFBIG, as on a full disk
     try:
         with pytest.raises(CodegemmaError) as err:
-            _sharded(tmp_path, 2, size=1 << 20)
+            save(2, 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     message = str(err.value)
-    assert "\n" not in message and "step_00000002: cannot write the checkpoint (File too large)" in message
-    assert message.endswith(f"the newest complete checkpoint is still {tmp_path / 'step_00000001'}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001"]
+    second = first.name.replace("00000001", "00000002")
+    assert "\n" not in message and f"{second}: cannot write the checkpoint (File too large)" in message
+    assert message.endswith(f"the newest complete checkpoint is still {first}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", first.name]
+    assert checkpoint.latest(tmp_path) == first
 
 
 def test_a_damaged_sharded_checkpoint_is_one_line(tmp_path):
