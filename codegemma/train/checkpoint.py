@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from codegemma.errors import CodegemmaError
+from codegemma.train import distributed
 
 # at least 8 digits: from step 100,000,000 on the name grows a digit, and is still a checkpoint.
 # A file (`.pt`) or a sharded checkpoint's directory (no suffix).
@@ -117,8 +118,6 @@ def save_sharded(ckpt_dir: str | Path, step: int, tensors: dict, state: dict | N
     collective allows 10 minutes."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-
-    from codegemma.train import distributed
 
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{step:08d}"
@@ -273,34 +272,33 @@ def load_state(path: str | Path) -> dict:
 def load_shards(path: str | Path, tensors: dict, env) -> None:
     """Fill `tensors` (state dicts as `get_state_dict` gives them: this process's shards) from the
     sharded checkpoint at `path`, each process reading its own part. Collective."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        with _single_process_is_meant():
-            dcp.load(tensors, storage_reader=dcp.FileSystemReader(path), process_group=env.file_group,
-                     no_dist=not env.distributed)
-    except (Exception, CheckpointException) as exc:  # a missing or damaged shard file
-        raise CodegemmaError(f"{path}: not a readable sharded checkpoint ({_one_line(exc)})") from None
+    _read_shards(Path(path), tensors, env.file_group, no_dist=not env.distributed)
 
 
 def _whole_model(path: Path) -> dict:
     """The model's weights of a sharded checkpoint, assembled whole from every process's shards."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    reader = dcp.FileSystemReader(path)
     try:
-        entries = reader.read_metadata().state_dict_metadata
-        model = {key.removeprefix("model."): torch.empty(meta.size, dtype=meta.properties.dtype)
-                 for key, meta in entries.items()
-                 if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
-        with _single_process_is_meant():
-            dcp.load({"model": model}, storage_reader=reader, no_dist=True)
-    except (Exception, CheckpointException) as exc:
+        entries = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as exc:
         raise CodegemmaError(f"{path}: not a readable sharded checkpoint ({_one_line(exc)})") from None
+    model = {key.removeprefix("model."): torch.empty(meta.size, dtype=meta.properties.dtype)
+             for key, meta in entries.items() if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
+    _read_shards(path, {"model": model}, None, no_dist=True)
     return model
+
+
+def _read_shards(path: Path, tensors: dict, group, no_dist: bool) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with _single_process_is_meant():
+            dcp.load(tensors, storage_reader=dcp.FileSystemReader(path), process_group=group, no_dist=no_dist)
+    except (Exception, CheckpointException) as exc:  # a missing or damaged shard file
+        raise CodegemmaError(f"{path}: not a readable sharded checkpoint ({_one_line(exc)})") from None
 
 
 @contextmanager
