@@ -164,7 +164,7 @@ def _publish(path: Path, step: int, keep: int) -> None:
             _remove(_path(ckpt_dir, old))
 
 
-def _write_error(exc: Exception, path: Path) -> Exception:
+def _write_error(exc: BaseException, path: Path) -> BaseException:
     """What a failed save raises: one line naming the checkpoint and the newest intact one when
     the system refused the write (a full disk, a quota); else `exc` itself, a bug, with its
     traceback."""
@@ -222,10 +222,9 @@ def _os_error(exc: BaseException) -> OSError | None:
         if isinstance(exc, OSError):
             return exc
         seen.add(id(exc))
-        failures = getattr(exc, "failures", None)  # torch.distributed.checkpoint: {rank: (exception, stack)}
+        failures = _failures(exc)
         if failures:
-            found = [_os_error(f[0] if isinstance(f, tuple) else f) for f in failures.values()]
-            return next((f for f in found if f is not None), None)
+            return next((f for f in map(_os_error, failures) if f is not None), None)
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -255,7 +254,7 @@ def load(path: str | Path) -> dict:
     it reads (`load_shards`), each process its own part."""
     path = Path(path)
     if is_sharded(path):
-        state = _torch_load(path / _STATE, path)
+        state = load_state(path)
         state["model"] = _whole_model(path)
         return state
     if not path.is_file():
@@ -325,8 +324,15 @@ def _one_line(exc: BaseException) -> str:
     """The first sentence of an error: torch's messages run to several sentences and lines, and a
     sharded checkpoint's carry every failed process's traceback (the first process's error is
     said)."""
-    failures = getattr(exc, "failures", None)
+    failures = _failures(exc)
     if failures:
-        first = failures[min(failures)]
-        exc = first[0] if isinstance(first, tuple) else first
+        exc = failures[0]
     return " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+
+
+def _failures(exc: BaseException) -> list[BaseException]:
+    """The errors of the processes whose part of a sharded save or load failed, in rank order
+    (torch.distributed.checkpoint's CheckpointException: {rank: (exception, stack)}); [] for any
+    other error."""
+    failures = getattr(exc, "failures", None) or {}
+    return [f[0] if isinstance(f, tuple) else f for _, f in sorted(failures.items())]

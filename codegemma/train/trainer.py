@@ -117,7 +117,7 @@ class Trainer:
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
-    def sharded_checkpoints(self) -> bool:
+    def _sharded_checkpoints(self) -> bool:
         fmt = self.recipe.checkpoint.format
         return fmt == "sharded" or (fmt == "auto" and self.fsdp)
 
@@ -130,7 +130,7 @@ class Trainer:
                  "trainable": self._trainable(),
                  "optimizer_groups": [len(g["params"]) for g in self.optimizer.param_groups]}
         keep = self.recipe.checkpoint.keep
-        if self.sharded_checkpoints():
+        if self._sharded_checkpoints():
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
             model_state, optim_state = get_state_dict(self.raw_model, self.optimizer)
