@@ -154,28 +154,31 @@ class ShardReader:
     """Batches for one rank: [batch_size, seq_len] torch tensors, looping over epochs.
 
     Every epoch draws one permutation of all sequences from (seed, epoch), identical on every rank;
-    rank r takes positions r, r + world_size, ... of it, cut to the same length on every rank so that
-    all ranks run the same number of steps. The last incomplete batch of an epoch is dropped.
+    rank r takes positions r, r + world_size, ... of it. An optimizer step takes `grad_accum`
+    batches on every rank, and an epoch ends with its last whole step: the sequences left over,
+    fewer than one step's, wait for a later epoch's draw.
 
-    So the k-th batches of all ranks together are positions [k·G, (k+1)·G) of the permutation, G =
-    world_size × batch_size, and an epoch holds ⌊n / G⌋ of them: the same sequences in the same
-    batches for any split of G into processes. A reader's position therefore carries over to
-    another number of processes that keeps G (`load_state_dict`).
+    So the k-th batches of all ranks together are positions [k·B, (k+1)·B) of the permutation, B =
+    world_size × batch_size, the j-th optimizer step positions [j·G, (j+1)·G), G = B × grad_accum,
+    and an epoch holds ⌊n / G⌋ steps: the same sequences in the same steps for any split of G into
+    processes, batch size and accumulation. A reader's position therefore carries over to another
+    split that keeps G (`load_state_dict`).
     """
 
     def __init__(self, path: str | os.PathLike | ShardDataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, grad_accum: int = 1):
         self.dataset = path if isinstance(path, ShardDataset) else ShardDataset(path)
         if world_size < 1 or not 0 <= rank < world_size:
             raise CodegemmaError(f"rank {rank} is not in a world of size {world_size}")
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batch_size, self.rank, self.world_size, self.grad_accum = batch_size, rank, world_size, grad_accum
         self.seed, self.shuffle = seed, shuffle
-        self.per_rank = len(self.dataset) // world_size
-        self.batches_per_epoch = self.per_rank // batch_size
-        if self.batches_per_epoch == 0:
+        steps = len(self.dataset) // (world_size * batch_size * grad_accum)
+        if steps == 0:
+            accumulated = f" × {grad_accum} accumulated" if grad_accum > 1 else ""
             raise CodegemmaError(
-                f"{self.dataset.path}: {len(self.dataset)} sequences cannot fill one batch of {batch_size} "
-                f"on each of {world_size} ranks")
+                f"{self.dataset.path}: {len(self.dataset)} sequences cannot fill one batch of {batch_size}"
+                f"{accumulated} on each of {world_size} ranks")
+        self.batches_per_epoch = steps * grad_accum
         self.epoch = 0
         self.batch_in_epoch = 0
         self._order: np.ndarray | None = None
@@ -187,7 +190,7 @@ class ShardReader:
     def _rank_order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        return order[self.rank::self.world_size][: self.per_rank]
+        return order[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
 
     def __iter__(self) -> Iterator[dict]:
         return self
@@ -213,6 +216,7 @@ class ShardReader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
                 "world_size": self.world_size, "rank": self.rank, "batch_size": self.batch_size,
+                "grad_accum": self.grad_accum,
                 "num_sequences": len(self.dataset), "shuffle": self.shuffle, "fingerprint": self.dataset.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -225,10 +229,17 @@ class ShardReader:
             if key in state and state[key] != mine:
                 raise CodegemmaError(f"cannot resume data reader: saved {key}={state[key]!r}, this reader has {mine!r}")
         world, batch = state.get("world_size", self.world_size), state.get("batch_size", self.batch_size)
-        if world * batch != self.world_size * self.batch_size:
-            raise CodegemmaError(f"cannot resume data reader: saved {world} rank(s) × {batch} sequences a batch, this "
-                                 f"reader has {self.world_size} × {self.batch_size}: the batches would hold other "
-                                 "sequences")
+        accum = state.get("grad_accum", self.grad_accum)  # older states: unrecorded, so the same
+        if world * batch * accum != self.world_size * self.batch_size * self.grad_accum:
+            raise CodegemmaError(
+                f"cannot resume data reader: saved {world} rank(s) × {batch} sequences a batch × {accum} accumulated, "
+                f"this reader has {self.world_size} × {self.batch_size} × {self.grad_accum}: the optimizer steps "
+                "would hold other sequences")
+        # the position in sequences of the epoch's permutation, taken in this reader's batches
+        taken, mine = int(state["batch_in_epoch"]) * world * batch, self.world_size * self.batch_size
+        if taken % mine:
+            raise CodegemmaError(f"cannot resume data reader: saved within an optimizer step, after {taken} "
+                                 f"sequences of an epoch, which batches of {mine} cannot continue")
         self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.batch_in_epoch = taken // mine
         self._order = None

@@ -267,11 +267,11 @@ def check_data_vocabulary(recipe: Recipe, tokenizer: Tokenizer | None, config: M
 
 
 def shard_reader(path: str | Path, recipe: Recipe, env: DistEnv, batch_size: int | None = None, shuffle: bool = True,
-                 seed: int | None = None):
+                 seed: int | None = None, grad_accum: int = 1):
     from codegemma.data.shards import ShardReader
 
     reader = ShardReader(path, batch_size or recipe.train.batch_size, rank=env.rank, world_size=env.world_size,
-                         seed=recipe.seed if seed is None else seed, shuffle=shuffle)
+                         seed=recipe.seed if seed is None else seed, shuffle=shuffle, grad_accum=grad_accum)
     if reader.seq_len != recipe.data.seq_len:
         raise CodegemmaError(f"{path}: shards have seq_len {reader.seq_len}, the recipe says {recipe.data.seq_len}")
     return reader

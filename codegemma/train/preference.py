@@ -208,11 +208,11 @@ class PairReader:
     """Batches {"chosen": {...}, "rejected": {...}}: two shard readers sharing one shuffle."""
 
     def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True):
+                 shuffle: bool = True, grad_accum: int = 1):
         from codegemma.data.shards import ShardReader
 
         path = Path(path)
-        self.readers = {side: ShardReader(path / side, batch_size, rank, world_size, seed, shuffle=shuffle)
+        self.readers = {side: ShardReader(path / side, batch_size, rank, world_size, seed, shuffle, grad_accum)
                         for side in ("chosen", "rejected")}
         if len(self.readers["chosen"].dataset) != len(self.readers["rejected"].dataset):
             raise CodegemmaError(f"{path}: chosen and rejected shards differ in length")

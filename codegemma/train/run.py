@@ -37,14 +37,15 @@ def train_data(recipe: Recipe, env, tokenizer):
     path = Path(recipe.data.train)
     if not recipe.data.train or not path.exists():
         raise CodegemmaError(f"recipe data.train not found: {recipe.data.train!r}")
+    accum = recipe.train.grad_accum
     if recipe.objective == "pretrain":
-        return build.shard_reader(path, recipe, env)
+        return build.shard_reader(path, recipe, env, grad_accum=accum)
     prepared = _prepared(recipe, env, tokenizer, path, "train")
     if recipe.objective == "sft":
-        return build.shard_reader(prepared, recipe, env)
+        return build.shard_reader(prepared, recipe, env, grad_accum=accum)
     from codegemma.train.preference import PairReader
 
-    return PairReader(prepared, recipe.train.batch_size, env.rank, env.world_size, recipe.seed)
+    return PairReader(prepared, recipe.train.batch_size, env.rank, env.world_size, recipe.seed, grad_accum=accum)
 
 
 def _prepared(recipe: Recipe, env, tokenizer, source: Path, split: str) -> Path:

@@ -213,24 +213,28 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
 
     def _check_global_batch(self, path: str | Path, state: dict) -> None:
-        """A run may resume on another number of processes (a node lost, a smaller allocation) when
-        processes × train.batch_size stays the same: the data readers then give the same sequences in
-        the same batches, and the steps are the same up to float rounding. Otherwise it is refused."""
-        saved = state.get("world_size", 1)
+        """A run may resume on another number of processes (a node lost, a smaller allocation) or with
+        another batch size and accumulation when processes × train.batch_size × train.grad_accum stays
+        the same: the data readers then give the same sequences in the same optimizer steps, and the
+        steps are the same up to float rounding. Otherwise it is refused."""
+        train = state.get("recipe", {}).get("train", {})
+        saved_world, batch, accum = state.get("world_size", 1), train.get("batch_size"), train.get("grad_accum", 1)
+        now = self.recipe.train
         world = self.env.world_size
-        if saved == world:
+        if batch is None:  # older checkpoints: the data reader checks what it can
+            if saved_world != world:
+                raise CodegemmaError(f"{path}: saved with {saved_world} processes; resume with that many")
             return
-        batch = state.get("recipe", {}).get("train", {}).get("batch_size")
-        if batch is not None and saved * batch == world * self.recipe.train.batch_size:
+        total = saved_world * batch * accum
+        if total == world * now.batch_size * now.grad_accum:
             return
-        if batch is None:
-            hint = "resume with that many"
-        elif saved * batch % world == 0:
-            hint = (f"with {world}, train.batch_size = {saved * batch // world} keeps its "
-                    f"{saved * batch} sequences a batch and the data order")
+        if total % world == 0:
+            hint = (f"with {world}, train.batch_size × train.grad_accum = {total // world} keeps its {total} "
+                    "sequences a step and the data order")
         else:
-            hint = f"{world} processes cannot split its {saved * batch} sequences a batch evenly"
-        raise CodegemmaError(f"{path}: saved with {saved} processes of train.batch_size {batch}; {hint}")
+            hint = f"{world} processes cannot split its {total} sequences a step evenly"
+        raise CodegemmaError(f"{path}: saved with {saved_world} processes of train.batch_size {batch} and "
+                             f"train.grad_accum {accum}; {hint}")
 
     def _load_tensors(self, path: str | Path, state: dict) -> None:
         """The weights and the optimizer state: from this process's shards of a sharded checkpoint,

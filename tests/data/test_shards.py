@@ -86,27 +86,36 @@ def test_reader_resumes_exactly(tmp_path):
         other.load_state_dict(state)
 
 
-def test_a_readers_position_carries_over_to_another_number_of_ranks(tmp_path):
-    """Saved by 2 ranks of 3 sequences and resumed by 1 of 6 (or 3 of 2), the global batches are
-    the same sequences, across the epoch boundary too; a split that changes the global batch is
-    refused."""
-    _write(tmp_path / "s", n_docs=60)
+def test_a_readers_position_carries_over_to_another_split_of_its_steps(tmp_path):
+    """Saved by 2 ranks of 3 sequences × 2 accumulated (12 a step; 65 sequences: five steps an epoch,
+    5 left over) and resumed by 1 rank of 6 × 2, 3 of 2 × 2, 1 of 12 × 1 or 2 of 2 × 3, every
+    optimizer step holds the same sequences, across the epoch boundary too; a split that changes
+    the step is refused."""
+    _write(tmp_path / "s", n_docs=70)
 
-    def global_batches(readers, count):
-        return [sorted(tuple(r.tolist()) for reader in readers for r in next(reader)["tokens"]) for _ in range(count)]
+    def steps(readers, accum, count):
+        return [sorted(tuple(r.tolist()) for _ in range(accum) for reader in readers for r in next(reader)["tokens"])
+                for _ in range(count)]
 
-    two = [ShardReader(tmp_path / "s", batch_size=3, rank=r, world_size=2, seed=1) for r in range(2)]
-    steps = two[0].batches_per_epoch + 3
-    reference = global_batches(two, steps)
-    saved = [ShardReader(tmp_path / "s", batch_size=3, rank=r, world_size=2, seed=1) for r in range(2)]
-    global_batches(saved, 4)
-    for world, batch in ((1, 6), (3, 2)):
-        resumed = [ShardReader(tmp_path / "s", batch_size=batch, rank=r, world_size=world, seed=1) for r in range(world)]
+    def readers(world, batch, accum):
+        return [ShardReader(tmp_path / "s", batch_size=batch, rank=r, world_size=world, seed=1, grad_accum=accum)
+                for r in range(world)]
+
+    two = readers(2, 3, 2)
+    per_epoch = two[0].batches_per_epoch // 2
+    assert per_epoch == len(two[0].dataset) // 12 and len(two[0].dataset) % 12  # some left over each epoch
+    count = per_epoch + 3
+    reference = steps(two, 2, count)
+    saved = readers(2, 3, 2)
+    steps(saved, 2, 2)
+    for world, batch, accum in ((1, 6, 2), (3, 2, 2), (1, 12, 1), (2, 2, 3)):
+        resumed = readers(world, batch, accum)
         for reader in resumed:
             reader.load_state_dict(json.loads(json.dumps(saved[0].state_dict())))
-        assert global_batches(resumed, steps - 4) == reference[4:]
-    other = ShardReader(tmp_path / "s", batch_size=3, seed=1)
-    with pytest.raises(CodegemmaError, match=r"saved 2 rank\(s\) × 3 sequences a batch, this reader has 1 × 3"):
+        assert steps(resumed, accum, count - 2) == reference[2:], (world, batch, accum)
+    other = ShardReader(tmp_path / "s", batch_size=3, seed=1, grad_accum=2)
+    with pytest.raises(CodegemmaError, match=r"saved 2 rank\(s\) × 3 sequences a batch × 2 accumulated, this reader "
+                                             r"has 1 × 3 × 2"):
         other.load_state_dict(saved[0].state_dict())
 
 

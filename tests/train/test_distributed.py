@@ -314,8 +314,8 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path, strategy, form):
     refused = subprocess.run([sys.executable, *cli], env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1].endswith(
-        f"{step3}: saved with 2 processes of train.batch_size 4; with 1, train.batch_size = 8 keeps its "
-        "8 sequences a batch and the data order")
+        f"{step3}: saved with 2 processes of train.batch_size 4 and train.grad_accum 1; with 1, "
+        "train.batch_size × train.grad_accum = 8 keeps its 8 sequences a step and the data order")
     _run([sys.executable, *cli, "--set", "train.batch_size=8"])
     resumed = metrics.read(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 7))

@@ -15,7 +15,7 @@ import torch
 
 from codegemma import bf16_matmuls
 from codegemma.errors import CodegemmaError
-from codegemma.train import build, checkpoint, metrics, objectives
+from codegemma.train import build, checkpoint, metrics, objectives, run
 from codegemma.train import recipe as recipe_mod
 from codegemma.train.distributed import DistEnv
 from codegemma.train.trainer import Trainer
@@ -35,7 +35,7 @@ def make_recipe(tmp_path: Path, shards: Path, **train) -> recipe_mod.Recipe:
 def train(recipe, steps_callback=None):
     torch.manual_seed(recipe.seed)
     model, _, _ = build.build_model(recipe, None)
-    data = build.shard_reader(recipe.data.train, recipe, DistEnv())
+    data = run.train_data(recipe, DistEnv(), None)
     trainer = Trainer(recipe, model, objectives.LanguageModeling(), data)
     return trainer, trainer.fit(on_step=steps_callback)
 
@@ -174,6 +174,38 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards, form):
     assert checkpoint.latest(ckpt_dir).name == {"file": "step_00000003.pt", "sharded": "step_00000003"}[form]
     _, resumed = train(part)  # continues from step 3
     assert [h["loss"] for h in resumed] == [h["loss"] for h in reference[3:]]
+
+
+def test_a_run_resumes_with_another_batch_size_and_accumulation(tmp_path, shards):
+    """Saved with 4 sequences a batch × 3 accumulated, a run continues with 6 × 2 (less memory, or
+    another machine): the same 12 sequences a step, across the epoch's end too (64 sequences: five
+    steps an epoch), so the uninterrupted run's losses within float rounding. A split that changes
+    the sequences a step is refused, saying what keeps them."""
+    _, reference = train(make_recipe(tmp_path / "full", shards, steps=8, batch_size=4, grad_accum=3))
+    part = make_recipe(tmp_path / "part", shards, steps=8, batch_size=4, grad_accum=3)
+    part.checkpoint.every = 3
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_5(step, out):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(part, stop_after_5)
+    (tmp_path / "part" / "run" / "checkpoints" / "latest").write_text("step_00000003.pt\n")
+    part.train.grad_accum = 1
+    with pytest.raises(CodegemmaError, match=r"step_00000003.pt: saved with 1 processes of train.batch_size 4 and "
+                                             r"train.grad_accum 3; with 1, train.batch_size × train.grad_accum = 12 "
+                                             r"keeps its 12 sequences a step and the data order"):
+        train(part)
+    part.train.batch_size, part.train.grad_accum = 6, 2
+    _, resumed = train(part)
+    assert len(resumed) == 5
+    for a, b in zip(reference[3:], resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
 def test_a_resumed_run_with_more_steps_follows_the_new_schedule(tmp_path, shards):
