@@ -1,5 +1,7 @@
 """What one training step minimises. Every objective reports a loss *sum* and a count, so the loop
-can normalise by the count of the whole global batch (all micro-batches, all processes)."""
+can normalise by the count of the whole global batch (all micro-batches, all processes). Further
+statistics `loss_sum` returns are means over its batch's count (DPO's rewards a pair), which the
+loop weights by that count into means over the global batch."""
 
 from __future__ import annotations
 

@@ -267,14 +267,14 @@ class Trainer:
 
     def train_step(self) -> dict:
         micro = [to_device(next(self.data), self.device) for _ in range(self.recipe.train.grad_accum)]
-        local = torch.stack([self.objective.count(b).to(self.device).float() for b in micro]).sum()
-        global_count = distributed.all_reduce_sum(local, self.env).clamp(min=1.0)
+        counts = [self.objective.count(b).to(self.device).float() for b in micro]
+        global_count = distributed.all_reduce_sum(torch.stack(counts).sum(), self.env).clamp(min=1.0)
         # DDP and FSDP average gradients over processes; scaling by world/global_count turns that
         # average into the gradient of the global-batch mean.
         scale = self.env.world_size / global_count
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
-        stats_acc: dict[str, float] = {}
+        stat_sums: dict[str, torch.Tensor] = {}  # an objective's per-micro-batch means, weighted by count
         for i, batch in enumerate(micro):
             last = i == len(micro) - 1
             sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
@@ -286,7 +286,7 @@ class Trainer:
                 (total * scale).backward()
             loss_sum += total.detach().float()
             for k, v in stats.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + float(v) / len(micro)
+                stat_sums[k] = stat_sums.get(k, 0.0) + v.detach().float() * counts[i]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
                                                    self.recipe.optim.grad_clip or float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
@@ -295,10 +295,12 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = distributed.all_reduce_sum(loss_sum, self.env) / global_count
+        # the loss and the objective's statistics over the global batch, in one reduction
+        sums = distributed.all_reduce_sum(torch.stack([loss_sum, *stat_sums.values()]), self.env) / global_count
+        loss, stats = sums[0], dict(zip(stat_sums, sums[1:].tolist()))
         tokens = sum(_batch_tokens(b) for b in micro) * self.env.world_size
         return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                self.objective.count_name: int(global_count.item()), **stats_acc}
+                self.objective.count_name: int(global_count.item()), **stats}
 
     # ---- the run -----------------------------------------------------------------------
     def fit(self, resume: bool = True, on_step: Callable[[int, dict], None] | None = None) -> list[dict]:

@@ -147,7 +147,8 @@ def test_a_cuda_device_on_a_machine_without_one_is_one_line(monkeypatch):
 @pytest.mark.parametrize("lora", [False, True])
 def test_dpo_processes_match_one(tmp_path, small_tokenizer_path, lora):
     """DPO's two passes (rows scored without a gradient, then the weighted next-token loss) under
-    DDP: the same losses and gradient norms as one process with the same global batch."""
+    DDP: the same losses and gradient norms as one process with the same global batch, and the
+    same logged rewards and preference accuracy, which are the global batch's, not rank 0's."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Return {i}.\n", "chosen": f"return {i}", "rejected": "pass"})
                              + "\n" for i in range(16)))
@@ -172,6 +173,8 @@ def test_dpo_processes_match_one(tmp_path, small_tokenizer_path, lora):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
         assert a["pairs"] == b["pairs"] == 4
+        for stat in ("reward_chosen", "reward_rejected", "reward_accuracy"):
+            assert abs(a[stat] - b[stat]) < 1e-5, (a["step"], stat, a[stat], b[stat])
 
 
 _RECORD_READS = """
