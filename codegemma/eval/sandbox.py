@@ -18,8 +18,9 @@ a scrubbed environment, captured and capped stdout/stderr, and these layers wher
 - ``pidns``     (where ``uid`` is unavailable) a PID namespace whose init is the program: when it
                 exits, the kernel kills every process it left behind;
 - ``netns``     an empty network namespace (only a downed loopback): no connection can be made;
-- ``mountns``   private, size-limited tmpfs over /tmp, /var/tmp and /dev/shm, and (with ``uid``)
-                over unreadable ancestors of the interpreter, such as root's 0700 home.
+- ``mountns``   private, size-limited tmpfs over /tmp, /var/tmp and /dev/shm (an interpreter
+                installed there, such as a virtualenv in /tmp, is put back read-only), and (with
+                ``uid``) over unreadable ancestors of the interpreter, such as root's 0700 home.
 - ``userns``    (when not root) a user namespace, which is what lets an ordinary user create the
                 namespaces above.
 
@@ -57,8 +58,13 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
@@ -129,6 +135,9 @@ class _Plan:
     limits: tuple[tuple[int, int], ...]
     tmpfs_mb: int
     hidden_roots: tuple[tuple[str, tuple[str, ...]], ...]  # (unreadable ancestor, paths to re-expose)
+    # install trees under a private tmp dir (a virtualenv in /tmp), put back read-only: (path, the
+    # flags of its read-only remount, which must keep the locked flags of the mount it is on)
+    tmp_exposed: tuple[tuple[str, int], ...] = ()
 
 
 def _userns_map() -> None:
@@ -148,6 +157,7 @@ def _setup_mounts(plan: _Plan) -> None:
     keep = {path: os.open(path, os.O_PATH | os.O_DIRECTORY)
             for _, paths in plan.hidden_roots for path in paths}
     work_fd = os.open(plan.workdir, os.O_PATH | os.O_DIRECTORY)
+    tmp_kept = [(path, flags, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path, flags in plan.tmp_exposed]
     for root, paths in plan.hidden_roots:
         _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
         for path in paths:
@@ -160,7 +170,13 @@ def _setup_mounts(plan: _Plan) -> None:
     if not os.path.isdir(plan.workdir):
         os.makedirs(plan.workdir)
         _mount(f"/proc/self/fd/{work_fd}", plan.workdir, None, MS_BIND)
-    for fd in (*keep.values(), work_fd):
+    # So may the interpreter's own tree; it comes back read-only, the program's to run, not to change.
+    for path, flags, fd in tmp_kept:
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+    for fd in (*keep.values(), work_fd, *(fd for *_, fd in tmp_kept)):
         os.close(fd)
 
 
@@ -301,13 +317,28 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
     if limits.address_space_mb is not None:
         rl.append((resource.RLIMIT_AS, limits.address_space_mb << 20))
     hidden: dict[str, list[str]] = {}
-    if uid is not None and "mountns" in layers:
-        for path in {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *expose)}:
-            root = _unreadable_root(path)
-            if root is not None and os.path.isdir(path):
+    tmp_exposed: list[tuple[str, int]] = []
+    if "mountns" in layers:
+        for path in sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *expose)}):
+            if not os.path.isdir(path):
+                continue
+            if any(Path(path).is_relative_to(tmp) for tmp in PRIVATE_TMP_DIRS):
+                if not any(Path(path).is_relative_to(kept) for kept, _ in tmp_exposed):
+                    tmp_exposed.append((path, _locked_flags(path)))
+                continue
+            root = _unreadable_root(path) if uid is not None else None
+            if root is not None:
                 hidden.setdefault(root, []).append(path)
     return _Plan(layers=layers, uid=uid, workdir=workdir, limits=tuple(rl), tmpfs_mb=limits.tmpfs_mb,
-                 hidden_roots=tuple((r, tuple(sorted(p))) for r, p in sorted(hidden.items())))
+                 hidden_roots=tuple((r, tuple(sorted(p))) for r, p in sorted(hidden.items())),
+                 tmp_exposed=tuple(tmp_exposed))
+
+
+def _locked_flags(path: str) -> int:
+    """The flags of the mount holding `path` that a remount in a user namespace must keep."""
+    have = os.statvfs(path).f_flag
+    return sum(flag for st, flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                                     (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME)) if have & st)
 
 
 def _prepare_workdir(workdir: Path, files: dict[str, str | bytes], uid: int | None) -> None:

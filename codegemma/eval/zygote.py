@@ -101,7 +101,8 @@ def _handle(request: dict) -> dict:
     layers = set(fields["layers"]) - _INHERITED
     plan = sandbox._Plan(layers=frozenset(layers), uid=fields["uid"], workdir=fields["workdir"],
                          limits=tuple(tuple(x) for x in fields["limits"]), tmpfs_mb=fields["tmpfs_mb"],
-                         hidden_roots=tuple((r, tuple(p)) for r, p in fields["hidden_roots"]))
+                         hidden_roots=tuple((r, tuple(p)) for r, p in fields["hidden_roots"]),
+                         tmp_exposed=tuple((p, f) for p, f in fields["tmp_exposed"]))
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     start = time.perf_counter()
@@ -207,7 +208,8 @@ def serve(setup: dict) -> None:
         p = setup["plan"]
         sandbox._setup_mounts(sandbox._Plan(layers=frozenset(), uid=None, workdir=_BASE, limits=(),
                                             tmpfs_mb=p["tmpfs_mb"],
-                                            hidden_roots=tuple((r, tuple(x)) for r, x in p["hidden_roots"])))
+                                            hidden_roots=tuple((r, tuple(x)) for r, x in p["hidden_roots"]),
+                                            tmp_exposed=tuple((x, f) for x, f in p["tmp_exposed"])))
     for name in PRELOAD:
         __import__(name)
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
@@ -232,7 +234,8 @@ class Server:
         # Namespaces need root here; without it (user namespaces) each child sets them up itself.
         layers = sorted(plan.layers & {"netns", "mountns"}) if os.geteuid() == 0 else []
         setup = {"layers": layers, "base": base,
-                 "plan": {"tmpfs_mb": plan.tmpfs_mb, "hidden_roots": [list(x) for x in plan.hidden_roots]}}
+                 "plan": {"tmpfs_mb": plan.tmpfs_mb, "hidden_roots": [list(x) for x in plan.hidden_roots],
+                          "tmp_exposed": [list(x) for x in plan.tmp_exposed]}}
         bootstrap = (f"import sys, json; sys.path.insert(0, {_ROOT!r}); from codegemma.eval.zygote import serve; "
                      f"serve(json.loads({json.dumps(setup)!r}))")
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", bootstrap], stdin=subprocess.PIPE,

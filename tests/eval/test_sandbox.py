@@ -222,6 +222,50 @@ def test_writing_and_deleting_outside_its_directory_fails(tmp_path, host_stays_c
     assert "delete denied" in result.stdout
 
 
+_FROM_A_VIRTUALENV = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from codegemma.eval import sandbox
+
+program = (
+    "import sys\\n"
+    "try:\\n"
+    "    open(sys.prefix + '/pwned', 'w')\\n"
+    "except OSError as exc:\\n"
+    "    print('write denied', type(exc).__name__)\\n"
+    "print(sys.prefix)\\n"
+)
+ran = sandbox.run([sys.executable, "-I", "main.py"], files={"main.py": program}, timeout=10)
+forked = sandbox.run_python({"main.py": "import sys; print(sys.version_info[0])"})
+print(json.dumps([[r.status, r.stdout, r.stderr] for r in (ran, forked)]))
+"""
+
+
+@pytest.mark.skipif("mountns" not in LAYERS, reason="the private /tmp needs a mount namespace")
+def test_an_interpreter_in_a_virtualenv_under_tmp_runs_programs():
+    """The private tmpfs over /tmp would hide a virtualenv there, and its `python` with it: the
+    run puts the interpreter's tree back, read-only."""
+    import json
+    import subprocess
+    import venv
+
+    env_dir = Path(tempfile.mkdtemp(prefix="codegemma-venv-", dir="/tmp"))
+    os.chmod(env_dir, 0o755)  # as `python -m venv` leaves it
+    try:
+        venv.create(env_dir, system_site_packages=True, symlinks=True)
+        out = subprocess.run([str(env_dir / "bin" / "python"), "-c", _FROM_A_VIRTUALENV,
+                              str(Path(__file__).resolve().parents[2])], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        ran, forked = json.loads(out.stdout.splitlines()[-1])
+        assert ran[0] == "ok", ran[2]
+        denied, prefix = ran[1].splitlines()
+        assert denied.startswith("write denied") and prefix == str(env_dir)
+        assert not (env_dir / "pwned").exists()
+        assert forked[:2] == ["ok", "3\n"], forked[2]
+    finally:
+        shutil.rmtree(env_dir, ignore_errors=True)
+
+
 def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
     result = python("open('big.bin', 'wb').write(b'0' * 1000); import os; print(os.getcwd())")
     assert result.status == "ok"
