@@ -6,10 +6,10 @@ Relative paths are taken from the directory the command runs in, as in training 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codegemma import toml_compat as tomllib
 from codegemma.data.dedup import DedupConfig
 from codegemma.data.filters import FilterConfig
 from codegemma.data.ordering import STRATEGIES

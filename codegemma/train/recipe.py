@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codegemma import toml_compat as tomllib
 from codegemma.config import PRESETS
 from codegemma.errors import CodegemmaError
 from codegemma.fim import INFILL_ORDERS

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from codegemma import toml_compat as tomllib
 from codegemma.complete import filters
 from codegemma.complete.filters import FilterContext, apply_filters, decide_multiline
 from codegemma.complete.language import syntax_for

@@ -102,9 +102,9 @@ def test_codegemma_recipes_match_the_paper_and_their_data(size, fim_rate, shape)
     """The Gemma 1 shape (google/gemma-2b, -7b configs), checked against the start when it loads;
     FIM 0.9 (2B v1.1) / 0.8 (7B), PSM/SPM 50/50, 8192 tokens; and every data path where the data
     recipe's pipeline writes it."""
-    import tomllib
     from pathlib import Path
 
+    from codegemma import toml_compat as tomllib
     from codegemma.train.build import model_config
 
     root = Path(__file__).resolve().parents[2] / "recipes"
