@@ -10,11 +10,11 @@ inferred from the assert literals, since MBPP has no hints.
 from __future__ import annotations
 
 import ast
-import json
 import warnings
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
+from codegemma.eval.datafiles import read_jsonl
 from codegemma.eval.babelcode import types as T
 from codegemma.eval.babelcode.asserts import RawCase, extract
 from codegemma.eval.babelcode.schema import Dropped, Question, TestCase
@@ -22,14 +22,15 @@ from codegemma.eval.babelcode.schema import Dropped, Question, TestCase
 MBPP_TEST_IDS = range(11, 511)  # the standard MBPP test split
 
 
-def default_mbpp_path() -> Path:
-    """`shared/data/mbpp/mbpp.jsonl` beside the repository (or the working directory's checkout)."""
+def default_mbpp_path() -> Path | None:
+    """`shared/data/mbpp/mbpp.jsonl` beside the repository (or the working directory's checkout),
+    if there is one."""
     repo = Path(__file__).resolve().parents[3]
     for base in (repo, Path.cwd()):
         candidate = base.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
         if candidate.is_file():
             return candidate
-    return repo.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
+    return None
 
 
 def _typed_question(qid: str, dataset: str, func: ast.FunctionDef, description: str, cases: list[RawCase],
@@ -125,22 +126,19 @@ def load_humaneval(path: str | Path | None = None) -> list[Question | Dropped]:
 
 
 def load_mbpp(path: str | Path | None = None, task_ids=MBPP_TEST_IDS) -> list[Question | Dropped]:
-    path = Path(path) if path is not None else default_mbpp_path()
-    if not path.is_file():
-        raise CodegemmaError(f"MBPP data not found at {path}; pass --data")
+    """MBPP from a .jsonl file; by default the copy beside the repository, else the pinned copy the
+    `mbpp` task downloads (checked by its SHA-256), else the Hugging Face hub's."""
     wanted = set(task_ids) if task_ids is not None else None
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CodegemmaError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-            if wanted is None or row["task_id"] in wanted:
-                out.append(mbpp_question(row))
-    return out
+    path = Path(path) if path is not None else default_mbpp_path()
+    if path is None:
+        from codegemma.eval import mbpp
+
+        rows = mbpp.load_mbpp().values()
+    elif not path.is_file():
+        raise CodegemmaError(f"MBPP data not found at {path}; pass --data")
+    else:
+        rows = read_jsonl(path)
+    return [mbpp_question(row) for row in rows if wanted is None or row["task_id"] in wanted]
 
 
 def load(dataset: str, data_path: str | Path | None = None) -> list[Question | Dropped]:

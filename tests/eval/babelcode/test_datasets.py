@@ -40,3 +40,25 @@ def test_mbpp_file_is_found_beside_the_repository():
     items = load_mbpp(task_ids=range(11, 21))
     assert len(items) == 10
     assert sum(isinstance(i, Question) for i in items) >= 8
+
+
+def test_without_a_copy_beside_the_repository_mbpp_is_the_mbpp_tasks_pinned_download(monkeypatch, mbpp_path):
+    """An installed package has no data beside it: BabelCode's MBPP then comes, like the `mbpp`
+    task's, from the pinned google-research copy (checked by its SHA-256)."""
+    from pathlib import Path
+
+    from codegemma.eval import mbpp
+    from codegemma.eval.babelcode import datasets
+
+    fetched = []
+
+    def download(source, sha256=None):
+        fetched.append((source, sha256))
+        return Path(mbpp_path)  # what the download's cache holds
+
+    monkeypatch.setattr(datasets, "default_mbpp_path", lambda: None)
+    monkeypatch.setattr(mbpp, "local_or_download", download)
+    items = datasets.load_mbpp(task_ids=range(11, 21))
+    assert fetched == [(mbpp.MBPP_URL, mbpp.MBPP_SHA256)]
+    assert [i.qid for i in items] == [f"MBPP/{n}" for n in range(11, 21)]
+    assert items == load_mbpp(mbpp_path, task_ids=range(11, 21))
