@@ -14,10 +14,10 @@ import warnings
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
-from codegemma.eval.datafiles import read_jsonl
 from codegemma.eval.babelcode import types as T
 from codegemma.eval.babelcode.asserts import RawCase, extract
 from codegemma.eval.babelcode.schema import Dropped, Question, TestCase
+from codegemma.eval.datafiles import read_jsonl
 
 MBPP_TEST_IDS = range(11, 511)  # the standard MBPP test split
 
