@@ -32,6 +32,17 @@ def make_recipe(tmp_path: Path, shards: Path, **train) -> recipe_mod.Recipe:
     return recipe_mod.load(path, [f"train.{k}={v}" for k, v in train.items()])
 
 
+class Stop(Exception):
+    """Ends a run from its step callback, as a crash would."""
+
+
+def stop_after(last: int):
+    def on_step(step, out):
+        if step == last:
+            raise Stop
+    return on_step
+
+
 def train(recipe, steps_callback=None):
     torch.manual_seed(recipe.seed)
     model, _, _ = build.build_model(recipe, None)
@@ -160,15 +171,8 @@ def test_resume_from_checkpoint_in_process(tmp_path, shards, form):
     part.checkpoint.every = 3
     part.checkpoint.format = form
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_5(step, out):
-        if step == 5:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(part, stop_after_5)
+        train(part, stop_after(5))
     ckpt_dir = tmp_path / "part" / "run" / "checkpoints"
     assert {f.stat().st_mode & 0o777 for f in ckpt_dir.rglob("*") if f.is_file()} == {0o644}  # not mkstemp's 0600
     assert checkpoint.latest(ckpt_dir).name == {"file": "step_00000003.pt", "sharded": "step_00000003"}[form]
@@ -185,15 +189,8 @@ def test_a_run_resumes_with_another_batch_size_and_accumulation(tmp_path, shards
     part = make_recipe(tmp_path / "part", shards, steps=8, batch_size=4, grad_accum=3)
     part.checkpoint.every = 3
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_5(step, out):
-        if step == 5:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(part, stop_after_5)
+        train(part, stop_after(5))
     (tmp_path / "part" / "run" / "checkpoints" / "latest").write_text("step_00000003.pt\n")
     part.train.grad_accum = 1
     with pytest.raises(CodegemmaError, match=r"step_00000003.pt: saved with 1 processes of train.batch_size 4 and "
