@@ -21,6 +21,9 @@ a scrubbed environment, captured and capped stdout/stderr, and these layers wher
 - ``mountns``   private, size-limited tmpfs over /tmp, /var/tmp and /dev/shm (an interpreter
                 installed there, such as a virtualenv in /tmp, is put back read-only), and (with
                 ``uid``) over unreadable ancestors of the interpreter, such as root's 0700 home.
+- ``rofs``      (with ``mountns``) every file system read-only but the working directory and the
+                private tmpfs: without ``uid`` (an ordinary user's runs) the program has its user's
+                own rights, and this is what keeps it from changing that user's files;
 - ``userns``    (when not root) a user namespace, which is what lets an ordinary user create the
                 namespaces above.
 
@@ -68,9 +71,13 @@ MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+SYS_MOUNT_SETATTR = 442  # the same number on every Linux architecture (Linux 5.12)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
-ALL_LAYERS = ("session", "rlimits", "env", "uid", "pidns", "netns", "mountns", "userns")
+ALL_LAYERS = ("session", "rlimits", "env", "uid", "pidns", "netns", "mountns", "rofs", "userns")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -138,6 +145,7 @@ class _Plan:
     # install trees under a private tmp dir (a virtualenv in /tmp), put back read-only: (path, the
     # flags of its read-only remount, which must keep the locked flags of the mount it is on)
     tmp_exposed: tuple[tuple[str, int], ...] = ()
+    workdir_flags: int = 0  # the locked flags of the working directory's mount (its writable remount)
 
 
 def _userns_map() -> None:
@@ -152,12 +160,26 @@ def _userns_map() -> None:
         f.write(f"0 {gid} 1")
 
 
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def _read_only_everywhere() -> None:
+    """Every mount of this mount namespace read-only; mounts made afterwards are not."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(_libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)),
+           "mount_setattr")
+
+
 def _setup_mounts(plan: _Plan) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     keep = {path: os.open(path, os.O_PATH | os.O_DIRECTORY)
             for _, paths in plan.hidden_roots for path in paths}
     work_fd = os.open(plan.workdir, os.O_PATH | os.O_DIRECTORY)
     tmp_kept = [(path, flags, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path, flags in plan.tmp_exposed]
+    if "rofs" in plan.layers:
+        _read_only_everywhere()
     for root, paths in plan.hidden_roots:
         _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
         for path in paths:
@@ -170,6 +192,10 @@ def _setup_mounts(plan: _Plan) -> None:
     if not os.path.isdir(plan.workdir):
         os.makedirs(plan.workdir)
         _mount(f"/proc/self/fd/{work_fd}", plan.workdir, None, MS_BIND)
+    elif "rofs" in plan.layers:
+        _mount(plan.workdir, plan.workdir, None, MS_BIND)  # a mount of its own, to be made writable
+    if "rofs" in plan.layers:  # the bind copied the read-only flag of the mount it came from
+        _mount(None, plan.workdir, None, MS_REMOUNT | MS_BIND | plan.workdir_flags)
     # So may the interpreter's own tree; it comes back read-only, the program's to run, not to change.
     for path, flags, fd in tmp_kept:
         if not os.path.isdir(path):
@@ -281,6 +307,8 @@ def available_layers() -> frozenset[str]:
     for layer in ("netns", "mountns", "pidns"):
         if _probe_one(frozenset(base | {layer})):
             granted.add(layer)
+    if "mountns" in granted and _probe_one(frozenset(base | {"mountns", "rofs"})):  # mount_setattr: Linux 5.12
+        granted.add("rofs")
     if not _probe_one(frozenset(granted)):  # each alone worked; together they must too
         return frozenset(base)
     return frozenset(granted)
@@ -331,7 +359,7 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
                 hidden.setdefault(root, []).append(path)
     return _Plan(layers=layers, uid=uid, workdir=workdir, limits=tuple(rl), tmpfs_mb=limits.tmpfs_mb,
                  hidden_roots=tuple((r, tuple(sorted(p))) for r, p in sorted(hidden.items())),
-                 tmp_exposed=tuple(tmp_exposed))
+                 tmp_exposed=tuple(tmp_exposed), workdir_flags=_locked_flags(workdir))
 
 
 def _locked_flags(path: str) -> int:

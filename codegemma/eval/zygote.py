@@ -102,7 +102,8 @@ def _handle(request: dict) -> dict:
     plan = sandbox._Plan(layers=frozenset(layers), uid=fields["uid"], workdir=fields["workdir"],
                          limits=tuple(tuple(x) for x in fields["limits"]), tmpfs_mb=fields["tmpfs_mb"],
                          hidden_roots=tuple((r, tuple(p)) for r, p in fields["hidden_roots"]),
-                         tmp_exposed=tuple((p, f) for p, f in fields["tmp_exposed"]))
+                         tmp_exposed=tuple((p, f) for p, f in fields["tmp_exposed"]),
+                         workdir_flags=fields["workdir_flags"])
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     start = time.perf_counter()
@@ -202,14 +203,16 @@ def serve(setup: dict) -> None:
     if "mountns" in setup["layers"]:
         flags |= sandbox.CLONE_NEWNS
         _INHERITED.add("mountns")
+        _INHERITED.update(set(setup["layers"]) & {"rofs"})
     if flags:
         sandbox._unshare(flags)
     if "mountns" in _INHERITED:
         p = setup["plan"]
-        sandbox._setup_mounts(sandbox._Plan(layers=frozenset(), uid=None, workdir=_BASE, limits=(),
-                                            tmpfs_mb=p["tmpfs_mb"],
+        sandbox._setup_mounts(sandbox._Plan(layers=frozenset(_INHERITED & {"rofs"}), uid=None, workdir=_BASE,
+                                            limits=(), tmpfs_mb=p["tmpfs_mb"],
                                             hidden_roots=tuple((r, tuple(x)) for r, x in p["hidden_roots"]),
-                                            tmp_exposed=tuple((x, f) for x, f in p["tmp_exposed"])))
+                                            tmp_exposed=tuple((x, f) for x, f in p["tmp_exposed"]),
+                                            workdir_flags=sandbox._locked_flags(_BASE)))
     for name in PRELOAD:
         __import__(name)
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
@@ -232,7 +235,7 @@ class Server:
     def __init__(self, base: str, plan):
         self.base = base
         # Namespaces need root here; without it (user namespaces) each child sets them up itself.
-        layers = sorted(plan.layers & {"netns", "mountns"}) if os.geteuid() == 0 else []
+        layers = sorted(plan.layers & {"netns", "mountns", "rofs"}) if os.geteuid() == 0 else []
         setup = {"layers": layers, "base": base,
                  "plan": {"tmpfs_mb": plan.tmpfs_mb, "hidden_roots": [list(x) for x in plan.hidden_roots],
                           "tmp_exposed": [list(x) for x in plan.tmp_exposed]}}

@@ -266,6 +266,75 @@ def test_an_interpreter_in_a_virtualenv_under_tmp_runs_programs():
         shutil.rmtree(env_dir, ignore_errors=True)
 
 
+_WRITE_THE_VICTIM = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from codegemma.eval import sandbox
+
+program = (
+    "try:\\n"
+    f"    open({sys.argv[2]!r}, 'w').write('pwned')\\n"
+    "except OSError as exc:\\n"
+    "    print('denied', exc.errno)\\n"
+    "open('mine.txt', 'w').write('mine')\\n"
+    "print(open('mine.txt').read())\\n"
+)
+for result in (sandbox.run([sys.executable, "-I", "main.py"], files={"main.py": program}),
+               sandbox.run_python({"main.py": program})):
+    print(result.status, result.stdout.split(), sorted(result.isolation), result.stderr[-500:])
+"""
+
+
+def _victim(owner: int) -> Path:
+    """A file anyone may write, in a directory outside the private tmp dirs."""
+    if not os.access("/run", os.W_OK):
+        pytest.skip("no writable /run to hold a file outside the private tmp dirs")
+    directory = Path(tempfile.mkdtemp(prefix="codegemma-victim-", dir="/run"))
+    os.chmod(directory, 0o755)
+    victim = directory / "precious.txt"
+    victim.write_text("keep me")
+    os.chmod(victim, 0o666)
+    os.chown(victim, owner, -1)
+    return victim
+
+
+@pytest.mark.skipif("rofs" not in LAYERS, reason="a read-only file system needs mount_setattr (Linux 5.12)")
+@pytest.mark.parametrize("user", ["this", "ordinary"])
+def test_the_file_system_is_read_only_outside_its_directory(user):
+    """A file the program's uid may write (a world-writable one; as an ordinary user, that user's
+    own) stays as it is: everything but the working directory and the private tmpfs is mounted
+    read-only. An ordinary user's runs (user namespaces, no uid of their own) have only this."""
+    import subprocess
+
+    nobody = 65534
+    argv, preexec = [sys.executable], None
+    if user == "ordinary":
+        if os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK):
+            pytest.skip("becoming an ordinary user needs root and an interpreter outside root's home")
+        if sandbox._unreadable_root(str(Path(__file__).resolve().parents[2])) is not None:
+            pytest.skip("the checkout is not readable by other users")
+
+        def preexec():
+            os.setgroups([])
+            os.setgid(nobody)
+            os.setuid(nobody)
+
+        argv = ["/usr/bin/python3"]
+    victim = _victim(nobody if user == "ordinary" else os.getuid())
+    try:
+        out = subprocess.run([*argv, "-c", _WRITE_THE_VICTIM, str(Path(__file__).resolve().parents[2]), str(victim)],
+                             capture_output=True, text=True, timeout=120, preexec_fn=preexec,
+                             env={"PATH": sandbox.DEFAULT_PATH, "HOME": str(victim.parent)}, cwd="/")
+        assert out.returncode == 0, out.stderr
+        for line in out.stdout.splitlines():
+            assert line.startswith("ok ['denied', '30', 'mine'] "), line  # 30: EROFS
+            assert "'rofs'" in line and ("'userns'" in line) == (user == "ordinary"), line
+        assert len(out.stdout.splitlines()) == 2
+        assert victim.read_text() == "keep me"
+    finally:
+        shutil.rmtree(victim.parent)
+
+
 def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
     result = python("open('big.bin', 'wb').write(b'0' * 1000); import os; print(os.getcwd())")
     assert result.status == "ok"
