@@ -285,6 +285,15 @@ for result in (sandbox.run([sys.executable, "-I", "main.py"], files={"main.py": 
 """
 
 
+NOBODY = 65534
+
+
+def _become_nobody():
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
 def _victim(owner: int) -> Path:
     """A file anyone may write, in a directory outside the private tmp dirs."""
     if not os.access("/run", os.W_OK):
@@ -306,21 +315,14 @@ def test_the_file_system_is_read_only_outside_its_directory(user):
     read-only. An ordinary user's runs (user namespaces, no uid of their own) have only this."""
     import subprocess
 
-    nobody = 65534
     argv, preexec = [sys.executable], None
     if user == "ordinary":
         if os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK):
             pytest.skip("becoming an ordinary user needs root and an interpreter outside root's home")
         if sandbox._unreadable_root(str(Path(__file__).resolve().parents[2])) is not None:
             pytest.skip("the checkout is not readable by other users")
-
-        def preexec():
-            os.setgroups([])
-            os.setgid(nobody)
-            os.setuid(nobody)
-
-        argv = ["/usr/bin/python3"]
-    victim = _victim(nobody if user == "ordinary" else os.getuid())
+        argv, preexec = ["/usr/bin/python3"], _become_nobody
+    victim = _victim(NOBODY if user == "ordinary" else os.getuid())
     try:
         out = subprocess.run([*argv, "-c", _WRITE_THE_VICTIM, str(Path(__file__).resolve().parents[2]), str(victim)],
                              capture_output=True, text=True, timeout=120, preexec_fn=preexec,
