@@ -19,8 +19,10 @@ a scrubbed environment, captured and capped stdout/stderr, and these layers wher
                 exits, the kernel kills every process it left behind;
 - ``netns``     an empty network namespace (only a downed loopback): no connection can be made;
 - ``mountns``   private, size-limited tmpfs over /tmp, /var/tmp and /dev/shm (an interpreter
-                installed there, such as a virtualenv in /tmp, is put back read-only), and (with
-                ``uid``) over unreadable ancestors of the interpreter, such as root's 0700 home.
+                installed there, such as a virtualenv in /tmp, is put back read-only); an empty
+                tmpfs over the home directories (/home and the user's own), so a program reads no
+                one's files there, and (with ``uid``) over unreadable ancestors of the interpreter;
+                the interpreter and `expose`d install trees under them are put back.
 - ``rofs``      (with ``mountns``) every file system read-only but the working directory and the
                 private tmpfs: without ``uid`` (an ordinary user's runs) the program has its user's
                 own rights, and this is what keeps it from changing that user's files;
@@ -43,6 +45,7 @@ import ctypes
 import fcntl
 import functools
 import os
+import pwd
 import random
 import resource
 import selectors
@@ -77,6 +80,8 @@ AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# a directory holding one of these is no home to hide, whatever $HOME says
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/etc", "/opt", "/var", "/srv", "/nix", "/run", "/proc", "/dev")
 ALL_LAYERS = ("session", "rlimits", "env", "uid", "pidns", "netns", "mountns", "rofs", "userns")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -141,7 +146,7 @@ class _Plan:
     workdir: str
     limits: tuple[tuple[int, int], ...]
     tmpfs_mb: int
-    hidden_roots: tuple[tuple[str, tuple[str, ...]], ...]  # (unreadable ancestor, paths to re-expose)
+    hidden_roots: tuple[tuple[str, tuple[str, ...]], ...]  # (home or unreadable ancestor, paths to put back)
     # install trees under a private tmp dir (a virtualenv in /tmp), put back read-only: (path, the
     # flags of its read-only remount, which must keep the locked flags of the mount it is on)
     tmp_exposed: tuple[tuple[str, int], ...] = ()
@@ -196,6 +201,8 @@ def _setup_mounts(plan: _Plan) -> None:
         _mount(plan.workdir, plan.workdir, None, MS_BIND)  # a mount of its own, to be made writable
     if "rofs" in plan.layers:  # the bind copied the read-only flag of the mount it came from
         _mount(None, plan.workdir, None, MS_REMOUNT | MS_BIND | plan.workdir_flags)
+    for root, _ in plan.hidden_roots:  # nothing to write there: a program writing to ~ gets EROFS
+        _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     # So may the interpreter's own tree; it comes back read-only, the program's to run, not to change.
     for path, flags, fd in tmp_kept:
         if not os.path.isdir(path):
@@ -331,6 +338,24 @@ def _unreadable_root(path: str) -> str | None:
     return None
 
 
+def _home_dirs() -> list[str]:
+    """The home directories to hide from programs: /home and this user's own (by $HOME and by the
+    password database), outermost only. A "home" that holds system directories (/, /usr, /opt) or
+    lies in a private tmp dir is left alone."""
+    candidates = {"/home", os.environ.get("HOME", "")}
+    try:
+        candidates.add(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:
+        pass
+    homes = set()
+    for home in {os.path.realpath(c) for c in candidates if c}:
+        if not os.path.isdir(home) or any(Path(system).is_relative_to(home) for system in SYSTEM_DIRS) \
+                or any(Path(home).is_relative_to(tmp) for tmp in PRIVATE_TMP_DIRS):
+            continue
+        homes.add(home)
+    return sorted(h for h in homes if not any(h != o and Path(h).is_relative_to(o) for o in homes))
+
+
 def plan_cpu_seconds(limits: Limits, timeout: float) -> int:
     return limits.cpu_seconds if limits.cpu_seconds is not None else int(timeout) + 1
 
@@ -347,6 +372,8 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
     hidden: dict[str, list[str]] = {}
     tmp_exposed: list[tuple[str, int]] = []
     if "mountns" in layers:
+        homes = _home_dirs()
+        hidden = {home: [] for home in homes}
         for path in sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *expose)}):
             if not os.path.isdir(path):
                 continue
@@ -354,7 +381,9 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
                 if not any(Path(path).is_relative_to(kept) for kept, _ in tmp_exposed):
                     tmp_exposed.append((path, _locked_flags(path)))
                 continue
-            root = _unreadable_root(path) if uid is not None else None
+            root = next((home for home in homes if Path(path).is_relative_to(home)), None)
+            if root is None and uid is not None:
+                root = _unreadable_root(path)
             if root is not None:
                 hidden.setdefault(root, []).append(path)
     return _Plan(layers=layers, uid=uid, workdir=workdir, limits=tuple(rl), tmpfs_mb=limits.tmpfs_mb,

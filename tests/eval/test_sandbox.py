@@ -307,6 +307,18 @@ def _victim(owner: int) -> Path:
     return victim
 
 
+def _as_user(user: str) -> tuple[list[str], object]:
+    """The interpreter and preexec_fn that run a script as `user`: "this" process's user, or an
+    ordinary one (nobody), whose runs have user namespaces and no uid of their own."""
+    if user == "this":
+        return [sys.executable], None
+    if os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("becoming an ordinary user needs root and an interpreter outside root's home")
+    if sandbox._unreadable_root(str(Path(__file__).resolve().parents[2])) is not None:
+        pytest.skip("the checkout is not readable by other users")
+    return ["/usr/bin/python3"], _become_nobody
+
+
 @pytest.mark.skipif("rofs" not in LAYERS, reason="a read-only file system needs mount_setattr (Linux 5.12)")
 @pytest.mark.parametrize("user", ["this", "ordinary"])
 def test_the_file_system_is_read_only_outside_its_directory(user):
@@ -315,18 +327,12 @@ def test_the_file_system_is_read_only_outside_its_directory(user):
     read-only. An ordinary user's runs (user namespaces, no uid of their own) have only this."""
     import subprocess
 
-    argv, preexec = [sys.executable], None
-    if user == "ordinary":
-        if os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK):
-            pytest.skip("becoming an ordinary user needs root and an interpreter outside root's home")
-        if sandbox._unreadable_root(str(Path(__file__).resolve().parents[2])) is not None:
-            pytest.skip("the checkout is not readable by other users")
-        argv, preexec = ["/usr/bin/python3"], _become_nobody
+    argv, preexec = _as_user(user)
     victim = _victim(NOBODY if user == "ordinary" else os.getuid())
     try:
         out = subprocess.run([*argv, "-c", _WRITE_THE_VICTIM, str(Path(__file__).resolve().parents[2]), str(victim)],
                              capture_output=True, text=True, timeout=120, preexec_fn=preexec,
-                             env={"PATH": sandbox.DEFAULT_PATH, "HOME": str(victim.parent)}, cwd="/")
+                             env={"PATH": sandbox.DEFAULT_PATH, "HOME": "/nonexistent"}, cwd="/")  # no home to hide
         assert out.returncode == 0, out.stderr
         for line in out.stdout.splitlines():
             assert line.startswith("ok ['denied', '30', 'mine'] "), line  # 30: EROFS
@@ -335,6 +341,56 @@ def test_the_file_system_is_read_only_outside_its_directory(user):
         assert victim.read_text() == "keep me"
     finally:
         shutil.rmtree(victim.parent)
+
+
+_READ_THE_HOME = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from codegemma.eval import sandbox
+
+program = (
+    "for path in " + repr(sys.argv[2:4]) + ":\\n"
+    "    try:\\n"
+    "        print(open(path).read())\\n"
+    "    except OSError as exc:\\n"
+    "        print('denied', exc.errno)\\n"
+)
+tools = sys.argv[4]
+for result in (sandbox.run([sys.executable, "-I", "main.py"], files={"main.py": program}, expose=(tools,)),
+               sandbox.run_python({"main.py": program})):
+    print(result.status, result.stdout.split(), sorted(result.isolation), result.stderr[-500:])
+"""
+
+
+@pytest.mark.skipif("mountns" not in LAYERS, reason="hiding the home directories needs a mount namespace")
+@pytest.mark.parametrize("user", ["this", "ordinary"])
+def test_the_home_directory_is_hidden_but_what_a_run_exposes(user):
+    """A file in the user's home that the program's uid could read (any file of their own, for an
+    ordinary user) is not there for the program; an install tree in the home that a run exposes is."""
+    import subprocess
+
+    argv, preexec = _as_user(user)
+    owner = NOBODY if user == "ordinary" else os.getuid()
+    if not os.access("/run", os.W_OK):
+        pytest.skip("no writable /run to hold a home outside the private tmp dirs")
+    home = Path(tempfile.mkdtemp(prefix="codegemma-home-", dir="/run"))
+    try:
+        (home / "tools").mkdir()
+        (home / "secret.txt").write_text("secret")
+        (home / "tools" / "tool.txt").write_text("tool")
+        for path in (home, home / "tools", home / "secret.txt", home / "tools" / "tool.txt"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+            os.chown(path, owner, -1)
+        out = subprocess.run([*argv, "-c", _READ_THE_HOME, str(Path(__file__).resolve().parents[2]),
+                              str(home / "secret.txt"), str(home / "tools" / "tool.txt"), str(home / "tools")],
+                             capture_output=True, text=True, timeout=120, preexec_fn=preexec,
+                             env={"PATH": sandbox.DEFAULT_PATH, "HOME": str(home)}, cwd="/")
+        assert out.returncode == 0, out.stderr
+        ran, forked = out.stdout.splitlines()
+        assert ran.startswith("ok ['denied', '2', 'tool'] "), ran  # 2: ENOENT, an empty tmpfs
+        assert forked.startswith("ok ['denied', '2', 'denied', '2'] "), forked
+    finally:
+        shutil.rmtree(home)
 
 
 def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
