@@ -9,7 +9,9 @@ Every call gets a fresh temporary working directory holding `files` (removed aft
 a scrubbed environment, captured and capped stdout/stderr, and these layers where the host allows:
 
 - ``session``   own session and process group, SIGKILLed as a whole on timeout;
-- ``rlimits``   address space, CPU seconds, processes, file size, open files, no core dumps;
+- ``rlimits``   address space (set by a shell that then execs the program, since until exec the
+                child holds all of this process's), CPU seconds, processes, file size, open
+                files, no core dumps;
 - ``env``       only PATH, HOME, LANG, TMPDIR and what the caller passes in `env`;
 - ``uid``       (when started as root) a random unprivileged uid/gid per run, so the program can
                 write nowhere but its own directory, cannot signal other processes, RLIMIT_NPROC
@@ -57,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
@@ -287,10 +289,11 @@ def _needs_userns() -> bool:
 
 def _probe_one(layers: frozenset[str]) -> bool:
     with tempfile.TemporaryDirectory(prefix="codegemma-probe-") as tmp:
-        plan = _make_plan(layers, tmp, Limits(), timeout=5, expose=())
+        plan, argv = _limit_after_exec(_make_plan(layers, tmp, Limits(), timeout=5, expose=()),
+                                       ["/bin/sh", "-c", "exit 0"])
         try:
             _prepare_workdir(Path(tmp), {}, plan.uid)
-            proc = subprocess.run(["/bin/sh", "-c", "exit 0"], preexec_fn=functools.partial(_child_setup, plan),
+            proc = subprocess.run(argv, preexec_fn=functools.partial(_child_setup, plan),
                                   start_new_session=True, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=10, env={"PATH": DEFAULT_PATH})
             return proc.returncode == 0
@@ -389,6 +392,20 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
     return _Plan(layers=layers, uid=uid, workdir=workdir, limits=tuple(rl), tmpfs_mb=limits.tmpfs_mb,
                  hidden_roots=tuple((r, tuple(sorted(p))) for r, p in sorted(hidden.items())),
                  tmp_exposed=tuple(tmp_exposed), workdir_flags=_locked_flags(workdir))
+
+
+def _limit_after_exec(plan: _Plan, argv: list[str]) -> tuple[_Plan, list[str]]:
+    """`plan` less its address-space limit, and `argv` run by a shell that sets the limit, then execs it.
+
+    Until it execs, the forked child holds this process's whole address space, which can be far
+    over the limit (CUDA alone reserves gigabytes of it): set there, the limit would crash the child
+    at its next allocation. The fork server's children (a small pristine interpreter) set it directly.
+    """
+    kept = tuple((res, value) for res, value in plan.limits if res != resource.RLIMIT_AS)
+    if len(kept) == len(plan.limits):
+        return plan, argv
+    limit_kb = dict(plan.limits)[resource.RLIMIT_AS] >> 10
+    return replace(plan, limits=kept), ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', str(limit_kb), *argv]
 
 
 def _locked_flags(path: str) -> int:
@@ -505,8 +522,9 @@ def run(argv: list[str], files: dict[str, str | bytes] | None = None, timeout: f
         plan = _make_plan(frozenset(layers), str(workdir), limits, timeout,
                           (*expose, os.path.dirname(os.path.realpath(exe))))
         _prepare_workdir(workdir, files or {}, plan.uid)
+        plan, command = _limit_after_exec(plan, [exe, *argv[1:]])
         start = time.perf_counter()
-        proc = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=_child_env(workdir, path, env), start_new_session=True,
                                 preexec_fn=functools.partial(_child_setup, plan), cwd=str(workdir))
         status, reason, out, err = _supervise(proc, timeout, limits.output_bytes)

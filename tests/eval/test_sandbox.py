@@ -393,6 +393,38 @@ def test_the_home_directory_is_hidden_but_what_a_run_exposes(user):
         shutil.rmtree(home)
 
 
+_FROM_A_LARGE_PROCESS = """
+import json, mmap, sys
+sys.path.insert(0, sys.argv[1])
+# 8 GiB of address space, reserved without memory behind it (PROT_NONE), as CUDA reserves it
+reserved = mmap.mmap(-1, 8 << 30, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0), prot=0)
+from codegemma.eval import sandbox
+
+limits = sandbox.Limits(address_space_mb=512)
+small = sandbox.run([sys.executable, "-I", "-c", "print('ran')"], limits=limits)
+big = sandbox.run([sys.executable, "-I", "-c", "b = bytearray(1 << 30)"], limits=limits)
+print(json.dumps({"layers": sorted(sandbox.available_layers()), "small": [small.status, small.stdout],
+                  "big": [big.status, big.stderr[-200:]]}))
+"""
+
+
+def test_a_process_with_more_address_space_than_the_limit_runs_programs_under_it():
+    """A forked child holds its parent's address space until it execs; a CUDA process's is larger
+    than any program's limit, and a child limited before exec crashed there (in setgroups, with
+    CUDA's torch loaded; a bare reservation as here does not crash it). The limit is set after the
+    fork by a shell that execs the program: the layers are granted, and the limit binds the program."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _FROM_A_LARGE_PROCESS, str(Path(__file__).resolve().parents[2])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert set(report["layers"]) == set(sandbox.available_layers())
+    assert report["small"] == ["ok", "ran\n"]
+    assert report["big"][0] == "error" and "MemoryError" in report["big"][1]
+
+
 def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
     result = python("open('big.bin', 'wb').write(b'0' * 1000); import os; print(os.getcwd())")
     assert result.status == "ok"
