@@ -149,18 +149,25 @@ class InfillScorer:
         return build_prompt(self.tokenizer, self.profile, ex.prefix, ex.suffix, path=ex.path,
                             budget=Budget(max_prompt_tokens=self.max_prompt_tokens), mode=FIM, order=self.order).ids
 
-    @torch.no_grad()
     def middle_loss(self, model: nn.Module, device: torch.device,
                     examples: list[InfillExample] | None = None, batch_size: int = 16) -> tuple[float, int]:
         """Sum of NLL over middle tokens, and their count (of `examples`, default this scorer's),
         scoring `batch_size` examples per forward pass."""
+        nlls = self.middle_nlls(model, device, examples, batch_size)
+        return sum(sum(row) for row in nlls), sum(len(row) for row in nlls)
+
+    @torch.no_grad()
+    def middle_nlls(self, model: nn.Module, device: torch.device,
+                    examples: list[InfillExample] | None = None, batch_size: int = 16) -> list[list[float]]:
+        """Each example's NLL (nats) on its middle tokens, in order (of `examples`, default this
+        scorer's), scoring `batch_size` examples per forward pass."""
         rows = [(self.prompt(ex), self.tokenizer.encode(ex.middle))
                 for ex in (self.examples if examples is None else examples)]
         config = distributed.model_config(model)
         if config is not None and rows:  # fewer rows at a time where [rows, width, vocab] logits would be huge
             width = max(len(p) + len(m) for p, m in rows)
             batch_size = max(1, min(batch_size, LOGITS_BUDGET // (width * config.vocab_size)))
-        total, count = 0.0, 0
+        out: list[list[float]] = []
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
             # right padding: a causal model's logits at real positions never see the pad after them
@@ -172,9 +179,8 @@ class InfillScorer:
                 scored[i, len(prompt) - 1:len(prompt) + len(middle) - 1] = True
             ids, scored = ids.to(device), scored.to(device)
             nll = losses.token_nll(model(ids[:, :-1]), ids[:, 1:])
-            total += nll[scored].sum().item()
-            count += int(scored.sum())
-        return total, count
+            out += [nll[i][scored[i]].tolist() for i in range(len(batch))]
+        return out
 
     def suffix_gain(self, model: nn.Module, device: torch.device,
                     true_loss: tuple[float, int] | None = None) -> float:
@@ -345,14 +351,19 @@ class Evaluator:
         records = []
         for scorer in self.scorers:
             tag = "" if scorer.order == PSM else f"_{scorer.order}"  # PSM keeps the plain names
-            s, n = scorer.middle_loss(inner, device, self._share(scorer.examples))
+            nlls = scorer.middle_nlls(inner, device, self._share(scorer.examples))
+            # the first token apart: where a prompt's order makes the prefix's end hard to find
+            # (PSM: behind the suffix), it costs far more than the rest of the line
+            s, n = sum(sum(row) for row in nlls), sum(len(row) for row in nlls)
+            first, starts = sum(row[0] for row in nlls if row), sum(1 for row in nlls if row)
             if scorer.order != L2R:  # a left-to-right prompt has no suffix to gain from
                 swapped, _ = scorer.middle_loss(inner, device, self._share(scorer.swapped_examples()))
-                s, n, swapped = self._sum(s, n, swapped)
+                s, n, first, starts, swapped = self._sum(s, n, first, starts, swapped)
                 result[f"fim_suffix_gain{tag}"] = (swapped - s) / max(n, 1)
             else:
-                s, n = self._sum(s, n)
+                s, n, first, starts = self._sum(s, n, first, starts)
             result[f"fim_middle_loss{tag}"] = s / max(n, 1)
+            result[f"fim_first_token_loss{tag}"] = first / max(starts, 1)
             answers = self._gathered(scorer.answers(inner, device, self.max_new_tokens,
                                                     examples=self._share(scorer.examples)))
             records += answer_records(scorer.order, scorer.examples, answers)

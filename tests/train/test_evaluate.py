@@ -178,6 +178,12 @@ def test_batched_scoring_equals_one_example_at_a_time(small_tokenizer, order):
     batched = scorer.middle_loss(model, cpu, batch_size=4)
     single = scorer.middle_loss(model, cpu, batch_size=1)
     assert batched[1] == single[1] and batched[0] == pytest.approx(single[0], rel=1e-5)
+    # each example's first middle token: the NLL of the prompt's next-token distribution
+    for ex, row in zip(scorer.examples, scorer.middle_nlls(model, cpu, batch_size=4), strict=True):
+        middle = small_tokenizer.encode(ex.middle)
+        logits = model(torch.tensor([scorer.prompt(ex)]))[0, -1]
+        assert len(row) == len(middle)
+        assert row[0] == pytest.approx(-torch.log_softmax(logits, -1)[middle[0]].item(), rel=1e-5)
     lines = scorer._greedy_lines(model, cpu, prompts, max_new_tokens=12)
     assert lines == [scorer._greedy_lines(model, cpu, [p], max_new_tokens=12)[0] for p in prompts]
     assert len(set(lines)) > 1
@@ -277,16 +283,19 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     model = Gemma(cfg).eval()
     model.init_weights()
     result = Evaluator(DistEnv(), None, 0, scorers, 4, probe)(model)
-    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "infill_edit_similarity",
-                           "copy_gain"}
+    assert set(result) == {"fim_middle_loss", "fim_first_token_loss", "fim_suffix_gain", "infill_exact_match",
+                           "infill_edit_similarity", "copy_gain"}
     assert math.isfinite(result["copy_gain"])
+    firsts = [row[0] for row in scorers[0].middle_nlls(model, torch.device("cpu"))]
+    assert result["fim_first_token_loss"] == pytest.approx(sum(firsts) / len(firsts), rel=1e-9)
     # the evaluator's suffix gain (summed over processes' shares) is the scorer's
     assert result["fim_suffix_gain"] == pytest.approx(scorers[0].suffix_gain(model, torch.device("cpu")), abs=1e-9)
     # left to right: the same lines, no suffix and so no suffix gain
     scorers, _ = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm", "l2r"])
     result = Evaluator(DistEnv(), None, 0, scorers, 4)(model)
-    assert set(result) == {"fim_middle_loss", "fim_suffix_gain", "infill_exact_match", "infill_edit_similarity",
-                           "fim_middle_loss_l2r", "infill_exact_match_l2r", "infill_edit_similarity_l2r"}
+    assert set(result) == {"fim_middle_loss", "fim_first_token_loss", "fim_suffix_gain", "infill_exact_match",
+                           "infill_edit_similarity", "fim_middle_loss_l2r", "fim_first_token_loss_l2r",
+                           "infill_exact_match_l2r", "infill_edit_similarity_l2r"}
     assert scorers[0].examples == scorers[1].examples and math.isfinite(result["fim_middle_loss_l2r"])
 
 
