@@ -105,6 +105,7 @@ RIGHT, WRONG_SOLUTION = "def double(x):\n    return 2 * x", "def double(x):\n   
     "import unittest\n\nclass TestDouble(unittest.TestCase):\n    def test_negative(self):\n"
     "        self.assertEqual(double(-1), -2)\n\nif __name__ == '__main__':\n    unittest.main()",
     "def check(f):\n    assert f(-1) == -2\n\ncheck(double)",
+    "import unittest\n\ndef test_double():\n    assert double(-1) == -2\n\nunittest.main()",  # no TestCase
 ])
 def test_tests_written_as_functions_or_classes_are_run(tests):
     """Tests the test file only defines must still run: otherwise every solution passes them."""
