@@ -200,6 +200,20 @@ def _cut_at(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
+def _batches(pending: list[tuple[Problem, int]], size: int, task: Task):
+    """(index of the first sample, samples) runs of up to `size` consecutive pending samples that
+    share their stop strings: the engine applies one set to a whole batch, and a C# problem's
+    `\n    }\n` would cut a C++ answer at its first inner block."""
+    start = 0
+    while start < len(pending):
+        stops = task.stop_strings(pending[start][0])
+        end = start + 1
+        while end < min(start + size, len(pending)) and task.stop_strings(pending[end][0]) == stops:
+            end += 1
+        yield start, pending[start:end]
+        start = end
+
+
 def _check_run_settings(out_dir: Path, run_info: dict) -> None:
     path = out_dir / "run.json"
     if path.exists():
@@ -269,9 +283,8 @@ def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out
             futures = keep
 
         try:
-            for b in range(0, len(pending), settings.batch_size):
-                batch = pending[b:b + settings.batch_size]
-                stops = tuple(dict.fromkeys(s for p, _ in batch for s in task.stop_strings(p))) + profile_stops
+            for b, batch in _batches(pending, settings.batch_size, task):
+                stops = tuple(task.stop_strings(batch[0][0])) + profile_stops
                 batch_settings = GenerationSettings(**{**asdict(settings), "seed": settings.seed + b,
                                                        "stop_strings": stops})
                 t0 = time.perf_counter()

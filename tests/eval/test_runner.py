@@ -187,3 +187,29 @@ def test_check_many_returning_too_few_outcomes_is_an_error(tmp_path):
     generator, _ = fake_generator(humaneval_answers(task.task, right=set()))
     with pytest.raises(RuntimeError, match="check_many returned 0 outcomes"):
         run_eval(task, generator, GenerationSettings(), tmp_path, limit=2, progress=False)
+
+
+class TwoStopSets:
+    """HumanEval whose problem 3 has stop strings of its own, as a problem of another language in a
+    multi-language task does."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def stop_strings(self, problem):
+        own = ("\n}",) if problem.task_id == "HumanEval/3" else ()
+        return self.task.stop_strings(problem) + own
+
+
+def test_a_batch_shares_one_problem_set_of_stop_strings(tmp_path):
+    task = TwoStopSets(get_task("humaneval"))
+    generator, canned = fake_generator(humaneval_answers(task.task, right={0, 1, 2, 3, 4, 5}))
+    summary = run_eval(task, generator, GenerationSettings(batch_size=4), tmp_path, limit=LIMIT, progress=False)
+    assert summary["scores"]["pass@1"] == 1.0
+    assert [len(c) for c in canned.calls] == [3, 1, 2]  # split where the stop strings change
+    stops = [s.stop_strings for s in canned.settings]
+    assert "\n}" in stops[1] and "\n}" not in stops[0] + stops[2]
+    assert [s.seed for s in canned.settings] == [0, 3, 4]  # each batch's seed: its first sample's index
