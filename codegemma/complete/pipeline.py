@@ -204,12 +204,18 @@ class Completer:
         preps = [self.prepare(r) for r in reqs]
         groups: dict[str, list[int]] = {}
         for i, prep in enumerate(preps):
-            groups.setdefault(repr(prep.params), []).append(i)
+            # seeds are per row, so requests that differ only in their seed share a batch
+            groups.setdefault(repr(replace(prep.params, seed=None)), []).append(i)
         results: list[Result | None] = [None] * len(reqs)
         with self.lock:
             for members in groups.values():
-                batch = self.engine.generate_batch([preps[i].prompt.ids for i in members], preps[members[0]].params,
-                                                   cancel, deadline)
+                params = preps[members[0]].params
+                rows = [preps[i].prompt.ids for i in members]
+                if params.greedy:  # nothing random: seeds play no part
+                    batch = self.engine.generate_batch(rows, params, cancel, deadline)
+                else:  # each request samples from its own seed, exactly as it would alone
+                    batch = self.engine.generate_batch(rows, params, cancel, deadline,
+                                                       seeds=[preps[i].params.seed for i in members])
                 for i, res in zip(members, batch):
                     results[i] = res
         return [self._finish_batched(req, prep, res) for req, prep, res in zip(reqs, preps, results)]

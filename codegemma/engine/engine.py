@@ -8,7 +8,7 @@ computes the new ones. An engine runs one request at a time; callers serialize a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -181,10 +181,16 @@ class Engine:
 
     # ---- batches ------------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                       cancel: Callable[[], bool] | None = None, deadline: float | None = None) -> list[Result]:
-        """Generate for several prompts at once (left-padded); greedy output equals one-at-a-time."""
+                       cancel: Callable[[], bool] | None = None, deadline: float | None = None,
+                       seeds: Sequence[int | None] | None = None) -> list[Result]:
+        """Generate for several prompts at once (left-padded); greedy output equals one-at-a-time.
+
+        Sampling draws row i from `seeds[i]` when given (rows of different requests, each as
+        reproducible as alone), else from `params.seed + i` (several samples of one request)."""
+        if seeds is None:
+            seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
         if len(prompts) == 1:
-            return [self.generate(prompts[0], params, cancel, deadline)]
+            return [self.generate(prompts[0], replace(params, seed=seeds[0]), cancel, deadline)]
         checked = [self._check_prompt(p, params) for p in prompts]
         B, longest = len(checked), max(len(p) for p in checked)
         ids = torch.full((B, longest), self.config.pad_id, dtype=torch.long)
@@ -193,8 +199,7 @@ class Engine:
             ids[row, longest - len(p):] = torch.tensor(p)
             positions[row, longest - len(p):] = torch.arange(len(p))
         results = [Result(ids=[], finish_reason="length", evaluated_tokens=len(p)) for p in checked]
-        generators = [None if params.greedy else make_generator(None if params.seed is None else params.seed + i)
-                      for i in range(B)]
+        generators = [None if params.greedy else make_generator(seed) for seed in seeds]
         contexts = [torch.tensor(p) for p in checked] if params.repetition_penalty != 1.0 else [None] * B
         done = [False] * B
         with torch.inference_mode():

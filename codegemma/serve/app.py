@@ -10,24 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codegemma.complete.chat import run_chat
+from codegemma.complete.chat import chat_prompt, run_chat
 from codegemma.complete.pipeline import Completer, Completion, CompletionRequest
 from codegemma.engine import SamplingParams
 from codegemma.errors import CodegemmaError
 from codegemma.serve import schemas
 from codegemma.serve.metrics import Metrics
 from codegemma.serve.scheduler import Job, QueueFull, Scheduler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +56,46 @@ def error_body(message: str, param: str | None = None, kind: str = "invalid_requ
 
 def sse(payload: Any) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class Observe:
+    """Pure ASGI middleware: counts every response by endpoint and status, and answers an unexpected
+    exception with a JSON 500 itself.
+
+    Not Starlette's @app.middleware("http"): that wraps the request so that
+    `request.is_disconnected()` never turns true, and a client hanging up on a non-streaming
+    request would not cancel its generation. Nor Starlette's own 500: it re-raises after
+    answering, so the server drops the client's keep-alive connection and no status is counted.
+    """
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        started = False
+
+        async def observed(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                route = scope.get("route")  # set by the router on this same scope
+                endpoint = route.path if route is not None else "unmatched"
+                self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
+                self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except Exception as exc:
+            if started:  # half a response cannot be mended: let the server log it and close
+                raise
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            response = JSONResponse(error_body(f"internal error: {type(exc).__name__}", None, "server_error"),
+                                    status_code=500)
+            await response(scope, receive, observed)
 
 
 def create_app(completer: Completer, model_name: str, settings: ServerSettings = ServerSettings()) -> FastAPI:
@@ -79,18 +123,7 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
         return JSONResponse(error_body(str(exc.detail), None, "not_found_error" if exc.status_code == 404
                                        else "invalid_request_error"), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", None, "server_error"), status_code=500)
-
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.scope.get("route").path if request.scope.get("route") else "unmatched"
-        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(Observe, metrics=metrics)
 
     # ---- plumbing --------------------------------------------------------------------------
     async def read_json(request: Request) -> Any:
@@ -106,6 +139,10 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"request body is not valid JSON ({exc})", "body") from None
+        except ValueError:  # an integer of thousands of digits, which Python refuses to convert
+            raise ApiError(400, "request body holds a number too long to read", "body") from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply", "body") from None
         if not isinstance(data, dict):
             raise ApiError(400, "request body must be a JSON object", "body")
         return data
@@ -135,6 +172,15 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
             raise ApiError(503, str(exc), None, "timeout", headers={"Retry-After": str(settings.retry_after_s)})
         raise exc
 
+    def started_too_late(job: Job, value: Any) -> bool:
+        """Whether the request's own deadline passed before its first token (a long queue or prefill):
+        there is nothing to return, and the client should retry as for a request timed out in the queue."""
+        results = value if isinstance(value, list) else [value]
+        return time.monotonic() > job.deadline and all(
+            r.finish_reason == "time_limit" and r.generated_tokens == 0 for r in results)
+
+    too_late = "the request timed out before generation started"
+
     async def wait(request: Request, job: Job) -> Any:
         """The job's result; cancels it if the client goes away first (then returns None)."""
         while True:
@@ -147,11 +193,22 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
                     return None
                 continue
             if kind == "done":
+                if started_too_late(job, value):
+                    raise_for(TimeoutError(too_late))
                 return value
             if kind == "error":
                 if isinstance(value, asyncio.CancelledError):
                     return None
                 raise_for(value)
+
+    def stream_error(exc: BaseException) -> dict:
+        """The SSE event for a failure after the 200 went out (client mistakes are found before it)."""
+        if isinstance(exc, CodegemmaError):
+            return error_body(str(exc))
+        if isinstance(exc, TimeoutError):
+            return error_body(str(exc), None, "timeout")
+        log.error("internal error in a streamed response", exc_info=exc)
+        return error_body(f"internal error: {type(exc).__name__}", None, "server_error")
 
     async def stream_events(job: Job, chunk: Callable[[str], Any], final: Callable[[Any], list[Any]],
                             done_marker: bool = True) -> AsyncIterator[str]:
@@ -161,24 +218,30 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
                 kind, value = await job.events.get()
                 if kind == "delta":
                     yield sse(chunk(value))
-                elif kind == "done":
+                    continue
+                finished = True
+                if kind == "done" and started_too_late(job, value):
+                    kind, value = "error", TimeoutError(too_late)
+                if kind == "done":
                     for payload in final(value):
                         yield sse(payload)
                     if done_marker:
                         yield "data: [DONE]\n\n"
-                    finished = True
-                    return
-                else:
-                    if not isinstance(value, asyncio.CancelledError):
-                        message = str(value) if isinstance(value, (CodegemmaError, TimeoutError)) else \
-                            f"internal error: {type(value).__name__}"
-                        yield sse(error_body(message, None, "server_error"))
-                    finished = True
-                    return
+                elif not isinstance(value, asyncio.CancelledError):
+                    yield sse(stream_error(value))
+                return
         finally:
             if not finished:  # the client went away mid-stream
                 job.cancel()
                 metrics.cancelled.inc()
+
+    async def check(req: CompletionRequest):
+        """Builds the prompt before a stream starts, so that a request the pipeline refuses gets its
+        400 as it would without streaming, not a 200 and an error event."""
+        try:
+            await run_in_threadpool(completer.prepare, req)
+        except CodegemmaError as exc:
+            raise ApiError(400, str(exc)) from None
 
     def record(c: Completion):
         metrics.prompt_tokens.inc(c.prompt_tokens)
@@ -194,6 +257,14 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
     def recorded(c: Completion) -> Completion:
         record(c)
         return c
+
+    def nth_seed(seed: int | None, i: int) -> int | None:
+        # the choices of one request differ; each is reproducible from the request's seed
+        return None if seed is None else seed + i
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     # ---- routes ----------------------------------------------------------------------------
     @app.get("/health")
@@ -215,11 +286,17 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
         if "segments" in data:
             return await tabby_completion(request, validate(schemas.TabbyCompletion, data))
         body: schemas.OpenAICompletion = validate(schemas.OpenAICompletion, data)
+        prompts = body.prompts()
+        if len(prompts) * body.n > schemas.MAX_CHOICES:
+            raise ApiError(400, f"n: {body.n} choices for each of {len(prompts)} prompts is more than "
+                                f"{schemas.MAX_CHOICES} completions", "n")
         if body.stream and body.n > 1:
             raise ApiError(400, "n: streaming supports n = 1 only", "n")
-        base = CompletionRequest(prefix=body.prompt_text(), suffix=body.suffix or "", max_new_tokens=body.max_tokens,
-                                 temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                 stop=schemas.stops(body.stop))
+        if body.stream and len(prompts) > 1:
+            raise ApiError(400, "prompt: streaming supports one prompt only; send one string", "prompt")
+        reqs = [CompletionRequest(prefix=prompt, suffix=body.suffix or "", max_new_tokens=body.max_tokens,
+                                  temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                                  stop=schemas.stops(body.stop)) for prompt in prompts]
         cid = f"cmpl-{uuid.uuid4().hex}"
 
         def choice(c: Completion, index: int) -> dict:
@@ -233,37 +310,39 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
                 out["usage"] = usage
             return out
 
-        def usage(cs: list[Completion]) -> dict:
-            prompt = cs[0].prompt_tokens if cs else 0
-            generated = sum(c.generated_tokens for c in cs)
-            return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+        def total(cs: list[Completion]) -> dict:
+            # the prompt counts once per prompt, not once per choice (the n choices of a prompt are together)
+            return usage(sum(c.prompt_tokens for c in cs[::body.n]), sum(c.generated_tokens for c in cs))
 
         if body.stream:
-            job = new_job(completion_work(base), streaming=True)
+            await check(reqs[0])
+            job = new_job(completion_work(reqs[0]), streaming=True)
             return sse_response(stream_events(
                 job, lambda text: envelope([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]),
-                lambda c: [envelope([{**choice(recorded(c), 0), "text": ""}], usage([c]))]))
-        if body.n == 1:
-            job = new_job(completion_work(base), streaming=False, batch_request=base)
+                lambda c: [envelope([{**choice(recorded(c), 0), "text": ""}], total([c]))]))
+        if len(reqs) == 1 and body.n == 1:
+            job = new_job(completion_work(reqs[0]), streaming=False, batch_request=reqs[0])
             result = await wait(request, job)
             if result is None:
                 return Response(status_code=499)
             record(result)
-            return envelope([choice(result, 0)], usage([result]))
+            return envelope([choice(result, 0)], total([result]))
 
         def several(on_delta, cancel, deadline):
+            # OpenAI's order: prompt by prompt, the n choices of each prompt together
             outs = []
-            for i in range(body.n):
-                seed = None if body.seed is None else body.seed + i
-                outs.append(completer.run(CompletionRequest(**{**base.__dict__, "seed": seed}), None, cancel,
-                                          deadline))
-                record(outs[-1])
+            for req in reqs:
+                for i in range(body.n):
+                    if cancel():
+                        return outs
+                    outs.append(recorded(completer.run(replace(req, seed=nth_seed(req.seed, i)), None, cancel,
+                                                       deadline)))
             return outs
 
         results = await wait(request, new_job(several, streaming=False))
         if results is None:
             return Response(status_code=499)
-        return envelope([choice(c, i) for i, c in enumerate(results)], usage(results))
+        return envelope([choice(c, i) for i, c in enumerate(results)], total(results))
 
     async def tabby_completion(request: Request, body: schemas.TabbyCompletion):
         seg = body.segments
@@ -303,10 +382,13 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
                                                      if c.predicted_ms else None)}}
 
         if body.stream:
+            await check(req)
             job = new_job(completion_work(req), streaming=True)
             return sse_response(stream_events(job, lambda text: {"content": text, "stop": False},
                                               lambda c: [final(recorded(c), "")], done_marker=False))
-        result = await wait(request, new_job(completion_work(req), streaming=False, batch_request=req))
+        # a request with a time limit runs alone: a batch generates every row to its token limit
+        batch = req if req.predict_time_limit_s is None else None
+        result = await wait(request, new_job(completion_work(req), streaming=False, batch_request=batch))
         if result is None:
             return Response(status_code=499)
         return final(recorded(result))
@@ -316,25 +398,48 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
         body: schemas.OpenAIChat = validate(schemas.OpenAIChat, await read_json(request))
         if profile.chat_template is None:
             raise ApiError(400, f"model profile {profile.name!r} has no chat template", "messages")
+        if body.stream and body.n > 1:
+            raise ApiError(400, "n: streaming supports n = 1 only", "n")
         sampling = profile.chat_sampling
+        # 0 is a valid limit (an empty reply), so only a missing field takes the default
+        max_new = next((m for m in (body.max_completion_tokens, body.max_tokens) if m is not None),
+                       sampling.max_new_tokens)
         params = SamplingParams(
-            max_new_tokens=body.max_completion_tokens or body.max_tokens or sampling.max_new_tokens,
-            temperature=sampling.temperature if body.temperature is None else body.temperature,
+            max_new_tokens=max_new, temperature=sampling.temperature if body.temperature is None else body.temperature,
             top_k=sampling.top_k, top_p=sampling.top_p if body.top_p is None else body.top_p,
             repetition_penalty=sampling.repetition_penalty, seed=body.seed, stop_ids=profile.stop_ids)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         stop = schemas.stops(body.stop)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
 
+        # checked before a stream's 200 goes out: a conversation too long is the client's mistake
+        try:
+            prompt_tokens = len(await run_in_threadpool(chat_prompt, completer, messages))
+        except CodegemmaError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+        context = completer.engine.config.max_seq_len
+        if prompt_tokens + max_new > context:
+            raise ApiError(400, f"messages ({prompt_tokens} tokens) + max_tokens ({max_new}) exceed the model's "
+                                f"context of {context} tokens", "messages")
+
         def work(on_delta, cancel, deadline):
-            reply = run_chat(completer, messages, params, stop, on_delta, cancel, deadline)
-            metrics.prompt_tokens.inc(reply.prompt_tokens)
-            metrics.cached_tokens.inc(reply.cached_tokens)
-            metrics.generated_tokens.inc(reply.generated_tokens)
-            return reply
+            replies = []
+            for i in range(body.n):
+                if cancel():
+                    break
+                reply = run_chat(completer, messages, replace(params, seed=nth_seed(body.seed, i)), stop, on_delta,
+                                 cancel, deadline)
+                metrics.prompt_tokens.inc(reply.prompt_tokens)
+                metrics.cached_tokens.inc(reply.cached_tokens)
+                metrics.generated_tokens.inc(reply.generated_tokens)
+                replies.append(reply)
+            return replies
 
         def finish(reason: str) -> str:
             return "length" if reason in ("length", "time_limit") else "stop"
+
+        def total(replies) -> dict:
+            return usage(prompt_tokens, sum(r.generated_tokens for r in replies))
 
         def chunk(delta: dict, reason: str | None = None) -> dict:
             return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
@@ -343,19 +448,23 @@ def create_app(completer: Completer, model_name: str, settings: ServerSettings =
         if body.stream:
             job = new_job(work, streaming=True)
 
+            def final(replies) -> list[dict]:
+                out = [chunk({}, finish(replies[0].finish_reason))]
+                if body.include_usage:  # OpenAI's shape: one more chunk, with no choices
+                    out.append({**chunk({}), "choices": [], "usage": total(replies)})
+                return out
+
             async def events():
                 yield sse(chunk({"role": "assistant", "content": ""}))
-                async for event in stream_events(job, lambda text: chunk({"content": text}),
-                                                 lambda r: [chunk({}, finish(r.finish_reason))]):
+                async for event in stream_events(job, lambda text: chunk({"content": text}), final):
                     yield event
             return sse_response(events())
-        reply = await wait(request, new_job(work, streaming=False))
-        if reply is None:
+        replies = await wait(request, new_job(work, streaming=False))
+        if replies is None:
             return Response(status_code=499)
         return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                             "finish_reason": finish(reply.finish_reason)}],
-                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.generated_tokens,
-                          "total_tokens": reply.prompt_tokens + reply.generated_tokens}}
+                "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
+                             "finish_reason": finish(r.finish_reason)} for i, r in enumerate(replies)],
+                "usage": total(replies)}
 
     return app

@@ -4,16 +4,25 @@ Three completion dialects share one pipeline:
     OpenAI   POST /v1/completions  {prompt, suffix, max_tokens, temperature, top_p, stop, n, seed, stream}
     Tabby    POST /v1/completions  {language, segments: {prefix, suffix, filepath, declarations, ...}}
     llama.cpp POST /infill         {input_prefix, input_suffix, input_extra, prompt, n_predict, n_indent, ...}
+
+Numbers and booleans are strict, as OpenAI's API is: `"max_tokens": "5"` is refused, not converted.
+OpenAI fields this server does not implement (echo, logprobs, best_of > 1) are refused by name
+rather than ignored, so a client never mistakes a plain answer for the one it asked for.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 MAX_NEW_TOKENS = 2048
 MAX_STOPS = 8
+MAX_CHOICES = 8  # completions per request: n, times the number of prompts
+# a seed is a 64-bit integer (torch refuses larger ones, OpenAI documents int64); choice i of a
+# request samples with seed + i, which must fit too
+MAX_SEED = 2 ** 63 - 1 - MAX_CHOICES
+MAX_PREDICT_MS = 24 * 3600 * 1000
 
 
 class _Request(BaseModel):
@@ -33,24 +42,77 @@ class _Request(BaseModel):
 
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Bool = Annotated[bool, Strict()]
+Temperature = Annotated[float, Strict(), Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Strict(), Field(gt=0.0, le=1.0)]
+MaxTokens = Annotated[int, Strict(), Field(ge=0, le=MAX_NEW_TOKENS)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
 
 
-class OpenAICompletion(_Request):
+class StreamOptions(_Request):
+    include_usage: Bool = False
+
+
+class _OpenAI(_Request):
+    """Fields the OpenAI completion and chat APIs share."""
+
     model: str | None = None
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = ""
-    suffix: str | None = None
-    max_tokens: Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS)] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stop: Stop = None
-    n: Annotated[int, Field(ge=1, le=8)] = 1
-    seed: int | None = None
-    stream: bool = False
+    n: Annotated[int, Strict(), Field(ge=1, le=MAX_CHOICES)] = 1
+    seed: Seed | None = None
+    stream: Bool = False
+    stream_options: StreamOptions | None = None
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _refuse(name: str, value: Any, neutral: tuple = (None,)) -> Any:
+    # identity, not equality: `logprobs: 0` asks for log-probabilities although 0 == False
+    if not any(value is n or (type(value) is type(n) and value == n) for n in neutral):
+        raise ValueError(f"{name} is not supported by this server")
+    return value
+
+
+class OpenAICompletion(_OpenAI):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)] = ""
+    suffix: str | None = None
+    max_tokens: MaxTokens | None = None
+    echo: Any = None
+    logprobs: Any = None
+    best_of: Any = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, value):
+        # checked here, not by the union, whose first complaint would be "not a valid string"
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the list of prompts is empty")
+            if not all(isinstance(p, str) for p in value):
+                raise ValueError("prompts must be text (a string or a list of strings); token ids are not supported")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value):
+        return _refuse("echo", value, (None, False))
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value):
+        return _refuse("logprobs", value)
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value):
+        return _refuse("best_of", value, (None, 1))
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class TextPart(_Request):
@@ -85,16 +147,22 @@ class ChatMessage(_Request):
         return "".join(part.text.strip() for part in self.content)
 
 
-class OpenAIChat(_Request):
-    model: str | None = None
+class OpenAIChat(_OpenAI):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
-    max_tokens: Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS)] | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: Stop = None
-    seed: int | None = None
-    stream: bool = False
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value):
+        return _refuse("logprobs", value, (None, False))
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value):
+        return _refuse("top_logprobs", value)
 
 
 class Snippet(_Request):
@@ -117,7 +185,7 @@ class TabbyCompletion(_Request):
     language: str | None = None
     segments: Segments
     temperature: Temperature | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     mode: Literal["standard"] = "standard"
 
 
@@ -131,15 +199,15 @@ class Infill(_Request):
     input_suffix: str = ""
     input_extra: Annotated[list[ExtraChunk], Field(max_length=64)] = []
     prompt: str = ""
-    n_predict: Annotated[int, Field(ge=-1, le=MAX_NEW_TOKENS)] = -1
+    n_predict: Annotated[int, Strict(), Field(ge=-1, le=MAX_NEW_TOKENS)] = -1
     stop: Annotated[list[str], Field(max_length=MAX_STOPS)] = []
-    stream: bool = False
-    t_max_predict_ms: Annotated[int, Field(ge=0)] | None = None
-    n_indent: Annotated[int, Field(ge=0, le=1000)] | None = None
+    stream: Bool = False
+    t_max_predict_ms: Annotated[int, Strict(), Field(ge=0, le=MAX_PREDICT_MS)] | None = None
+    n_indent: Annotated[int, Strict(), Field(ge=0, le=1000)] | None = None
     temperature: Temperature | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] | None = None
     top_p: TopP | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     filename: str | None = None  # the file being completed (an extension: llama.cpp has no such field)
 
 
@@ -156,4 +224,6 @@ def describe_error(exc: ValidationError) -> tuple[str, str]:
     # pydantic names union members in the location (e.g. `prompt.str`); keep the request's own names
     field = ".".join(part for part in field.split(".") if part not in ("str", "list[str]", "int", "float"))
     message = error.get("msg", "invalid value")
+    if error.get("type") == "value_error":  # our own validators' words, without pydantic's "Value error, "
+        message = str(error.get("ctx", {}).get("error", message))
     return field or "body", message

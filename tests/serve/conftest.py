@@ -48,16 +48,18 @@ def tiny_completer(fim_tokenizer) -> Completer:
 class SlowEngine:
     """Emits a fixed text at a fixed pace, honouring cancel and deadline like the real engine."""
 
-    def __init__(self, tokenizer, text: str, seconds_per_token: float):
+    def __init__(self, tokenizer, text: str, seconds_per_token: float, prefill_s: float = 0.0):
         self.config = SimpleNamespace(max_seq_len=4096)
         self.script = tokenizer.encode(text)
         self.pace = seconds_per_token
+        self.prefill_s = prefill_s
         self.yielded = 0
         self.batches: list[int] = []
 
     def stream(self, prompt_ids, params, result=None, cancel=None, deadline=None):
         result = result if result is not None else Result(ids=[], finish_reason="length")
         result.evaluated_tokens = len(prompt_ids)
+        time.sleep(self.prefill_s)
         for token in self.script[:params.max_new_tokens]:
             if cancel is not None and cancel():
                 result.finish_reason = "cancelled"
@@ -74,7 +76,7 @@ class SlowEngine:
             yield token
         result.finish_reason = "length"
 
-    def generate_batch(self, prompts, params, cancel=None, deadline=None):
+    def generate_batch(self, prompts, params, cancel=None, deadline=None, seeds=None):
         self.batches.append(len(prompts))
         out = []
         for p in prompts:
@@ -123,8 +125,8 @@ def tiny_server(tiny_completer):
 def slow_server_factory(fim_tokenizer):
     servers = []
 
-    def make(text="x = 1\n" * 200, pace=0.02, **settings):
-        engine = SlowEngine(fim_tokenizer, text, pace)
+    def make(text="x = 1\n" * 200, pace=0.02, prefill_s=0.0, **settings):
+        engine = SlowEngine(fim_tokenizer, text, pace, prefill_s)
         completer = Completer(engine, fim_tokenizer, resolve_profile(fim_tokenizer))
         server = ServerThread(create_app(completer, "slow", ServerSettings(**settings))).__enter__()
         server.engine = engine
@@ -134,3 +136,9 @@ def slow_server_factory(fim_tokenizer):
     yield make
     for server in servers:
         server.__exit__()
+
+
+@pytest.fixture()
+def scripted_completer(fim_tokenizer) -> Completer:
+    """A completer whose engine answers with the same text at once, whatever the prompt."""
+    return Completer(SlowEngine(fim_tokenizer, "value", 0.0), fim_tokenizer, resolve_profile(fim_tokenizer))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -9,6 +10,8 @@ import time
 import httpx
 import openai
 import pytest
+
+from codegemma.errors import CodegemmaError
 
 
 def sse_payloads(text: str) -> list:
@@ -94,7 +97,27 @@ def test_health_and_metrics(tiny_server):
     ("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 9}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "temperature": 5}, 400, "temperature"),
     ("/v1/completions", {"prompt": "x", "n": 2, "stream": True}, 400, "n"),
-    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": ["a", "b", "c"], "n": 3}, 400, "n"),
+    # seeds the sampler cannot take, numbers Python will not read, structures too deep to parse
+    ("/v1/completions", {"prompt": "x", "temperature": 1, "seed": 2 ** 70, "max_tokens": 1}, 400, "seed"),
+    ("/v1/completions", {"prompt": "x", "temperature": 1, "seed": -1, "max_tokens": 1}, 400, "seed"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": 1, "seed": 2 ** 64,
+                              "max_tokens": 1}, 400, "seed"),
+    ("/infill", {"input_prefix": "a", "temperature": 1, "seed": 2 ** 64, "n_predict": 1}, 400, "seed"),
+    pytest.param("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400, "body",
+                 id="5000-digit-number"),
+    pytest.param("/v1/completions", b"[" * 100_000, 400, "body", id="100000-nested-lists"),
+    ("/infill", {"input_prefix": "a", "t_max_predict_ms": 10 ** 400}, 400, "t_max_predict_ms"),
+    # numbers and booleans are strict, as in OpenAI's API
+    ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 1, "stream": "true"}, 400, "stream"),
+    ("/infill", {"input_prefix": "a", "n_predict": "5"}, 400, "n_predict"),
+    # OpenAI fields the server does not implement are refused by name, not ignored
+    ("/v1/completions", {"prompt": "x", "max_tokens": 1, "echo": True}, 400, "echo"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 0}, 400, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "logprobs": True},
+     400, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": True}, 400, "n"),
     ("/v1/completions", {"segments": {"suffix": "x"}}, 400, "segments.prefix"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
@@ -181,3 +204,128 @@ def test_concurrent_non_streaming_requests_are_batched(slow_server_factory):
         t.join()
     assert results == [200] * 6
     assert server.engine.batches and max(server.engine.batches) >= 2
+
+
+def test_non_streaming_disconnect_cancels_generation(slow_server_factory):
+    server = slow_server_factory(text="word " * 300, pace=0.02)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(server.url + "/v1/completions", json={"prompt": "def f():\n    ", "max_tokens": 500},
+                   timeout=httpx.Timeout(30, read=0.5))
+    time.sleep(0.6)  # the server looks at the connection every 0.25 s while it waits
+    yielded = server.engine.yielded
+    time.sleep(0.5)
+    assert server.engine.yielded == yielded < 200
+    assert "codegemma_cancelled_total 1.0" in httpx.get(server.url + "/metrics").text
+
+
+def test_unexpected_error_is_a_json_500_on_a_kept_connection_and_counted(slow_server_factory, caplog):
+    server = slow_server_factory()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    server.engine.stream = broken
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/infill", body=json.dumps({"input_prefix": "a = "}),
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 500 and body["error"]["type"] == "server_error" and "RuntimeError" in body["error"]["message"]
+    conn.request("GET", "/health")  # the same connection, still open
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert 'codegemma_requests_total{endpoint="/infill",status="500"} 1.0' in httpx.get(server.url + "/metrics").text
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert len(logged) == 1  # the traceback, once
+
+
+def test_streamed_client_errors_get_the_same_400_as_unstreamed(tiny_server):
+    too_long = {"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 1}
+    with httpx.Client(base_url=tiny_server.url, timeout=30) as http_client:
+        plain = http_client.post("/v1/chat/completions", json=too_long)
+        streamed = http_client.post("/v1/chat/completions", json={**too_long, "stream": True})
+    assert plain.status_code == streamed.status_code == 400
+    assert streamed.json() == plain.json() and streamed.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_client_error_found_mid_stream_is_labelled_as_one(slow_server_factory):
+    server = slow_server_factory()
+
+    def refuses(*args, **kwargs):
+        raise CodegemmaError("that request cannot be served")
+
+    server.engine.stream = refuses
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x = ", "stream": True}, timeout=30)
+    assert sse_payloads(r.text) == [{"error": {"message": "that request cannot be served",
+                                               "type": "invalid_request_error", "param": None, "code": None}}]
+
+
+def test_infill_time_limit_holds_for_requests_that_would_be_batched(slow_server_factory):
+    server = slow_server_factory(pace=0.05, max_batch=8)
+    results = []
+
+    def call():
+        r = httpx.post(server.url + "/infill", json={"input_prefix": "def f():\n    ", "n_predict": 40,
+                                                      "t_max_predict_ms": 100}, timeout=30)
+        results.append(r.json())
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:  # the first one runs while the others queue up behind it
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert [r["stop_type"] for r in results] == ["none"] * 4
+    assert all(r["tokens_predicted"] < 40 for r in results)
+
+
+def test_chat_max_tokens_zero_is_an_empty_reply(tiny_server):
+    for field in ("max_tokens", "max_completion_tokens"):
+        r = httpx.post(tiny_server.url + "/v1/chat/completions",
+                       json={"messages": [{"role": "user", "content": "Say hi"}], field: 0}, timeout=60)
+        assert r.status_code == 200
+        data = r.json()
+        assert data["choices"][0]["message"]["content"] == "" and data["usage"]["completion_tokens"] == 0
+
+
+def test_chat_n_gives_n_choices_each_reproducible_by_seed(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Say hi"}]
+    both = client.chat.completions.create(model="tiny-fim", messages=messages, max_tokens=4, temperature=1.0, seed=3,
+                                          n=2)
+    assert [c.index for c in both.choices] == [0, 1]
+    second = client.chat.completions.create(model="tiny-fim", messages=messages, max_tokens=4, temperature=1.0, seed=4)
+    assert both.choices[1].message.content == second.choices[0].message.content  # choice i samples with seed + i
+
+
+def test_a_list_of_prompts_gives_choices_prompt_by_prompt(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
+    prompts = ["def add(a, b):\n    return ", "import os\n"]
+    out = client.completions.create(model="tiny-fim", prompt=prompts, max_tokens=3, temperature=0, n=2)
+    singles = [client.completions.create(model="tiny-fim", prompt=p, max_tokens=3, temperature=0) for p in prompts]
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert [c.text for c in out.choices] == [s.choices[0].text for s in singles for _ in range(2)]
+    assert out.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+    for body, message in [({"prompt": [1, 2]}, "token ids are not supported"), ({"prompt": []}, "empty"),
+                          ({"prompt": ["a", "b"], "stream": True}, "one prompt only")]:
+        r = httpx.post(tiny_server.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt" and message in r.text
+
+
+def test_chat_stream_sends_usage_when_asked(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="tiny-fim", messages=[{"role": "user", "content": "Say hi"}], max_tokens=3, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens > 0
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_deadline_passing_before_the_first_token_is_a_503(slow_server_factory):
+    server = slow_server_factory(prefill_s=0.8, request_timeout_s=0.4)
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x = ", "max_tokens": 5}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert r.json()["error"]["type"] == "timeout"
+    streamed = httpx.post(server.url + "/infill", json={"input_prefix": "x = ", "stream": True}, timeout=30)
+    assert [e["error"]["type"] for e in sse_payloads(streamed.text)] == ["timeout"]

@@ -7,10 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from lsprotocol import types
+from pygls.io_ import run_async
 from pygls.workspace import Workspace
 
 from codegemma.complete.pipeline import Completer, CompletionRequest
@@ -149,3 +151,96 @@ def test_open_documents_are_context_and_cancellation_stops_generation(tiny_compl
     before = asyncio.run(scenario())
     time.sleep(0.3)
     assert paced.tokens == before < 100  # no token generated after the cancel took effect
+
+
+def talk(server, *messages: dict) -> tuple[dict, list]:
+    """Sends JSON-RPC messages through pygls's own stdio loop, as an editor would; returns the
+    responses by id, and the notifications the server sent."""
+    sent = []
+
+    class Writer:
+        def write(self, data: bytes):
+            sent.append(json.loads(data))
+
+        def close(self):
+            pass
+
+    server.protocol.set_writer(Writer(), include_headers=False)
+
+    async def run():
+        reader = asyncio.StreamReader()
+        for message in messages:
+            body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+            reader.feed_data(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        reader.feed_eof()
+        await run_async(threading.Event(), reader, server.protocol, error_handler=server.report_server_error)
+        wanted = {m["id"] for m in messages if "id" in m}
+        deadline = time.monotonic() + 60
+        while not wanted <= {m.get("id") for m in sent if "method" not in m} and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # async handlers answer after the loop has read everything
+
+    asyncio.run(run())
+    return {m["id"]: m for m in sent if "method" not in m}, [m for m in sent if "method" in m]
+
+
+INITIALIZE = {"id": 0, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}}
+
+
+def did_open(uri: str, text: str) -> dict:
+    return {"method": "textDocument/didOpen",
+            "params": {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}}}
+
+
+def completion(id: int, uri: str, line: int, character: int) -> dict:
+    return {"id": id, "method": "textDocument/completion",
+            "params": {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}}}
+
+
+def test_initialize_advertises_both_kinds_of_completion(tiny_completer):
+    responses, _ = talk(build_server(tiny_completer), INITIALIZE)
+    capabilities = responses[0]["result"]["capabilities"]
+    assert "inlineCompletionProvider" in capabilities and "completionProvider" in capabilities
+
+
+def test_positions_past_the_end_mean_the_end(tiny_completer, scripted_completer):
+    server = _server_with_document(tiny_completer)
+    asked = types.Position(line=LINE - 1, character=999)
+    req, at = server.request_at("file:///w/a.py", asked)
+    line = SOURCE.splitlines()[LINE - 1]
+    assert req.prefix.endswith(line) and req.suffix.startswith("\n") and at == types.Position(LINE - 1, len(line))
+    assert asked.character == 999  # the client's params are left as they came
+    req, at = server.request_at("file:///w/a.py", types.Position(line=999, character=3))
+    assert req.prefix == SOURCE and at == types.Position(line=SOURCE.count("\n"), character=0)
+    # positions count UTF-16 code units by default: the emoji is two of them
+    server.workspace.put_text_document(types.TextDocumentItem(uri="file:///w/b.py", language_id="python", version=1,
+                                                              text="s = '\N{GRINNING FACE}'"))
+    req, at = server.request_at("file:///w/b.py", types.Position(line=0, character=99))
+    assert req.prefix == "s = '\N{GRINNING FACE}'" and at.character == 8
+
+    # a reply's range lies inside the document, where the completion was inserted
+    responses, _ = talk(build_server(scripted_completer), INITIALIZE, did_open("file:///w/c.py", "a = 1\nb = "),
+                        completion(1, "file:///w/c.py", 7, 0))
+    item = responses[1]["result"]["items"][0]
+    assert item["textEdit"]["range"]["start"] == item["textEdit"]["range"]["end"] == {"line": 1, "character": 4}
+
+
+def test_requests_with_bad_params_get_invalid_params(tiny_completer):
+    bad_position = completion(2, "file:///w/a.py", -1, 0)
+    responses, notes = talk(build_server(tiny_completer), INITIALIZE,
+                            {"id": 1, "method": "textDocument/completion", "params": {"bogus": 1}}, bad_position)
+    assert responses[1]["error"]["code"] == responses[2]["error"]["code"] == -32602
+    assert "textDocument" in responses[1]["error"]["message"] and "line" in responses[2]["error"]["message"]
+    assert not [n for n in notes if n["method"] == "window/showMessage"]  # answered, not shown as a server fault
+
+
+def test_requests_before_initialize_and_after_shutdown(tiny_completer):
+    responses, _ = talk(build_server(tiny_completer), completion(1, "file:///w/a.py", 0, 0))
+    assert responses[1]["error"]["code"] == -32002 and not responses[1]["error"].get("data")
+    responses, _ = talk(build_server(tiny_completer), INITIALIZE, {"id": 1, "method": "shutdown"},
+                        completion(2, "file:///w/a.py", 0, 0))
+    assert responses[1]["result"] is None and responses[2]["error"]["code"] == -32600
+
+
+def test_completion_in_a_document_that_is_not_open_is_empty(tiny_completer):
+    responses, _ = talk(build_server(tiny_completer), INITIALIZE, completion(1, "file:///nowhere/x.py", 0, 0))
+    assert responses[1]["result"]["items"] == [] and "error" not in responses[1]
