@@ -110,21 +110,21 @@ def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0, b
     W @ h^T ([V, rows] out) is the faster product, and the gradient's row scale goes on the small
     operand of each product instead of a pass over the logits. With `w_low` (w in bf16, inside
     codegemma.bf16_matmuls.enabled()) the three products are bf16 ones, their results float32."""
-    low = torch.bfloat16
+    low = w_low.dtype if w_low is not None else None  # float32 where bf16 products are emulated
     shape = (w.shape[0], hc.shape[0])
     z_t = bufs.get("z", shape, torch.float32, w)
     if w_low is None:
         torch.mm(w, hc.t(), out=z_t)
     else:
         z_low = bufs.get("z_low", shape, low, w)
-        z_t.copy_(torch.mm(w_low, hc.t().to(low), out=z_low))
+        z_t.copy_(bf16_matmuls.round_(torch.mm(w_low, bf16_matmuls.operand(hc.t()), out=z_low)))
     scale = fused_ops.softmax_xent_columns_(z_t, targets, weights, nll)
     if w_low is not None:
-        z_low.copy_(z_t)
+        bf16_matmuls.round_(z_low.copy_(z_t))
     if grad_h is not None:
         # (W^T @ z_t)^T: the product with the tall [d, rows] output, 14.7-15.0 ms a chunk against
         # 15.4-17.1 for z_t^T @ W at the tiny-cpu recipe's shapes (2 threads)
-        g = (w.t() @ z_t).t() if w_low is None else (z_low.t() @ w_low).float()
+        g = (w.t() @ z_t).t() if w_low is None else bf16_matmuls.result(z_low.t() @ w_low)
         torch.mul(g, scale[:, None], out=grad_h[r0:r0 + len(targets)])
     if grad_w is not None:
         if w_low is None and r0 == 0:  # the first chunk writes the gradient: no zero-filled start
@@ -132,7 +132,8 @@ def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0, b
         elif w_low is None:
             grad_w.addmm_(z_t, hc * scale[:, None])
         else:  # the bf16 product, accumulated in float32, each through a reused buffer (`+=` would cast into a new one)
-            dw_low = torch.mm(z_low, (hc * scale[:, None]).to(low), out=bufs.get("dw_low", grad_w.shape, low, w))
+            dw_low = torch.mm(z_low, bf16_matmuls.operand(hc * scale[:, None]), out=bufs.get("dw_low", grad_w.shape, low, w))
+            bf16_matmuls.round_(dw_low)
             grad_w += bufs.get("dw", grad_w.shape, grad_w.dtype, w).copy_(dw_low)
 
 
@@ -145,7 +146,7 @@ class _WeightedNLL(torch.autograd.Function):
         nll = torch.empty(N, dtype=_accumulate_dtype(dtype), device=h.device)
         step = chunk_rows(w.shape[0], h.device)
         transposed = softcap is None and fused_ops.cpu_float32(h, w, nll)
-        w_low = w.to(torch.bfloat16) if transposed and bf16_matmuls.active() else None
+        w_low = bf16_matmuls.operand(w) if transposed and bf16_matmuls.active() else None
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:  # the float32 transposed path's first chunk writes it whole

@@ -4,6 +4,7 @@ promised, float32 results, the CPU kernels still in use, and a training step clo
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from codegemma import bf16_matmuls, head_loss, kernels
 from codegemma.config import preset
@@ -84,3 +85,70 @@ def test_training_step_keeps_the_float32_kernels_and_follows_float32():
     assert loss16 == pytest.approx(loss32, rel=2e-3) and loss16 != loss32
     for a, b in zip(grads32, grads16):
         assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.995
+
+
+class _ProductDtypes(TorchDispatchMode):
+    """The operand dtypes of every matrix product run under it."""
+
+    PRODUCTS = {"mm", "bmm", "addmm", "linear", "matmul"}
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.PRODUCTS:
+            self.dtypes |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-hardware", "emulated"])
+def test_bf16_products_run_in_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch, native):
+    # Without AMX or AVX512-BF16 PyTorch's bf16 products are ~80x slower than float32 ones: a
+    # training step must then take none, and compute the same rounding in float32 instead.
+    monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda: native)
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    ids = torch.randint(0, 100, (2, 33))
+    products = _ProductDtypes()
+    with products:
+        with bf16_matmuls.enabled():
+            total, _ = model(ids[:, :-1], targets=ids[:, 1:], loss_weights=torch.ones(2, 32, dtype=torch.bool))
+        total.backward()
+    assert products.dtypes == {torch.bfloat16 if native else torch.float32}
+
+
+def test_emulated_bf16_products_round_as_bf16_products_do(monkeypatch):
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 24, 96), torch.randn(4, 96, 40)
+    monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda: True)
+    native = bf16_matmuls.product(a, b)
+    monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda: False)
+    emulated = bf16_matmuls.product(a, b)
+    assert emulated.dtype == torch.float32
+    # bf16 operands multiply exactly in float32; the float32 sum is rounded to bf16 like the kernel's
+    assert torch.equal(emulated, torch.bmm(_bf16(a).float(), _bf16(b).float()).to(torch.bfloat16).float())
+    assert torch.equal(emulated, emulated.to(torch.bfloat16).float())
+    # the bf16 kernel sums in another order: at most one bf16 rounding step apart
+    torch.testing.assert_close(emulated, native, rtol=2 ** -7, atol=1e-6)
+    assert not torch.equal(emulated, bf16_matmuls.mm(a[0], b[0]))  # outside enabled(): float32 products
+
+
+def test_emulated_head_loss_follows_the_bf16_one(monkeypatch):
+    torch.manual_seed(0)
+    h = torch.randn(70, 64, requires_grad=True)
+    w = torch.randn(300, 64, requires_grad=True)
+    targets = torch.randint(0, 300, (70,))
+    runs = []
+    for native in (True, False):
+        monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda native=native: native)
+        h.grad = w.grad = None
+        with bf16_matmuls.enabled():
+            total, _ = head_loss.weighted_nll(h, w, targets, torch.ones(70))
+        total.backward()
+        runs.append((total, h.grad.clone(), w.grad.clone()))
+    (total16, h16, w16), (total_em, h_em, w_em) = runs
+    torch.testing.assert_close(total_em, total16, rtol=1e-4, atol=0)
+    torch.testing.assert_close(h_em, h16, rtol=2e-2, atol=1e-5)
+    torch.testing.assert_close(w_em, w16, rtol=2e-2, atol=1e-5)

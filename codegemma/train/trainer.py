@@ -67,10 +67,6 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.out_dir = Path(out_dir or recipe.out_dir)
         self.bf16 = use_bf16(recipe, self.device)
-        if self.bf16 and self.device.type == "cpu" and not bf16_matmuls.native_on_this_cpu() and self.env.is_main:
-            warnings.warn("train.precision = 'bf16' on a CPU without AMX or AVX512-BF16: its bf16 products run "
-                          "no faster than float32 ones there (--set train.precision=fp32 avoids the "
-                          "rounding)", stacklevel=2)
         if self.bf16 and self.device.type == "cuda" and not native_bf16_gpu(self.device) and self.env.is_main:
             warnings.warn(f"train.precision = 'bf16' on a {torch.cuda.get_device_name(self.device)}, which only "
                           "emulates bf16: slower than float32 there (train.precision = 'auto' or 'fp32')",
