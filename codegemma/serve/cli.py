@@ -25,8 +25,8 @@ def cmd_serve(args) -> int:
     # checked before the model loads: a wrong flag should not cost a load, nor end in a traceback
     if not 0 <= args.port <= 65535:
         raise CodegemmaError(f"--port must be in 0..65535, got {args.port}")
-    if args.request_timeout <= 0:
-        raise CodegemmaError(f"--request-timeout must be positive, got {args.request_timeout}")
+    if not args.request_timeout > 0:  # NaN fails this test too
+        raise CodegemmaError(f"--request-timeout must be a positive number of seconds, got {args.request_timeout}")
     completer = build_completer(args)
     settings = ServerSettings(max_queue=args.max_queue, max_batch=args.max_batch,
                               request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)

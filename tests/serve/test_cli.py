@@ -7,7 +7,8 @@ from codegemma.cli import main
 
 @pytest.mark.parametrize("flags, code, message", [
     (["--port", "99999"], 1, "--port must be in 0..65535, got 99999"),
-    (["--request-timeout", "0"], 1, "--request-timeout must be positive"),
+    (["--request-timeout", "0"], 1, "--request-timeout must be a positive number of seconds"),
+    (["--request-timeout", "nan"], 1, "--request-timeout must be a positive number of seconds, got nan"),
     (["--max-batch", "0"], 2, "argument --max-batch: must be at least 1, got 0"),
     (["--max-queue", "-1"], 2, "argument --max-queue: must be at least 1"),
 ])
