@@ -29,7 +29,9 @@ def test_humaneval_pipeline_scores_canned_completions(tmp_path):
     assert summary["scores"]["pass@1"] == pytest.approx(3 / 6)
     assert summary["validation"]["canonical_passed"] == LIMIT and summary["validation"]["wrong_passed"] == []
     assert [len(c) for c in canned.calls] == [4, 2]  # batched
-    assert "\ndef " in canned.settings[0].stop_strings and "<eos>" in canned.settings[0].stop_strings
+    # bigcode-evaluation-harness's HumanEval stop strings, then the profile's stop texts
+    assert canned.settings[0].stop_strings == ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```",
+                                               "<|file_separator|>", "<eos>")
     records = read_samples(tmp_path / "samples.jsonl")
     assert len(records) == LIMIT
     for r in records:
