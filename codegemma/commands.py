@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import checked_text, read_stdin
 
 # The names checkpoints.loading.DTYPE_NAMES accepts, spelled out so that building the parser needs
 # no torch import (tests/test_commands.py checks they agree).
@@ -20,6 +21,14 @@ def count(text: str) -> int:
     value = int(text)  # a ValueError is argparse's "invalid count value"
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    """argparse type of a flag that takes 0 or more (0 often meaning "the default" or "none")."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -64,7 +73,7 @@ def cmd_generate(args) -> int:
     from codegemma.profiles import resolve_profile
     from codegemma.tokenizer import StreamDecoder
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin() if args.prompt == "-" else checked_text(args.prompt, "the prompt argument")
     loaded = load_for_cli(args)
     tok = loaded.tokenizer
     profile = resolve_profile(tok, args.profile)

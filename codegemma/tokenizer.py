@@ -18,6 +18,7 @@ from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, n
 
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
+from codegemma.textfiles import read_json
 
 # SentencePiece piece types (also GGUF tokenizer.ggml.token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -124,7 +125,10 @@ class Tokenizer:
                 tok = cls.from_file(directory / name)
                 config = directory / "tokenizer_config.json"
                 if config.is_file():
-                    tok.add_bos_default = bool(json.loads(config.read_text()).get("add_bos_token", True))
+                    add_bos = read_json(config, dict).get("add_bos_token", True)
+                    if add_bos is not None and not isinstance(add_bos, bool):  # bool("false") would be True
+                        raise CodegemmaError(f"{config}: add_bos_token must be true or false, not {add_bos!r}")
+                    tok.add_bos_default = bool(add_bos)  # null: off, as in transformers
                 return tok
         raise CodegemmaError(f"{directory}: no tokenizer.json or tokenizer.model")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -95,3 +96,12 @@ def test_version_names_the_package_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"codegemma {codegemma.__version__}"
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_before_the_model_loads(monkeypatch, capsys):
+    """Undecodable bytes reach argv and stdin as lone surrogates; the tokenizer raised a TypeError."""
+    assert main(["generate", "--model", "no-such-model.gguf", "abc\udcff"]) == 1
+    assert capsys.readouterr().err == "codegemma generate: error: the prompt argument: not UTF-8 text (byte 3)\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("ok\nabc\udcfe"))
+    assert main(["generate", "--model", "no-such-model.gguf", "-"]) == 1
+    assert capsys.readouterr().err == "codegemma generate: error: stdin: not UTF-8 text (byte 6)\n"

@@ -84,3 +84,16 @@ def test_bad_tokenizer_files(tmp_path):
         Tokenizer.from_file(tmp_path / "bad.model")
     with pytest.raises(CodegemmaError, match="no tokenizer.json"):
         Tokenizer.from_hf_dir(tmp_path / "nowhere")
+
+
+def test_tokenizer_config_is_read_strictly(gemma_style_spm, tmp_path):
+    Tokenizer.from_file(gemma_style_spm).save(tmp_path / "tokenizer.json")
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text('{"add_bos_token": false}')
+    assert Tokenizer.from_hf_dir(tmp_path).add_bos_default is False
+    config.write_text('{"add_bos_token": "false"}')  # bool("false") was True
+    with pytest.raises(CodegemmaError, match="add_bos_token must be true or false, not 'false'"):
+        Tokenizer.from_hf_dir(tmp_path)
+    config.write_text("{bad")
+    with pytest.raises(CodegemmaError, match="tokenizer_config.json: not valid JSON"):
+        Tokenizer.from_hf_dir(tmp_path)

@@ -43,19 +43,21 @@ def _rope(hf: dict, family: str) -> tuple[float, float, float]:
     return theta, local, factor
 
 
-def config_from_hf(hf: dict) -> ModelConfig:
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+    if not isinstance(hf, dict):
+        raise CodegemmaError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type == "gemma3" and "text_config" in hf:
         hf = {**hf["text_config"], "model_type": "gemma3_text"}
     if model_type not in MODEL_TYPES:
-        raise CodegemmaError(f"unknown architecture {model_type!r} in config.json; supported: gemma, gemma2, gemma3_text")
+        raise CodegemmaError(f"unknown architecture {model_type!r} in {where}; supported: gemma, gemma2, gemma3_text")
     family = MODEL_TYPES[model_type]
     try:
         n_layers = int(hf["num_hidden_layers"])
         theta, local_theta, scaling = _rope(hf, family)
         act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise CodegemmaError(f"config.json: hidden_activation {act!r} is not the tanh GELU Gemma uses")
+            raise CodegemmaError(f"{where}: hidden_activation {act!r} is not the tanh GELU Gemma uses")
         return ModelConfig(
             family=family,
             vocab_size=int(hf["vocab_size"]),
@@ -82,7 +84,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
             pad_id=int(hf.get("pad_token_id") or 0),
         )
     except KeyError as exc:
-        raise CodegemmaError(f"config.json is missing the key {exc.args[0]!r}") from None
+        raise CodegemmaError(f"{where} is missing the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # "hidden_size": "abc", a list for a table
+        raise CodegemmaError(f"{where}: a setting has the wrong type ({exc})") from None
 
 
 def _first(value, default):

@@ -16,6 +16,7 @@ from codegemma.checkpoints.hf_weights import to_hf_state_dict
 from codegemma.config import ModelConfig
 from codegemma.data.atomic import check_replaceable, publish_dir, staging_dir
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import read_json
 from codegemma.tokenizer import with_bos_template
 
 INDEX = "model.safetensors.index.json"
@@ -25,11 +26,7 @@ def read_config(directory: Path) -> ModelConfig:
     path = directory / "config.json"
     if not path.is_file():
         raise CodegemmaError(f"{directory}: no config.json")
-    try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CodegemmaError(f"{path}: invalid JSON ({exc})") from None
-    return config_from_hf(hf)
+    return config_from_hf(read_json(path), str(path))
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -84,8 +81,13 @@ def save_hf(model, config: ModelConfig, tokenizer, out_dir: str | os.PathLike, d
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp)
         publish_dir(tmp, out)  # an old model directory goes only once the new one is complete
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # a full disk, say: safetensors' error names no file, and an OSError's names the temporary one
+        if isinstance(exc, SafetensorError):
+            raise CodegemmaError(f"{out}: cannot write the weights ({exc})") from None
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
         raise
 
 

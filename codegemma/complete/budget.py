@@ -19,6 +19,9 @@ from codegemma.errors import CodegemmaError
 
 Counter = Callable[[str], int]
 
+# The smallest prompt budget a completion accepts: BOS and the three FIM sentinels leave a few tokens
+# of the file. (`Budget` itself takes less: training's infilling evaluation trims to tiny budgets.)
+MIN_PROMPT_TOKENS = 9
 SUFFIX_STEP = 64  # tokens
 CHARS_PER_TOKEN = 3  # a rough figure for code; only used to space the prefix anchors
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")

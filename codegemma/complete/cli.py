@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
 
+from codegemma.complete.budget import MIN_PROMPT_TOKENS
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import checked_text, read_stdin
 
 
 def parse_location(location: str) -> tuple[Path, int, int]:
@@ -34,6 +38,15 @@ def split_at(text: str, line: int, col: int, where: str) -> tuple[str, str]:
     return text[:offset], text[offset:]
 
 
+def prompt_tokens(text: str, flag: str = "") -> int:
+    """argparse type of --max-prompt-tokens; with `flag`, a CodegemmaError that names it instead."""
+    value = int(text)
+    if value < MIN_PROMPT_TOKENS:
+        message = f"must be at least {MIN_PROMPT_TOKENS} (BOS, the FIM sentinels and some of the file), got {value}"
+        raise CodegemmaError(flag + message) if flag else argparse.ArgumentTypeError(message)
+    return value
+
+
 def build_completer(args, instruction_tuned: bool = False):
     from codegemma.commands import load_for_cli
     from codegemma.complete.budget import Budget
@@ -42,7 +55,9 @@ def build_completer(args, instruction_tuned: bool = False):
     from codegemma.profiles import resolve_profile
 
     wanted = getattr(args, "max_prompt_tokens", None)
-    budget = Budget() if wanted is None else Budget(max_prompt_tokens=wanted)  # checked before the model loads
+    if wanted is not None:  # checked before the model loads, also for serve and lsp
+        prompt_tokens(str(wanted), "--max-prompt-tokens ")
+    budget = Budget() if wanted is None else Budget(max_prompt_tokens=wanted)
     loaded = load_for_cli(args)
     profile = resolve_profile(loaded.tokenizer, getattr(args, "profile", None), family=loaded.config.family,
                               instruction_tuned=instruction_tuned, fim_order=getattr(args, "fim_order", None))
@@ -92,14 +107,14 @@ def cmd_chat(args) -> int:
     if profile.chat_template is None:
         raise CodegemmaError(f"model profile {profile.name!r} has no chat template")
     params = sampling_from_args(args, profile.stop_ids)
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    messages: list[dict] = [{"role": "system", "content": checked_text(args.system, "--system")}] if args.system else []
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chat with {profile.name}; end with Ctrl-D", file=sys.stderr)
-    while True:
+    for number in itertools.count(1):
         if interactive:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = read_stdin(f"stdin line {number}", line=True)
         if not line:
             break
         if not line.strip():
@@ -117,7 +132,7 @@ def cmd_chat(args) -> int:
 
 
 def register(sub):
-    from codegemma.commands import add_model_args, add_sampling_args, count
+    from codegemma.commands import add_model_args, add_sampling_args
 
     p = sub.add_parser("complete", help="complete code at FILE:LINE:COL (fill in the middle with repository context)")
     p.add_argument("location", help="FILE:LINE:COL, 1-based")
@@ -130,7 +145,8 @@ def register(sub):
     p.add_argument("--lines", choices=["auto", "single", "multi"], default="auto")
     p.add_argument("--max-new-tokens", "-n", type=int, default=None)
     p.add_argument("--temperature", "-t", type=float, default=None)
-    p.add_argument("--max-prompt-tokens", type=count, default=None, help="prompt budget in tokens (default 1536)")
+    p.add_argument("--max-prompt-tokens", type=prompt_tokens, default=None,
+                   help="prompt budget in tokens (default 1536)")
     p.add_argument("--json", action="store_true", help="print the result and its statistics as JSON")
     p.set_defaults(func=cmd_complete)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from codegemma.complete.budget import Budget
+from codegemma.complete.budget import MIN_PROMPT_TOKENS, Budget
 from codegemma.complete.filters import PIPELINE, FilterContext, apply_filters, decide_multiline
 from codegemma.complete.language import syntax_for
 from codegemma.complete.newlines import restore_newlines, to_lf, uses_crlf
@@ -101,10 +101,14 @@ class Completer:
         if max_new < 0:
             raise CodegemmaError("max_new_tokens must be >= 0")
         room = self.engine.config.max_seq_len - max_new
-        max_prompt = min(req.max_prompt_tokens or self.budget.max_prompt_tokens, room)
-        if max_prompt <= 8:
+        wanted = req.max_prompt_tokens or self.budget.max_prompt_tokens
+        if room < MIN_PROMPT_TOKENS:
             raise CodegemmaError(f"max_new_tokens {max_new} leaves no room for a prompt in the model's "
                                  f"{self.engine.config.max_seq_len}-token context")
+        if wanted < MIN_PROMPT_TOKENS:
+            raise CodegemmaError(f"max_prompt_tokens {wanted} is too small: a prompt needs at least "
+                                 f"{MIN_PROMPT_TOKENS} tokens")
+        max_prompt = min(wanted, room)
         prompt = build_prompt(self.tokenizer, self.profile, prefix, suffix, path=req.path, context=context,
                               syntax=syntax, budget=replace(self.budget, max_prompt_tokens=max_prompt), mode=req.mode,
                               order=req.fim_order, middle_start=to_lf(req.middle_start))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,18 +13,45 @@ from typing import Callable
 from codegemma.errors import CodegemmaError
 
 
+def dir_target(path: str | os.PathLike) -> Path:
+    """`path` as a directory to create or write into, checked before the work: a file there or in
+    its way is "Not a directory" (mkdir's error for a file at `path` itself is "File exists")."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+            break
+    return path
+
+
+def file_target(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path` as a file to write (`what`: ".jsonl file"), checked before the work: a directory
+    there, or a name ending in a slash (a directory to be), would otherwise fail once the work is
+    done, or become a file."""
+    if Path(path).is_dir():
+        raise CodegemmaError(f"{path} is a directory: name a {what} to write")
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise CodegemmaError(f"{os.fspath(path)} ends in a slash, so it names a directory: name a {what} to write")
+    dir_target(Path(path).parent)
+    return Path(path)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    dir_target(path.parent).mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are read by others too (shared filesystems)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # a full disk, say: the error names the file asked for, not the temporary
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
         raise
 
 
@@ -38,7 +66,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
 def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh sibling directory to fill before `publish_dir` moves it into place."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    dir_target(final.parent).mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     stage.chmod(0o755)  # mkdtemp creates 0700, and the directory keeps its mode when it is renamed into place
     return stage

@@ -10,6 +10,8 @@ from codegemma.errors import CodegemmaError
 
 
 def register(subparsers) -> None:
+    from codegemma.commands import non_negative
+
     data = subparsers.add_parser("data", help="pretraining data pipeline: build shards from repositories")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     sub.required = True
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     build = sub.add_parser("build", help="run a data recipe end to end (resumes an interrupted run)")
     build.add_argument("recipe", help="recipes/data/*.toml")
     build.add_argument("--fresh", action="store_true", help="discard the intermediate results of an earlier run")
-    build.add_argument("--workers", type=int, help="worker processes (default: the recipe's, 0 = every core)")
+    build.add_argument("--workers", type=non_negative, help="worker processes (default: the recipe's, 0 = every core)")
     build.add_argument("--executor", choices=("local", "ray"), help="override the recipe's executor")
     build.add_argument("--out-dir", help="override the recipe's out_dir")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,12 +54,12 @@ def _build(args) -> int:
     import dataclasses
 
     from codegemma.data.pipeline import build
-    from codegemma.data.recipe import load_recipe
+    from codegemma.data.recipe import load_recipe, validate
 
     recipe = load_recipe(args.recipe)
     changes = {k: v for k, v in (("workers", args.workers), ("executor", args.executor), ("out_dir", args.out_dir))
                if v is not None}
-    recipe = dataclasses.replace(recipe, **changes)
+    recipe = validate(dataclasses.replace(recipe, **changes), args.recipe)
     report = build(recipe, fresh=args.fresh, progress=not args.quiet)
     stages = report["stages"]
     print(f"{stages['repositories']} repositories, {stages['files_in']} files in, {stages['files_out']} files out, "

@@ -13,14 +13,13 @@ indexed (see `ngrams`).
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import json_lines
 
 WORD = re.compile(r"[A-Za-z0-9_]+")
 SPACE = re.compile(r"\s+")
@@ -45,12 +44,18 @@ class Hit:
         return {"benchmark": self.benchmark, "task_id": self.task_id, "field": self.field, "how": self.how}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """The records of a benchmark file, each with `fields` (checked here: the build runs this in its
+    workers, where a KeyError would be a traceback with no file named)."""
     if not path.is_file():
         raise CodegemmaError(f"benchmark file {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for number, row in json_lines(path):
+        missing = [k for k in fields if k not in row]
+        if missing:
+            raise CodegemmaError(f"{path}:{number}: a benchmark record needs {', '.join(missing)}")
+        rows.append(row)
+    return rows
 
 
 def default_humaneval_path() -> Path:
@@ -73,7 +78,8 @@ def _docstrings(source: str) -> list[str]:
 
 def humaneval_texts(path: str | Path | None = None) -> list[BenchmarkText]:
     out = []
-    for row in _read_jsonl(Path(path) if path else default_humaneval_path()):
+    path = Path(path) if path else default_humaneval_path()
+    for row in _read_jsonl(path, ("task_id", "prompt", "canonical_solution")):
         for doc in _docstrings(row["prompt"]):
             out.append(BenchmarkText("humaneval", row["task_id"], "docstring", doc))
         out.append(BenchmarkText("humaneval", row["task_id"], "solution", row["canonical_solution"]))
@@ -82,7 +88,7 @@ def humaneval_texts(path: str | Path | None = None) -> list[BenchmarkText]:
 
 def mbpp_texts(path: str | Path) -> list[BenchmarkText]:
     out = []
-    for row in _read_jsonl(Path(path)):
+    for row in _read_jsonl(Path(path), ("task_id", "text", "code")):
         task = str(row["task_id"])
         out.append(BenchmarkText("mbpp", task, "text", row["text"]))
         out.append(BenchmarkText("mbpp", task, "code", row["code"]))

@@ -7,6 +7,7 @@ and Debian source packages (`apt-get source`, kept as tarballs). Good for tests 
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sysconfig
@@ -138,12 +139,15 @@ def build_demo_corpus(out: str | Path, max_mb: float | None = 50.0, stdlib: bool
                       languages: list[str] | None = None) -> dict:
     """Debian tarballs are kept whole: `max_file_kb` and `languages` select the files of the others."""
     out = Path(out)
-    if (max_mb or 0) < 0 or (max_file_kb or 0) < 0:
-        raise CodegemmaError("max_mb and max_file_kb (--max-mb, --max-file-kb) must be 0 (no limit) or more")
+    # not `< 0`: NaN passes that, and infinity has no int()
+    if not all(limit is None or 0 <= limit < math.inf for limit in (max_mb, max_file_kb)):
+        raise CodegemmaError("max_mb and max_file_kb (--max-mb, --max-file-kb) must be 0 (no limit) or more, "
+                             f"and finite; got {max_mb} and {max_file_kb}")
     check_replaceable(out, _is_demo_corpus, "a demo corpus")
-    stage = staging_dir(out)
+    # made before the staging folder, which a bad setting here would otherwise leave behind
     budget = _Budget(int(max_mb * 1e6) if max_mb else None)
     selection = _Selection(int(max_file_kb * 1000) if max_file_kb else None, languages)
+    stage = staging_dir(out)
     try:
         counts = {"stdlib": stdlib_repositories(stage, budget, include_tests, selection) if stdlib else 0,
                   "site_packages": site_package_repositories(stage, budget, selection) if site_packages else 0,

@@ -28,7 +28,7 @@ from codegemma.data.documents import repo_key
 from codegemma.data.executors import make_executor
 from codegemma.data.mixture import plan_mixture, realised_shares
 from codegemma.data.packing import pack
-from codegemma.data.recipe import DataRecipe
+from codegemma.data.recipe import DataRecipe, missing_inputs
 from codegemma.data.shards import ShardWriter, is_shard_dir
 from codegemma.data.sources import RepoRef, list_repositories, store_repository
 from codegemma.errors import CodegemmaError
@@ -254,9 +254,21 @@ class Pipeline:
         publish_dir(stage, self.out / "heldout")
 
     # ---- all ---------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Refuse a recipe whose inputs are missing or unusable before any stage runs: found by a
+        later stage, the earlier ones would have written work that a corrected recipe cannot resume."""
+        missing = missing_inputs(self.recipe)
+        if missing:
+            where = self.recipe.path or "recipe"
+            raise CodegemmaError(f"{where}: " + "; ".join(f"{m} does not exist" for m in missing))
+        stages.recipe_encoder(self.recipe)  # the tokenizer loads and has the FIM sentinels
+        if self.recipe.decontamination.enabled:
+            stages.recipe_decontaminator(self.recipe)  # the benchmark files read
+
     def run(self, fresh: bool = False) -> dict:
         from codegemma.data.report import build_report
 
+        self.check_inputs()
         self.out.mkdir(parents=True, exist_ok=True)
         # the outputs a build replaces: refused now, before any work, if they are something else
         check_replaceable(self.out / "train", is_shard_dir, "a shard directory")

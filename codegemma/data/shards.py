@@ -59,21 +59,32 @@ class ShardWriter:
         if not self._pending:
             return
         name = f"shard-{len(self._shards):05d}"
-        for i, (_, suffix, dtype) in enumerate(_ARRAYS):
-            block = np.stack([row[i] for row in self._pending]).astype(dtype)
-            block.astype(block.dtype.newbyteorder("<")).tofile(self._stage / f"{name}.{suffix}.bin")
+        try:
+            for i, (_, suffix, dtype) in enumerate(_ARRAYS):
+                block = np.stack([row[i] for row in self._pending]).astype(dtype)
+                block.astype(block.dtype.newbyteorder("<")).tofile(self._stage / f"{name}.{suffix}.bin")
+        except OSError as exc:
+            self._failed(exc)
         self._shards.append({"name": name, "num_sequences": len(self._pending)})
         self._count += len(self._pending)
         self._pending = []
 
     def close(self) -> Path:
         self._flush()
-        write_json(self._stage / "index.json", {
-            "format": FORMAT, "version": VERSION, "seq_len": self.seq_len,
-            "num_sequences": self._count, "shards": self._shards, "meta": self.meta,
-        })
+        try:
+            write_json(self._stage / "index.json", {
+                "format": FORMAT, "version": VERSION, "seq_len": self.seq_len,
+                "num_sequences": self._count, "shards": self._shards, "meta": self.meta,
+            })
+        except OSError as exc:
+            self._failed(exc)
         publish_dir(self._stage, self.path)
         return self.path
+
+    def _failed(self, exc: OSError):
+        """A full disk, say: numpy's short write names no file, and others name the staging folder."""
+        self.abort()
+        raise CodegemmaError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def abort(self) -> None:
         import shutil

@@ -3,10 +3,12 @@ Hugging Face `datasets` streams. Sources are listed cheaply as `RepoRef`s and lo
 
 from __future__ import annotations
 
+import lzma
 import os
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -126,7 +128,9 @@ def load_repository(ref: RepoRef) -> Repository:
     try:
         for path, data in readers[ref.kind](Path(ref.location), ref.max_file_bytes):
             files.append((path, data))
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, subprocess.CalledProcessError) as exc:
+    # EOFError, zlib.error and LZMAError: a compressed archive cut short or corrupt
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile,
+            subprocess.CalledProcessError) as exc:
         raise CodegemmaError(f"cannot read repository {ref.location}: {exc}") from None
     return build_repository(ref.source, ref.name, files)
 

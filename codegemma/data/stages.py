@@ -115,6 +115,10 @@ def _encoder(spec: str, fim_sentinels_from: tuple[str, ...] = ()) -> SampleEncod
     return SampleEncoder(tokenizer)
 
 
+def recipe_decontaminator(recipe: DataRecipe):
+    return _decontaminator(recipe.decontamination)
+
+
 def recipe_encoder(recipe: DataRecipe) -> SampleEncoder:
     return _encoder(recipe.tokenizer, tuple(recipe.fim_sentinels_from))
 

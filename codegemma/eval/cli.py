@@ -109,10 +109,13 @@ def run_command(args) -> int:
     from codegemma.eval.report import write_report
     from codegemma.eval.runner import (GenerationSettings, default_workers, require_valid, run_eval, validate,
                                        write_json)
+    from codegemma.data.atomic import dir_target
     from codegemma.eval.task import INFILLING, get_task
 
     task = get_task(args.task, **_task_options(args))
     workers = args.workers or default_workers()
+    if args.out:  # a file in the way is refused now, not once the work is done
+        dir_target(args.out)
     if args.validate_only:
         report = validate(task, task.problems(args.limit), workers)
         print(json.dumps(report, indent=2))
@@ -157,21 +160,22 @@ def run_command(args) -> int:
 
 
 def report_command(args) -> int:
-    from codegemma.eval.report import write_report
+    from codegemma.eval.report import check_summary, write_report
+    from codegemma.textfiles import read_json
 
     summaries = []
     for run in args.runs:
         path = Path(run) / "summary.json"
         if not path.is_file():
             raise CodegemmaError(f"{path} not found: is {run} a finished eval run directory?")
-        summaries.append(json.loads(path.read_text(encoding="utf-8")))
+        summaries.append(check_summary(read_json(path), path))
     paths = write_report(summaries, args.out, command=args.command_line, stem=args.stem)
     print(" ".join(str(p) for p in paths.values()))
     return 0
 
 
 def compare_command(args) -> int:
-    from codegemma.data.atomic import write_json
+    from codegemma.data.atomic import file_target, write_json
     from codegemma.eval import paired
 
     pairs = []
@@ -180,6 +184,8 @@ def compare_command(args) -> int:
         if not sep or not first or not second:
             raise CodegemmaError(f"--pair {spec!r}: expected FIRST:SECOND, e.g. spm:l2r")
         pairs.append((first, second))
+    if args.json:
+        file_target(args.json, ".json file")
     results = paired.compare_files(paired.load(args.first, args.metric), paired.load(args.second, args.metric),
                                    pairs)
     print(paired.table(results, args.first, args.second))

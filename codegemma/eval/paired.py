@@ -78,7 +78,7 @@ def load(path: str | Path, metric: str = "passed") -> Outcomes:
     if not path.is_file():
         raise CodegemmaError(f"no outcomes at {path} (expected an eval run directory holding samples.jsonl, or "
                              f"an infilling answers file)")
-    records = _records(path)
+    records = read_jsonl(path)
     if not records:
         raise CodegemmaError(f"{path}: no records")
     if "task_id" in records[0]:
@@ -87,14 +87,6 @@ def load(path: str | Path, metric: str = "passed") -> Outcomes:
         return _answer_outcomes(path, records)
     raise CodegemmaError(f"{path}: record 1: neither an eval sample (task_id, passed) nor an infilling answer "
                          f"(order, exact)")
-
-
-def _records(path: Path) -> list[dict]:
-    records = read_jsonl(path)
-    for number, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            raise CodegemmaError(f"{path}: record {number}: expected a JSON object")
-    return records
 
 
 def _field(path: Path, number: int, record: dict, name: str):

@@ -53,6 +53,24 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+# what `build` reads from each runner summary.json, and the JSON type each must have
+SUMMARY_FIELDS = {"model": str, "task": str, "scores": dict, "problems": int, "n": int, "temperature": (int, float)}
+
+
+def check_summary(summary, where) -> dict:
+    """`summary` if it is a runner summary `build` can read; else an error naming `where` and the field."""
+    if not isinstance(summary, dict):
+        raise CodegemmaError(f"{where}: expected a JSON object (an eval run's summary), got {type(summary).__name__}")
+    for key, kind in SUMMARY_FIELDS.items():
+        if key not in summary:
+            raise CodegemmaError(f"{where}: no {key!r} field: is this an eval run's summary?")
+        if not isinstance(summary[key], kind) or isinstance(summary[key], bool):
+            raise CodegemmaError(f"{where}: {key!r} has the wrong type ({type(summary[key]).__name__})")
+    if summary.get("by_language") and not isinstance(summary.get("dataset"), str):
+        raise CodegemmaError(f"{where}: 'by_language' without a 'dataset' field")
+    return summary
+
+
 def build(summaries: Sequence[dict]) -> dict:
     """This run's rows: model -> task -> pass@1 (fraction) plus timing, from runner summaries; and
     for multilingual runs, model -> dataset -> language -> pass@1 (percent, as Table 4 prints it).
@@ -188,6 +206,8 @@ def write_report(summaries: Sequence[dict], out_dir: str | os.PathLike, command:
                  notes: Sequence[str] = (), stem: str = "results") -> dict[str, Path]:
     """Write <stem>.md, <stem>.json, <stem>.png (Tables 2 and 3) and <stem>-table4*.png (BabelCode)
     into out_dir; returns the paths written, keyed md, json, png, table4_png[:<model>]."""
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise CodegemmaError(f"--stem {stem!r}: give a file name without a folder (the files go into {out_dir})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build(summaries)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from codegemma.commands import count
+from codegemma.complete.cli import prompt_tokens
 from codegemma.errors import CodegemmaError
 
 
@@ -52,7 +53,7 @@ def _add_model_options(p):
     add_model_args(p)
     p.add_argument("--profile", default=None, help="override the model profile (e.g. codegemma, gemma3)")
     p.add_argument("--fim-order", choices=["psm", "spm"], default=None, help="default: the profile's (spm)")
-    p.add_argument("--max-prompt-tokens", type=count, default=None, help="prompt budget in tokens (default 1536)")
+    p.add_argument("--max-prompt-tokens", type=prompt_tokens, default=None, help="prompt budget in tokens (default 1536)")
 
 
 def register(sub):

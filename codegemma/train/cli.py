@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from codegemma.commands import count
+from codegemma.commands import count, non_negative
 from codegemma.errors import CodegemmaError
 
 
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("corpus", nargs="+", help="files or directories of text")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--ext", action="append", default=[], help="only files with this suffix, e.g. .py (repeatable)")
-    p.add_argument("--out", required=True, help="output tokenizer.json, or an existing directory to write it into (HF config files go beside it)")
+    p.add_argument("--out", required=True, help="output tokenizer.json, or a directory to write it into (an "
+                   "existing one, or a name ending in /); HF config files go beside it")
     p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16) or a HF directory")
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--root", default="runs/demo", help="where the corpus and tokenizer live (built if missing)")
     p.add_argument("--out", default=None, help="shard output directory (default: <root>/shards)")
     p.add_argument("--fim-rate", type=float, default=0.5)
-    p.add_argument("--fim-chunk-chars", type=int, default=0,
+    p.add_argument("--fim-chunk-chars", type=non_negative, default=0,
                    help="FIM each piece of at most this many characters of a file, not whole files (0)")
     p.add_argument("--fim-suffix-line-rate", type=float, default=0.0,
                    help="share of FIM examples whose suffix starts at a line start (0: character-level)")
@@ -75,10 +76,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="default: docs/experiments/<experiment>")
     for name in ("steps", "batch-size", "seq-len", "d-model", "n-layers", "infill-examples"):
         p.add_argument(f"--{name}", type=count, default=None)
-    p.add_argument("--fim-chunk-chars", type=int, default=None, help="FIM pieces of at most this many "
+    p.add_argument("--fim-chunk-chars", type=non_negative, default=None, help="FIM pieces of at most this many "
                                                                      "characters (0: whole files)")
-    p.add_argument("--eval-every", type=int, default=None, help="fim-rate: steps between its runs' evaluations "
-                                                                "(0: four in a run); packing scores its runs at the end")
+    p.add_argument("--eval-every", type=non_negative, default=None,
+                   help="fim-rate: steps between its runs' evaluations (0: four in a run); packing scores its "
+                        "runs at the end")
     p.add_argument("--init", default=None, help="start every variant from this checkpoint (e.g. the tiny-cpu "
                                                   "recipe's runs/demo/gemma3-270m-pruned) instead of from scratch")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-3; a pretrained start wants less)")
@@ -187,6 +189,7 @@ def _tokenizer(args) -> int:
 
     from codegemma.train import tokenizer_train
 
+    tokenizer_train.target(args.out)  # a bad output is refused before training, not after
     texts = itertools.chain.from_iterable(tokenizer_train.iter_files(c, tuple(args.ext)) for c in args.corpus)
     first = next(texts, None)
     if first is None:  # it would learn a vocabulary of the reserved tokens alone
@@ -272,10 +275,13 @@ def _infill_eval(args) -> int:
         infill_scorers,
     )
     from codegemma.train.export import load_trained
+    from codegemma.train.preference import jsonl_target
 
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not orders or any(o not in INFILL_ORDERS for o in orders):
         raise CodegemmaError(f"--orders: choose from {', '.join(INFILL_ORDERS)}")
+    if args.answers:  # refused now, not once the evaluation is done
+        jsonl_target(args.answers)
     state, config, tokenizer = load_trained(args.source, args.tokenizer or None)
     if tokenizer is None:
         raise CodegemmaError(f"{args.source}: no tokenizer with the model; pass --tokenizer")

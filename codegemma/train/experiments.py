@@ -103,6 +103,10 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
         "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
                 "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},
     }, "demo data")
+    if tokenizer:  # a bad one is found now, not after the corpus is collected
+        from codegemma.data.stages import recipe_encoder
+
+        recipe_encoder(recipe)
     ensure_corpus(root)
     build(recipe, progress=False)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from codegemma.config import ModelConfig, gemma2_layer_types, gemma3_layer_types
+from codegemma.data.atomic import file_target
 from codegemma.errors import CodegemmaError
 from codegemma.tokenizer import with_fim_sentinels
 
@@ -148,9 +149,7 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
     if tokenizer is None:
         raise CodegemmaError("GGUF export needs the model's tokenizer (pass --tokenizer)")
     _check_representable(config)
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise CodegemmaError(f"{out_path} is a directory: name a .gguf file to write (or --format hf)")
+    out_path = gguf_target(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
@@ -209,10 +208,27 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
         w.close()
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, say: name the file asked for, not the temporary (or none)
+            reason = exc.strerror or f"{exc} (is the disk full?)"  # numpy's short write has no strerror
+            raise CodegemmaError(f"cannot write {out_path}: {reason}") from None
         raise
+    return out_path
+
+
+def gguf_target(out_path: str | Path) -> Path:
+    """`out_path` as a GGUF file to write, checked before the work. An existing file is replaced
+    only when it is a GGUF (an earlier export), as an HF export replaces only a model directory."""
+    if Path(out_path).is_dir():
+        raise CodegemmaError(f"{out_path} is a directory: name a .gguf file to write (or --format hf)")
+    out_path = file_target(out_path, ".gguf file")
+    if out_path.exists():
+        with open(out_path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise CodegemmaError(f"{out_path} exists and is not a GGUF file; it is left as it is: "
+                                     "choose another output file")
     return out_path
 
 
@@ -270,6 +286,8 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
 
 def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str = "f16",
            tokenizer_spec: str | None = None) -> Path:
+    if fmt == "gguf":
+        gguf_target(out)  # before the weights load
     state, config, tokenizer = load_trained(source, tokenizer_spec)
     if fmt == "gguf":
         return write_gguf(state, config, tokenizer, out, dtype)

@@ -20,8 +20,9 @@ from typing import Iterable
 
 import numpy as np
 
-from codegemma.data.atomic import write_text
+from codegemma.data.atomic import file_target, write_text
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import json_lines
 
 _PASS_WORDS = {"passed", "pass", "ok", "success"}
 
@@ -32,16 +33,7 @@ def _numbered_records(path: str | Path) -> Iterable[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise CodegemmaError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CodegemmaError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise CodegemmaError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-                yield n, record
+    yield from json_lines(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -50,10 +42,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def jsonl_target(path: str | Path) -> Path:
     """`path` as a file to write JSONL to; a directory there is an error (checked before work is done)."""
-    path = Path(path)
-    if path.is_dir():
-        raise CodegemmaError(f"{path} is a directory: name a .jsonl file to write")
-    return path
+    return file_target(path, ".jsonl file")
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

@@ -147,6 +147,11 @@ def pruned(model: Gemma, config: ModelConfig, source_tok: Tokenizer, target_tok:
     return small, new_config
 
 
+# Above any model's layer count (Gemma's largest has 62), and checked before a range is expanded:
+# '0-999999999999' would otherwise fill memory before the source model's count is known.
+MAX_LAYERS = 1024
+
+
 def parse_layers(spec: str) -> list[int]:
     """'0-5' or '0,1,2,5' -> layer numbers."""
     bad = f"--layers: expected e.g. '0-5' or '0,1,2', got {spec!r}"
@@ -157,6 +162,8 @@ def parse_layers(spec: str) -> list[int]:
             lo, hi = int(lo), int(hi) if dash else int(lo)  # int("") raises: '0-' is no range
             if hi < lo:  # it would select no layer, and the message would show only []
                 raise CodegemmaError(f"{bad} ({part.strip()} runs backwards)")
+            if hi >= MAX_LAYERS:
+                raise CodegemmaError(f"--layers: layer {hi} is beyond any model's layers (at most {MAX_LAYERS})")
             out.extend(range(lo, hi + 1))
         return out
     except ValueError:

@@ -158,6 +158,10 @@ class Recipe:
                 raise CodegemmaError(f"{where}: {name} must be {rule}")
         if self.data.seq_len < 2:
             raise CodegemmaError(f"{where}: data.seq_len must be at least 2")
+        if self.model.preset and self.model.preset not in PRESETS:
+            # checked with `init` set too: the preset then still gives tools the model's shape
+            raise CodegemmaError(f"{where}: model.preset {self.model.preset!r} is not one of "
+                                 f"{', '.join(sorted(PRESETS))}")
         if self.model.freeze and self.lora.enabled:
             raise CodegemmaError(f"{where}: model.freeze and lora.enabled both choose what trains; use one")
         self._check_infill_orders(where)

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from codegemma.errors import CodegemmaError
+from codegemma.textfiles import lines
 
 
 def _chat_template(tokenizer):
@@ -78,18 +79,17 @@ def read_conversations(path: str | Path) -> Iterable[tuple[int, list[dict]]]:
     path = Path(path)
     if not path.is_file():
         raise CodegemmaError(f"conversations file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CodegemmaError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise CodegemmaError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
-            yield n, messages
+    for n, line in lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CodegemmaError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise CodegemmaError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
+        yield n, messages
 
 
 def prepare(path: str | Path, tokenizer, seq_len: int, out_dir: str | Path, meta: dict | None = None) -> Path:

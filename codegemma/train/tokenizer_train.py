@@ -14,12 +14,13 @@ punctuation runs and whitespace runs; that is what keeps digits split and merges
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from codegemma.data.atomic import write_text
+from codegemma.data.atomic import file_target, write_text
 from codegemma.errors import CodegemmaError
 from codegemma.fim import CODEGEMMA_SENTINELS
 from codegemma.tokenizer import with_bos_template
@@ -123,12 +124,18 @@ def iter_files(root: str | Path, extensions: tuple[str, ...] = (), max_bytes: in
             yield text
 
 
+def target(out_path: str | Path) -> Path:
+    """The tokenizer file `out_path` names: itself, or tokenizer.json in a directory (an existing one,
+    or a name ending in a slash); checked, so a caller can refuse a bad one before training."""
+    if Path(out_path).is_dir() or os.fspath(out_path).endswith(("/", os.sep)):
+        out_path = Path(out_path) / "tokenizer.json"
+    return file_target(out_path, "tokenizer file")
+
+
 def save(tok: Tokenizer, out_path: str | Path) -> Path:
     """Write tokenizer.json (atomically) plus the HF config files so transformers loads the directory.
-    `out_path` names the tokenizer file, or an existing directory to write tokenizer.json into."""
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        out_path = out_path / "tokenizer.json"
+    `out_path` names the tokenizer file, or a directory to write tokenizer.json into (see `target`)."""
+    out_path = target(out_path)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",

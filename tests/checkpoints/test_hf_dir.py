@@ -145,3 +145,30 @@ def test_unsupported_tensor_dtype(tmp_path):
     save_file(state, out / "model.safetensors")
     with pytest.raises(CodegemmaError, match="norm.weight has dtype int32"):
         load(out)
+
+
+@pytest.mark.parametrize("config, message", [
+    ([], "config.json: expected a JSON object, got list"),
+    ({"hidden_size": "abc"}, r"config.json: a setting has the wrong type \(invalid literal for int"),
+])
+def test_a_config_of_the_wrong_shape_is_one_error(tmp_path, config, message):
+    out = saved(tmp_path)
+    if isinstance(config, dict):
+        config = {**json.loads((out / "config.json").read_text()), **config}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CodegemmaError, match=message):
+        load(out)
+
+
+def test_a_failed_weights_write_names_the_output(tmp_path, monkeypatch):
+    """safetensors' error for a full disk names no file; the staging folder goes too."""
+    from safetensors import SafetensorError
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr("codegemma.checkpoints.hf_dir.save_file", full_disk)
+    src = load("tiny-gemma")
+    with pytest.raises(CodegemmaError, match=r"out: cannot write the weights \(.*File too large"):
+        save_hf(src.model, src.config, None, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -59,10 +59,13 @@ def test_complete_errors_are_one_line(tmp_path, model_dir, capsys):
     assert main(["complete", f"{tmp_path / 'bin.py'}:1:1", "--model", str(model_dir)]) == 1
     assert "not UTF-8" in capsys.readouterr().err
     (tmp_path / "a.py").write_text("x = 1\n")
-    for budget in ("0", "-5"):  # not the default budget (0 used to mean it), nor a message about max_new_tokens
+    # not the default budget (0 used to mean it), nor a message about max_new_tokens once the model
+    # has loaded, as a budget too small for the sentinels gave
+    for budget in ("0", "-5", "3"):
         with pytest.raises(SystemExit):
             main(["complete", f"{tmp_path / 'a.py'}:1:1", "--model", str(model_dir), "--max-prompt-tokens", budget])
-        assert f"argument --max-prompt-tokens: must be at least 1, got {budget}" in capsys.readouterr().err
+        assert f"argument --max-prompt-tokens: must be at least 9 (BOS, the FIM sentinels and some of the file), " \
+               f"got {budget}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -70,3 +73,9 @@ def test_chat_streams_replies(model_dir, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\nWrite code\n"))
     assert main(["chat", "--model", str(model_dir), "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.count("\n") >= 2
+
+
+def test_chat_input_that_is_not_utf8_is_one_line(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n\udcffhi\n"))  # a byte surrogateescape kept as it was
+    assert main(["chat", "--model", str(model_dir), "--max-new-tokens", "1"]) == 1
+    assert capsys.readouterr().err == "codegemma chat: error: stdin line 2: not UTF-8 text (byte 0)\n"

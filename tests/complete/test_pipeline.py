@@ -8,6 +8,7 @@ import pytest
 
 from codegemma.complete.pipeline import Completer, CompletionRequest
 from codegemma.engine import Engine, Result
+from codegemma.errors import CodegemmaError
 from codegemma.profiles import resolve_profile
 
 
@@ -157,3 +158,9 @@ def test_real_engine_psm_recomputes_after_the_cursor(tiny_completer):
                                                   max_new_tokens=2))
     assert first.order == "psm"
     assert second.evaluated_tokens > len(tiny_completer.tokenizer.encode(suffix)) // 2
+
+
+def test_a_prompt_budget_too_small_is_blamed_not_max_new_tokens(fim_tokenizer):
+    c = completer(fim_tokenizer, "x")
+    with pytest.raises(CodegemmaError, match="max_prompt_tokens 3 is too small: a prompt needs at least 9 tokens"):
+        c.run(CompletionRequest(prefix="x = ", suffix="\n", path="a.py", max_prompt_tokens=3, max_new_tokens=2))

@@ -46,3 +46,14 @@ def test_mbpp(tmp_path):
 def test_missing_file():
     with pytest.raises(CodegemmaError, match="does not exist"):
         mbpp_texts("/nonexistent/mbpp.jsonl")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"task_id": 11, "text": "t"\n', r"mbpp.jsonl:1: not valid JSON"),
+    ('{"task_id": 11, "text": "t"}\n', r"mbpp.jsonl:1: a benchmark record needs code"),
+])
+def test_a_malformed_benchmark_file_is_named_with_its_line(tmp_path, content, message):
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text(content)
+    with pytest.raises(CodegemmaError, match=message):
+        mbpp_texts(path)

@@ -18,7 +18,9 @@ def test_corpus_of_small_files_of_one_language(tmp_path):
 def test_unknown_language_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(CodegemmaError, match="unknown language.*pyton"):
         build_demo_corpus(tmp_path / "corpus", max_mb=0.1, languages=["pyton"])
-    assert not (tmp_path / "corpus").exists()
+    with pytest.raises(CodegemmaError, match="must be 0 \\(no limit\\) or more, and finite"):
+        build_demo_corpus(tmp_path / "corpus", max_mb=float("nan"))
+    assert list(tmp_path.iterdir()) == []  # no staging folder either
 
 
 def test_an_existing_folder_is_replaced_only_if_it_is_a_demo_corpus(tmp_path):

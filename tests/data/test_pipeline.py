@@ -207,6 +207,44 @@ def test_recipe_errors(tmp_path):
         load_recipe(bad)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"seq_len": "64"}, "seq_len must be an integer, got '64'"),
+    ({"seq_len": 64.5}, "seq_len must be an integer, got 64.5"),
+    ({"workers": "two"}, "workers must be an integer"),
+    ({"fim": 1}, r"\[fim\] must be a table"),
+    ({"dedup": {"threshold": 2}}, r"dedup.threshold must be in \[0, 1\]"),
+    ({"decontamination": {"enabled": "no"}}, "enabled must be true or false, got 'no'"),
+    ({"eval_fraction": float("nan")}, "eval_fraction must be a finite number"),
+    ({"sources": [{"name": "a", "path": 3}]}, "path must be a string"),
+])
+def test_recipe_values_of_the_wrong_type_or_range_are_refused(overrides, message):
+    with pytest.raises(CodegemmaError, match=message):
+        recipe_from_dict({"name": "x", "out_dir": "o", "tokenizer": "t", "sources": [{"name": "a", "path": "p"}],
+                          **overrides})
+
+
+def test_missing_inputs_are_refused_before_any_stage(collection, tokenizer_path, tmp_path):
+    """A wrong tokenizer path was found by the samples stage, after clean and dedup had written work
+    that the corrected recipe could not resume without --fresh."""
+    recipe = make_recipe(collection, tmp_path / "nosuch.json", tmp_path / "out",
+                         decontamination={"mbpp": str(tmp_path / "mbpp.jsonl")})
+    with pytest.raises(CodegemmaError, match="tokenizer .*nosuch.json does not exist; decontamination.mbpp "):
+        build(recipe, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_command_refuses_bad_overrides_and_recipe_bytes(collection, tokenizer_path, tmp_path, capsys):
+    from codegemma.cli import main
+
+    recipe = _write_recipe(tmp_path / "r.toml", collection, tokenizer_path, tmp_path / "out")
+    with pytest.raises(SystemExit):
+        main(["data", "build", str(recipe), "--workers", "-1"])
+    assert "argument --workers: must be 0 or more, got -1" in capsys.readouterr().err
+    recipe.write_bytes(b'name = "\xff"\n')
+    assert main(["data", "build", str(recipe)]) == 1
+    assert capsys.readouterr().err == f"codegemma data: error: {recipe}: not UTF-8 text (byte 8)\n"
+
+
 def _write_recipe(path: Path, collection: Path, tokenizer_path: Path, out: Path) -> Path:
     path.write_text(f'''name = "resume"
 out_dir = "{out}"

@@ -144,3 +144,19 @@ def test_inspect_names_the_range_of_sequences(tmp_path, capsys):
     writer.close()
     assert main(["data", "inspect", str(tmp_path / "s"), "--decode", "5"]) == 1
     assert "--decode 5: " in (err := capsys.readouterr().err) and "holds sequences 0..0" in err
+
+
+def test_a_full_disk_is_one_error_naming_the_shard_directory(tmp_path):
+    """numpy's short write says only "N requested and M written"; the staging folder goes too."""
+    import resource
+
+    writer = ShardWriter(tmp_path / "train", seq_len=512, sequences_per_shard=4)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))  # a file may not grow past 1 KB: a full disk
+    try:
+        with pytest.raises(CodegemmaError, match="cannot write .*train: [0-9]+ requested and [0-9]+ written"):
+            for _ in range(4):
+                writer.add(np.ones(512), np.ones(512), np.ones(512))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []

@@ -45,3 +45,12 @@ def test_bad_sources(tmp_path):
         SourceSpec(name="s")
     with pytest.raises(CodegemmaError, match="kind"):
         SourceSpec(name="s", path="x", kind="binary")
+
+
+def test_a_truncated_tarball_is_one_error_naming_it(collection, tmp_path):
+    whole = (collection / "webapp.tar.gz").read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    ref = next(list_repositories(SourceSpec(name="s", path=str(cut), layout="repository")))
+    with pytest.raises(CodegemmaError, match="cannot read repository .*cut.tar.gz: Compressed file ended"):
+        load_repository(ref)

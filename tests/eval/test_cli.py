@@ -151,3 +151,38 @@ def test_languages_option_is_for_multilingual_tasks_only(capsys):
     assert "--languages applies to babelcode-humaneval and babelcode-mbpp" in capsys.readouterr().err
     assert main(["eval", "babelcode-humaneval", "--languages", "cpp,cobol", "--validate-only"]) == 1
     assert "unknown BabelCode language 'cobol'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{bad", "summary.json: not valid JSON"),
+    ("[]", "summary.json: expected a JSON object (an eval run's summary), got list"),
+    ("{}", "summary.json: no 'model' field"),
+])
+def test_eval_report_on_a_malformed_summary_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "summary.json").write_text(content)
+    assert main(["eval-report", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("mine")
+    # --validate-only ran the whole validation, then said "File exists"
+    assert main(["eval", "humaneval", "--validate-only", "--limit", "1", "--out", str(tmp_path / "text.txt")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.endswith(f"{tmp_path / 'text.txt'}: Not a directory\n")
+    # --stem with a folder named a hidden temporary file in its error
+    (tmp_path / "summary.json").write_text(json.dumps({"model": "m", "task": "humaneval", "scores": {"pass@1": 0.5},
+                                                       "problems": 2, "n": 1, "temperature": 0.0}))
+    assert main(["eval-report", str(tmp_path), "--out", str(tmp_path / "r"), "--stem", "a/b"]) == 1
+    assert "--stem 'a/b': give a file name without a folder" in capsys.readouterr().err
+    assert main(["eval", "babelcode-humaneval", "--languages", ",", "--validate-only"]) == 1
+    assert "languages ',' names no language" in capsys.readouterr().err
+
+
+def test_eval_compare_refuses_a_directory_for_json_before_comparing(tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": "t/0", "sample": 0, "passed": True}) + "\n")
+    assert main(["eval-compare", str(samples), str(samples), "--json", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{tmp_path} is a directory: name a .json file to write" in captured.err

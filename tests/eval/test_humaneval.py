@@ -1,5 +1,6 @@
 import pytest
 
+from codegemma.errors import CodegemmaError
 from codegemma.eval.humaneval import check_program
 from codegemma.eval.runner import validate
 from codegemma.eval.task import get_task
@@ -55,3 +56,17 @@ def test_infinite_loop_is_a_timeout():
     task.timeout = 1
     outcome = task.check(task.problems(1)[0], "    while True:\n        pass\n")
     assert outcome.status == "timeout" and not outcome.passed
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"task_id": "HumanEval/0", "prompt": "def f():\\n"}\n',
+     "he.jsonl:1: a HumanEval record needs string fields canonical_solution, test, entry_point"),
+    ('{"task_id": "HumanEval/0"\n', r"he.jsonl:1: not valid JSON"),
+    ('\xff\n', r"he.jsonl:1: not UTF-8 text \(byte 0\)"),
+])
+def test_a_bad_data_file_is_refused_when_loaded_not_mid_run(tmp_path, content, message):
+    """A missing field was a KeyError once the model had loaded and run.json was written."""
+    path = tmp_path / "he.jsonl"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(CodegemmaError, match=message):
+        get_task("humaneval", data_path=str(path)).problems()

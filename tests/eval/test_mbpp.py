@@ -60,3 +60,10 @@ def test_every_reference_that_is_not_documented_broken_passes(task):
     assert report["canonical_failed"] == []
     assert report["canonical_checked"] == 500 - len(REFERENCE_FAILS & set(range(11, 511)))
     assert report["wrong_passed"] == []
+
+
+def test_a_task_id_that_is_not_a_number_is_named(tmp_path):
+    bad = tmp_path / "mbpp.jsonl"
+    bad.write_text('{"task_id": 2}\n{"task_id": "two"}\n')
+    with pytest.raises(CodegemmaError, match=r"mbpp.jsonl: record 2: task_id must be a number, got 'two'"):
+        load_mbpp(str(bad))

@@ -36,6 +36,31 @@ def test_eval_every_is_refused_for_the_packing_experiment(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["experiment", "packing", "--fim-chunk-chars", "-1"], "argument --fim-chunk-chars: must be 0 or more, got -1"),
+    (["experiment", "fim-rate", "--eval-every", "-5"], "argument --eval-every: must be 0 or more, got -5"),
+    (["demo-data", "--fim-chunk-chars", "-1"], "argument --fim-chunk-chars: must be 0 or more, got -1"),
+])
+def test_negative_sizes_are_refused_by_the_parser(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        main(["train", *flags, "--root", str(tmp_path)])
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_outputs_and_inputs_are_checked_before_the_work(tmp_path, capsys):
+    """A wrong --answers was found once the whole evaluation was done, and a wrong --tokenizer of
+    demo-data once the demo corpus was collected."""
+    (tmp_path / "answers").mkdir()
+    assert main(["train", "infill-eval", str(tmp_path / "nosuch-run"), "--files", str(tmp_path),
+                 "--answers", str(tmp_path / "answers")]) == 1
+    assert "answers is a directory: name a .jsonl file to write" in capsys.readouterr().err
+    assert main(["train", "demo-data", "--root", str(tmp_path / "demo"),
+                 "--tokenizer", str(tmp_path / "nosuch.json")]) == 1
+    assert "tokenizer file not found" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_tokenizer_command_refuses_a_corpus_with_nothing_to_learn(tmp_path, capsys):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "notes.txt").write_text("text, but not of the kind asked for\n")

@@ -359,3 +359,34 @@ def test_a_run_without_checkpoints_exports_its_final_model(tmp_path, tokenizer):
     (tmp_path / "crashed" / ".lock").write_text("123\n")
     with pytest.raises(CodegemmaError, match="crashed: the run has no checkpoint and no final model yet"):
         export(tmp_path / "crashed", tmp_path / "m3.gguf", fmt="gguf")
+
+
+def test_gguf_export_replaces_only_a_gguf_and_refuses_a_directory_to_be(tmp_path, tokenizer, capsys):
+    """An existing file that is not a GGUF was overwritten, and `exdir/` became a file `exdir`."""
+    from codegemma.cli import main
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "a.gguf")
+    write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "a.gguf")  # an earlier export is replaced
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CodegemmaError, match="notes.txt exists and is not a GGUF file; it is left as it is"):
+        write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # the CLI checks before the source model loads (the source here does not even exist)
+    assert main(["train", "export", str(tmp_path / "nosuch"), "--format", "gguf", "--out", f"{tmp_path}/exdir/"]) == 1
+    assert "exdir/ ends in a slash, so it names a directory: name a .gguf file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf", "notes.txt"]
+
+
+def test_a_full_disk_during_gguf_export_names_the_file(tmp_path, tokenizer):
+    import resource
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # a file may not grow past 4 KB: a full disk
+    try:
+        with pytest.raises(CodegemmaError, match=r"cannot write .*x.gguf: "):
+            write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "x.gguf")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []

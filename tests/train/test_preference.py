@@ -203,3 +203,12 @@ def test_malformed_pairs_name_the_line_an_editor_shows(tmp_path, small_tokenizer
     path.write_text(json.dumps({"prompt": "p", "chosen": "b", "rejected": "c"}) + "\n\n" + line + "\n")
     with pytest.raises(CodegemmaError, match=rf"pairs.jsonl:3: {message}"):
         preference.prepare(path, small_tokenizer, 32, tmp_path / "out")
+
+
+def test_samples_that_are_not_utf8_are_one_line(tmp_path, capsys):
+    from codegemma.cli import main
+
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b"\xff\xfe\n")
+    assert main(["train", "dpo-pairs", str(path), "--out", str(tmp_path / "pairs.jsonl")]) == 1
+    assert capsys.readouterr().err == f"codegemma train: error: {path}:1: not UTF-8 text (byte 0)\n"

@@ -228,3 +228,9 @@ def test_sizes_are_checked_before_the_source_loads(small_tokenizer_path, shards,
     with pytest.raises(CodegemmaError, match=message):
         prune.prune_checkpoint(str(tmp_path / "no-such-model"), str(small_tokenizer_path), str(shards), layers,
                                d_ff, str(tmp_path / "out"), heads)
+
+
+def test_parse_layers_checks_a_range_before_expanding_it():
+    """'0-999999999999' was expanded into a list first, and exhausted the memory."""
+    with pytest.raises(CodegemmaError, match="layer 999999999999 is beyond any model's layers"):
+        prune.parse_layers("0-999999999999")

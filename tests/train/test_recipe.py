@@ -38,6 +38,8 @@ def test_load_with_overrides(tmp_path):
     ("[optim]\nbetas = [0.9, nan]\n", r"betas\[1\] must be a finite number"),
     ("seed = -1\n", r"seed must be in \[0, 2\*\*32\)"),
     ("[train]\ndevice = 'gpu'\n", "train.device must be auto, cpu, cuda or cuda:N .* not 'gpu'"),
+    # with init set, the preset still gives tools the shape: a typo there was silently ignored
+    ("[model]\npreset = 'gemma3-207m'\ninit = 'start.gguf'\n", "model.preset 'gemma3-207m' is not one of"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -76,7 +76,7 @@ def test_conversations_longer_than_seq_len_are_cut_or_left_out_with_a_warning(tm
 
 
 @pytest.mark.parametrize("line, message", [
-    ("not json", "invalid JSON"),
+    ("not json", "not valid JSON"),
     ('{"text": "x"}', "expected"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
     # a model turn without text content: one line, not a KeyError or AttributeError traceback
@@ -150,3 +150,10 @@ def test_changed_evaluation_conversations_are_tokenized_again(tmp_path, small_to
     run(_sft_recipe(tmp_path, conv, small_tokenizer_path, steps=4, eval_conv=held_out))
     index = tmp_path / "run" / "data" / "eval" / "index.json"
     assert json.loads(index.read_text())["meta"]["conversations"] == 3
+
+
+def test_conversations_that_are_not_utf8_name_the_line(tmp_path, small_tokenizer):
+    path = tmp_path / "conv.jsonl"
+    path.write_bytes(b'\n{"messages": "\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(CodegemmaError, match=r"conv.jsonl:2: not UTF-8 text \(byte 15\)"):
+        sft.prepare(path, small_tokenizer, 64, tmp_path / "out")

@@ -141,3 +141,13 @@ def test_extensions_may_leave_out_the_dot(tmp_path):
     (tmp_path / "b.txt").write_text("words\n")
     assert list(tokenizer_train.iter_files(tmp_path, ("py",))) == ["x = 1\n"]
     assert list(tokenizer_train.iter_files(tmp_path, (".py",))) == ["x = 1\n"]
+
+
+def test_out_ending_in_a_slash_is_a_directory_to_make(trained, tmp_path, monkeypatch):
+    """`--out tknew/` wrote a file `tknew` and its config files into the working directory."""
+    tok, _ = trained
+    monkeypatch.chdir(tmp_path)
+    assert tokenizer_train.save(tok, "tknew/") == Path("tknew") / "tokenizer.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tknew"]
+    assert sorted(p.name for p in (tmp_path / "tknew").iterdir()) == ["special_tokens_map.json", "tokenizer.json",
+                                                                     "tokenizer_config.json"]

