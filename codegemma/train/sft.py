@@ -8,7 +8,6 @@ turn's text and its closing `<end_of_turn>`, never the user's words or the turn 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -16,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from codegemma.errors import CodegemmaError
-from codegemma.textfiles import lines
+from codegemma.textfiles import json_lines
 
 
 def _chat_template(tokenizer):
@@ -79,14 +78,8 @@ def read_conversations(path: str | Path) -> Iterable[tuple[int, list[dict]]]:
     path = Path(path)
     if not path.is_file():
         raise CodegemmaError(f"conversations file not found: {path}")
-    for n, line in lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CodegemmaError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
+    for n, record in json_lines(path):
+        messages = record.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise CodegemmaError(f"{path}:{n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
         yield n, messages
