@@ -152,3 +152,15 @@ def test_emulated_head_loss_follows_the_bf16_one(monkeypatch):
     torch.testing.assert_close(total_em, total16, rtol=1e-4, atol=0)
     torch.testing.assert_close(h_em, h16, rtol=2e-2, atol=1e-5)
     torch.testing.assert_close(w_em, w16, rtol=2e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags, native", [("flags : fpu avx2 avx512f", False), ("flags : avx512f amx_bf16", True),
+                                           ("flags : avx512f avx512_bf16", True)])
+def test_the_cpu_flags_decide_between_bf16_and_emulated_products(monkeypatch, flags, native):
+    monkeypatch.setattr(bf16_matmuls, "cpu_flags", lambda: flags)
+    bf16_matmuls.native_on_this_cpu.cache_clear()
+    try:
+        assert bf16_matmuls.native_on_this_cpu() == native
+        assert bf16_matmuls.operand(torch.ones(2)).dtype == (torch.bfloat16 if native else torch.float32)
+    finally:
+        bf16_matmuls.native_on_this_cpu.cache_clear()

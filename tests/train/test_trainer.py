@@ -96,19 +96,6 @@ def test_bf16_on_a_cpu_follows_float32(tmp_path, shards):
     assert [a["loss"] for a in h32] != [b["loss"] for b in h16]
 
 
-@pytest.mark.parametrize("flags, warns", [("flags : fpu avx512f", True), ("flags : avx512f amx_bf16", False),
-                                          ("flags : avx512f avx512_bf16", False)])
-def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, shards, monkeypatch, flags, warns):
-    import warnings
-    monkeypatch.setattr(bf16_matmuls, "cpu_flags", lambda: flags)
-    recipe = make_recipe(tmp_path, shards, steps=1, precision="bf16")
-    model, _, _ = build.build_model(recipe, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Trainer(recipe, model, objectives.LanguageModeling(), iter(()))
-    assert any("AMX or AVX512-BF16" in str(w.message) for w in caught) == warns
-
-
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_on_gpus_that_compute_it(tmp_path, shards, monkeypatch, native):
     """`auto` on a GPU: bf16 where it is native (A100, H100); on a V100 or T4, which only emulate it
