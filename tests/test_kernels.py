@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -45,3 +50,38 @@ def test_kernels_can_be_turned_off(monkeypatch):
     assert not kernels.available()
     with pytest.raises(RuntimeError, match="not available"):
         kernels.block_matmul(torch.zeros(1, 32), *block_weight(16, 32, 32, False)[:3])
+
+
+def instruction_sets():
+    """The x86-64 levels this CPU runs: the portable loop, the AVX2 and the AVX-512 paths."""
+    flags = set(kernels.cpu_flags().split())
+    levels = [("portable", "x86-64")]
+    if {"avx2", "fma"} <= flags:
+        levels.append(("avx2", "x86-64-v3"))
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        levels.append(("avx512", "x86-64-v4"))
+    return levels
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 levels")
+@pytest.mark.parametrize("name,march", instruction_sets(), ids=[name for name, _ in instruction_sets()])
+def test_every_instruction_set_path_gives_the_float32_product(tmp_path, name, march):
+    """`-march=native` picks one of block_gemv.c's paths; each one this CPU can run is built and checked."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    source = kernels.SOURCES[0]
+    library = tmp_path / f"block_gemv_{name}.so"
+    subprocess.run([compiler, "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(source), "-o",
+                    str(library)], check=True, capture_output=True)
+    block_gemv = ctypes.CDLL(str(library)).block_gemv
+    block_gemv.restype = None
+    for rows, group, with_offset in [(1, 32, True), (3, 32, False), (4, 16, False), (7, 32, True)]:
+        codes, scale, offset, dense = block_weight(48, 256, group, with_offset)
+        x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+        xsum = x.view(rows, -1, group).sum(-1).contiguous()
+        y = torch.empty(rows, 48)
+        block_gemv(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(xsum.data_ptr()), rows, 256,
+                   ctypes.c_void_p(codes.data_ptr()), ctypes.c_void_p(scale.data_ptr()),
+                   ctypes.c_void_p(offset.data_ptr() if offset is not None else None), 48, group,
+                   ctypes.c_void_p(y.data_ptr()), 1)
+        want = x.double() @ dense.double().T
+        assert (y.double() - want).abs().max() <= 1e-5 * want.abs().max(), (name, rows, group, with_offset)
