@@ -145,10 +145,11 @@ class Tokenizer:
         return cls(build_spm_bpe(pieces, [p.type for p in proto.pieces]))
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
+    def from_gguf(cls, path: str | os.PathLike, reader=None) -> "Tokenizer":
+        """`reader`: the file's `gguf.GGUFReader` where the caller has one (parsing takes seconds)."""
         from codegemma.checkpoints.gguf_file import read_gguf_tokenizer
 
-        pieces, types, add_bos = read_gguf_tokenizer(path)
+        pieces, types, add_bos = read_gguf_tokenizer(path, reader)
         return cls(build_spm_bpe(pieces, types), add_bos=add_bos)
 
     def save(self, path: str | os.PathLike):

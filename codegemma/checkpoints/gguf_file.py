@@ -136,8 +136,8 @@ def dequantize(tensor, path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_gguf_tokenizer(path) -> tuple[list[str], list[int], bool]:
-    reader = open_gguf(path)
+def read_gguf_tokenizer(path, reader=None) -> tuple[list[str], list[int], bool]:
+    reader = reader or open_gguf(path)
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":
         raise CodegemmaError(f"{path}: tokenizer model {model!r} is not a SentencePiece ('llama') vocabulary")

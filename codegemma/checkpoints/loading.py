@@ -179,9 +179,9 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
             elif decoding_aids:
                 _attach_decoding_aids(cached, loaded.model, path, progress)
             return loaded
-    reader = gguf_file.open_gguf(path)
+    reader = gguf_file.open_gguf(path)  # parsed once: its metadata takes seconds (a 262k-token vocabulary)
     config = gguf_file.config_from_gguf(reader, path)
-    tokenizer = Tokenizer.from_gguf(path)
+    tokenizer = Tokenizer.from_gguf(path, reader)
     model = empty_model(config)
     tensors = list(reader.tensors)
     state = {}
@@ -200,7 +200,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, progress: bool, quant: str | None
         return Loaded(model, tokenizer, config, str(path))
     model = model.to(dtype)
     if decoding_aids:
-        _attach_decoding_aids(cached, model, path, progress)
+        _attach_decoding_aids(cached, model, path, progress, reader)
     return Loaded(model, tokenizer, config, str(path))
 
 
@@ -208,27 +208,28 @@ def _gguf_shape(path: Path) -> Loaded:
     """A GGUF file's config and tokenizer, its model on the meta device (nothing dequantized)."""
     if not path.is_file():
         raise CodegemmaError(f"model file not found: {path}")
-    config = gguf_file.config_from_gguf(gguf_file.open_gguf(path), path)
-    return Loaded(empty_model(config), Tokenizer.from_gguf(path), config, str(path))
+    reader = gguf_file.open_gguf(path)
+    config = gguf_file.config_from_gguf(reader, path)
+    return Loaded(empty_model(config), Tokenizer.from_gguf(path, reader), config, str(path))
 
 
-def _attach_decoding_aids(cached: Path, model: Gemma, path: Path, progress: bool):
+def _attach_decoding_aids(cached: Path, model: Gemma, path: Path, progress: bool, reader=None):
     """Float32 decoding reads the weights' block form where the C kernel runs, else the head screen."""
     if model.embed_tokens.weight.dtype != torch.float32:
         return
-    if kernels.available() and _attach_blocks(cached, model, path, progress):
+    if kernels.available() and _attach_blocks(cached, model, path, progress, reader):
         return
     _attach_head_screen(cached, model)
 
 
-def _attach_blocks(cached: Path, model: Gemma, path: Path, progress: bool) -> bool:
+def _attach_blocks(cached: Path, model: Gemma, path: Path, progress: bool, reader=None) -> bool:
     """Attach the GGUF's block codes (codegemma.checkpoints.gguf_blocks), converted once (seconds)
     and cached beside the float32 weights; memory-mapped afterwards. False if the head has none."""
     target = cached / BLOCKS_FILE
     try:
         tensors = load_file(str(target))
     except (OSError, SafetensorError):
-        tensors = _block_tensors(path, model.config, progress)
+        tensors = _block_tensors(path, model.config, progress, reader)
         _save_atomically(tensors, target)
     try:
         block_weights.attach(model, tensors)
@@ -238,8 +239,8 @@ def _attach_blocks(cached: Path, model: Gemma, path: Path, progress: bool) -> bo
     return model.attached_head_blocks is not None
 
 
-def _block_tensors(path: Path, config: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
-    reader = gguf_file.open_gguf(path)
+def _block_tensors(path: Path, config: ModelConfig, progress: bool, reader=None) -> dict[str, torch.Tensor]:
+    reader = reader or gguf_file.open_gguf(path)
     tensors = {}
     for tensor in tqdm(list(reader.tensors), desc=f"reading the blocks of {path.name}", unit="tensor",
                        disable=not progress, leave=False):
