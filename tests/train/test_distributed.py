@@ -19,10 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(args: list[str]):
+    return _run_together(args)[0]
+
+
+def _run_together(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run independent commands side by side (a reference run beside a torchrun spends most of its
+    time starting Python and torch on one core); each must succeed."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in commands]
+    done = []
+    try:
+        for args, proc in zip(commands, procs):
+            stdout, stderr = proc.communicate(timeout=600)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc in done:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return done
 
 
 @pytest.mark.slow
@@ -42,9 +60,9 @@ def test_processes_match_one(tmp_path, strategy, procs, compiled):
         (tmp_path / f"{name}.toml").write_text(text)
     cli = ["-m", "codegemma", "train", "run"]
     # the same global batch: 1 x 8 sequences vs `procs` processes x 8 / procs
-    _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-          *cli, str(tmp_path / "two.toml"), "--set", f"train.batch_size={8 // procs}"])
+    _run_together([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8"],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                   *cli, str(tmp_path / "two.toml"), "--set", f"train.batch_size={8 // procs}"])
     one = metrics.read(tmp_path / "one" / "metrics.jsonl")
     two = metrics.read(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == steps
@@ -82,9 +100,9 @@ infill_max_new_tokens = 8
         text = text.replace('name = "test"', f'name = "test"\ntokenizer = "{small_tokenizer_path.as_posix()}"', 1)
         (tmp_path / f"{name}.toml").write_text(text)
     cli = ["-m", "codegemma", "train", "run"]
-    _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=4"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          *cli, str(tmp_path / "two.toml"), "--set", "train.batch_size=2"])
+    _run_together([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=4"],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   *cli, str(tmp_path / "two.toml"), "--set", "train.batch_size=2"])
     one, two = (metrics.read(tmp_path / name / "metrics.jsonl", kind="eval") for name in ("one", "two"))
     assert one and len(one) == len(two)
     for a, b in zip(one, two):
@@ -105,9 +123,11 @@ infill_max_new_tokens = 8
     # a finished model's evaluation, shared the same way under torchrun
     evaluate = ["-m", "codegemma", "train", "infill-eval", str(tmp_path / "one" / "final"), "--files", str(files),
                 "--examples", "7", "--orders", "psm,l2r", "--max-prompt-tokens", "96", "--max-new-tokens", "8"]
-    alone = _run([sys.executable, *evaluate, "--answers", str(tmp_path / "alone.jsonl")])
-    shared = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *evaluate,
-                   "--answers", str(tmp_path / "shared.jsonl")])
+    alone, shared, bf16 = _run_together(
+        [sys.executable, *evaluate, "--answers", str(tmp_path / "alone.jsonl")],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *evaluate,
+         "--answers", str(tmp_path / "shared.jsonl")],
+        [sys.executable, *evaluate, "--precision", "bf16"])
     alone, shared = json.loads(alone.stdout), json.loads(shared.stdout.strip().splitlines()[-1])
     assert set(alone) == set(shared)
     for key, value in alone.items():
@@ -118,7 +138,7 @@ infill_max_new_tokens = 8
     # and they are the lines the run's own last evaluation wrote
     assert [json.loads(line) for line in (tmp_path / "alone.jsonl").read_text().splitlines()] == [
         r for r in runs[0] if r["order"] in ("psm", "l2r")]
-    bf16 = json.loads(_run([sys.executable, *evaluate, "--precision", "bf16"]).stdout)
+    bf16 = json.loads(bf16.stdout)
     assert bf16["fim_middle_loss"] != alone["fim_middle_loss"]  # the products did run in bf16
     assert abs(bf16["fim_middle_loss"] - alone["fim_middle_loss"]) < 0.05
 
@@ -163,9 +183,9 @@ def test_dpo_processes_match_one(tmp_path, small_tokenizer_path, lora):
         return path
 
     cli = ["-m", "codegemma", "train", "run"]
-    _run([sys.executable, *cli, str(recipe("one")), "--set", "train.batch_size=4"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          *cli, str(recipe("two")), "--set", "train.batch_size=2"])
+    _run_together([sys.executable, *cli, str(recipe("one")), "--set", "train.batch_size=4"],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   *cli, str(recipe("two")), "--set", "train.batch_size=2"])
     one = metrics.read(tmp_path / "one" / "metrics.jsonl")
     two = metrics.read(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 4 and one[-1]["loss"] < one[0]["loss"]
@@ -370,9 +390,10 @@ def test_only_the_main_process_reads_the_start(tmp_path, strategy):
             "[model]\n", f"[model]\ninit = \"{(tmp_path / 'start').as_posix()}\"\n"))
     (tmp_path / "driver.py").write_text(_RECORD_START_READS)
     reads = tmp_path / "reads.txt"
-    _run([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml"), "--set", "train.batch_size=8"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(reads)])
+    _run_together([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml"),
+                   "--set", "train.batch_size=8"],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(reads)])
     assert reads.read_text().split() == ["0"]
     one, two = (metrics.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
     assert len(one) == len(two) == 4
@@ -448,10 +469,10 @@ def test_fsdp_bf16_on_a_cpu_follows_one_process(tmp_path):
     cli = ["-m", "codegemma", "train", "run"]
     for name in ("one", "two"):
         (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 1, extra))
-    _run([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8",
-          "--set", "train.precision=bf16"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli,
-          str(tmp_path / "two.toml"), "--set", "train.batch_size=4", "--set", "train.precision=bf16"])
+    _run_together([sys.executable, *cli, str(tmp_path / "one.toml"), "--set", "train.batch_size=8",
+                   "--set", "train.precision=bf16"],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli,
+                   str(tmp_path / "two.toml"), "--set", "train.batch_size=4", "--set", "train.precision=bf16"])
     (a,), (b,) = (metrics.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
     assert abs(a["loss"] - b["loss"]) < 1e-5, (a["loss"], b["loss"])
     assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"], (a["grad_norm"], b["grad_norm"])
@@ -523,9 +544,9 @@ def test_fsdp_dpo_shards_the_reference_and_matches_one_process(tmp_path, small_t
             f'[log]\nevery = 1\ntensorboard = false\nplots = false\nprogress = false\n')
     (tmp_path / "driver.py").write_text(_RECORD_REFERENCE)
     sizes = tmp_path / "sizes.txt"
-    _run([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(sizes)])
+    _run_together([sys.executable, "-m", "codegemma", "train", "run", str(tmp_path / "one.toml")],
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   str(tmp_path / "driver.py"), str(tmp_path / "two.toml"), str(sizes)])
     for line in sizes.read_text().splitlines():
         local, whole = map(int, line.split())
         assert local <= whole // 2 + 64, (local, whole)  # a shard: half, and rows that do not split evenly
