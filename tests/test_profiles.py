@@ -117,9 +117,9 @@ def test_chat_template_trims_turn_text_as_gemmas_templates_do():
 @pytest.mark.slow
 @pytest.mark.real_weights
 def test_default_model_vocabulary_resolves_to_gemma3(default_gguf_path):
-    from codegemma.tokenizer import Tokenizer
+    from codegemma.checkpoints import load
 
-    tok = Tokenizer.from_gguf(default_gguf_path)
+    tok = load(default_gguf_path, progress=False).tokenizer  # the GGUF's vocabulary, converted once per cache
     profile = resolve_profile(tok)
     assert profile.name == "gemma3" and not profile.fim_supported
     assert tok.token_to_id("<end_of_turn>") == 106 and tok.token_to_id("<start_of_turn>") == 105
