@@ -4,7 +4,8 @@ Decoding one token reads every weight once, so its speed is set by the bytes of 
 (memory bandwidth); a prefill multiplies hundreds of tokens by each weight, so its speed is set
 by arithmetic. Each layer keeps one compact weight and picks its kernel by the number of rows:
 a few rows go to PyTorch's CPU int4 kernel, which reads the packed weight directly; many rows
-dequantize the weight to bfloat16 (in slices, to bound memory) and use the bfloat16 GEMM.
+dequantize the weight to bfloat16 (in slices, to bound memory) and use the bfloat16 GEMM, or on a
+CPU without bf16 arithmetic the same product in float32 (codegemma.bf16_matmuls).
 
 Why groups of 32: the default model's GGUF weights are themselves quantized in blocks of 32
 (Q5_0, Q8_0, Q4_K), and one scale per output row loses too much of them (argmax agreement with
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codegemma import kernels
+from codegemma import bf16_matmuls, kernels
 from codegemma.errors import CodegemmaError
 
 QUANT_DTYPES = ("int8", "int4")
@@ -141,9 +142,10 @@ class GroupLinear(nn.Module):
         if x2.shape[0] <= DECODE_ROWS:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_and_zeros)
             y = y.float().view(-1, self.planes, self.out_features).sum(dim=1)
-        else:
-            y = torch.cat([F.linear(x2, self.dequantize(slice(i, i + DEQUANT_SLICE)))
-                           for i in range(0, self.out_features, DEQUANT_SLICE)], dim=-1)
+        else:  # bf16 operands; in float32 holding their values where the CPU has no bf16 arithmetic
+            x2 = bf16_matmuls.operand(x2)
+            y = torch.cat([bf16_matmuls.result(F.linear(x2, bf16_matmuls.operand(self.dequantize(
+                slice(i, i + DEQUANT_SLICE))))) for i in range(0, self.out_features, DEQUANT_SLICE)], dim=-1)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantize(self, rows: slice | None = None, dtype=torch.bfloat16) -> torch.Tensor:
