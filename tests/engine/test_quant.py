@@ -68,6 +68,24 @@ def test_few_and_many_rows_take_different_kernels_and_agree(bits):
     torch.testing.assert_close(many, x @ layer.dequantize(dtype=torch.float32).T, rtol=2e-2, atol=0.15)  # bfloat16 activations
 
 
+def test_many_rows_give_the_bf16_product_with_or_without_bf16_arithmetic(monkeypatch):
+    """A prompt's bf16 product runs as bf16 where the CPU multiplies bf16 in hardware and in float32
+    on bf16 operands elsewhere: the same bf16 result up to the order of the sums."""
+    from codegemma import bf16_matmuls
+
+    torch.manual_seed(3)
+    layer = GroupLinear.from_weight(torch.randn(192, 64), 8)
+    x = torch.randn(DECODE_ROWS + 5, 64)
+    outputs = []
+    for native in (True, False):
+        monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda native=native: native)
+        outputs.append(layer(x))
+    want = (x.bfloat16().double() @ layer.dequantize().double().T).bfloat16().float()
+    for got in outputs:
+        assert torch.equal(got, got.bfloat16().float())  # rounded to bf16, as a bf16 product is
+        assert ((got - want).abs() <= want.abs() * 2 ** -7 + 1e-6).all()  # within one bf16 step
+
+
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_quantized_model_tracks_the_float_model(dtype):
     model = tiny()
