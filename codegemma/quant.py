@@ -144,8 +144,8 @@ class GroupLinear(nn.Module):
             y = y.float().view(-1, self.planes, self.out_features).sum(dim=1)
         else:  # bf16 operands; in float32 holding their values where the CPU has no bf16 arithmetic
             x2 = bf16_matmuls.operand(x2)
-            y = torch.cat([bf16_matmuls.result(F.linear(x2, bf16_matmuls.operand(self.dequantize(
-                slice(i, i + DEQUANT_SLICE))))) for i in range(0, self.out_features, DEQUANT_SLICE)], dim=-1)
+            slices = (self.dequantize(slice(i, i + DEQUANT_SLICE)) for i in range(0, self.out_features, DEQUANT_SLICE))
+            y = torch.cat([bf16_matmuls.result(F.linear(x2, bf16_matmuls.operand(w))) for w in slices], dim=-1)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantize(self, rows: slice | None = None, dtype=torch.bfloat16) -> torch.Tensor:
