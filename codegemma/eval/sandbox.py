@@ -9,9 +9,7 @@ Every call gets a fresh temporary working directory holding `files` (removed aft
 a scrubbed environment, captured and capped stdout/stderr, and these layers where the host allows:
 
 - ``session``   own session and process group, SIGKILLed as a whole on timeout;
-- ``rlimits``   address space (set by a shell that then execs the program, since until exec the
-                child holds all of this process's), CPU seconds, processes, file size, open
-                files, no core dumps;
+- ``rlimits``   address space, CPU seconds, processes, file size, open files, no core dumps;
 - ``env``       only PATH, HOME, LANG, TMPDIR and what the caller passes in `env`;
 - ``uid``       (when started as root) a random unprivileged uid/gid per run, so the program can
                 write nowhere but its own directory, cannot signal other processes, RLIMIT_NPROC
@@ -32,9 +30,13 @@ a scrubbed environment, captured and capped stdout/stderr, and these layers wher
                 namespaces above.
 
 Layers are probed once per process; a layer the kernel refuses is left out, and the result says so.
-`run` starts any executable (its own namespaces per run); `run_python` forks Python programs from
-a pristine interpreter that has set up the network and mount namespaces once (codegemma.eval.zygote),
-which makes it several times faster than starting an interpreter per program.
+Every run is forked from a small single-threaded server (codegemma.eval.zygote), never from the
+calling process: setting up the layers takes Python code between fork and exec, which is unsafe in
+a process with threads, and a limit on address space set in a fork of a large process (a CUDA one
+reserves gigabytes) would crash it before it could exec. `run` execs any executable (its own
+namespaces per run); `run_python` forks Python programs from a pristine interpreter that has set up
+the network and mount namespaces once, which makes it several times faster than starting an
+interpreter per program.
 Compilers and runtimes of other languages use the same call with their own `Limits`
 (more address space, processes and time) and may need `expose` for install trees under
 unreadable directories.
@@ -54,12 +56,11 @@ import selectors
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
@@ -216,8 +217,8 @@ def _setup_mounts(plan: _Plan) -> None:
 
 
 def _close_exec_fds() -> None:
-    # The waiter never execs; close what exec would have closed (notably subprocess's error pipe,
-    # which the parent reads until EOF) and its copies of the standard streams.
+    # The waiter never execs; close what exec would have closed and its copies of the standard
+    # streams, which the server reads until EOF.
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -252,7 +253,8 @@ def _wait_and_exit(pid: int) -> None:
 
 
 def _child_setup(plan: _Plan) -> None:
-    """Runs in the forked child before exec (subprocess's preexec_fn); start_new_session already ran."""
+    """Runs in a child of a fork server (codegemma.eval.zygote) before it execs or runs the program;
+    the child already has a session of its own."""
     layers = plan.layers
     flags = (CLONE_NEWNET if "netns" in layers else 0) | (CLONE_NEWNS if "mountns" in layers else 0) \
         | (CLONE_NEWPID if "pidns" in layers else 0)
@@ -288,16 +290,16 @@ def _needs_userns() -> bool:
 
 
 def _probe_one(layers: frozenset[str]) -> bool:
+    from codegemma.eval import zygote
+
     with tempfile.TemporaryDirectory(prefix="codegemma-probe-") as tmp:
-        plan, argv = _limit_after_exec(_make_plan(layers, tmp, Limits(), timeout=5, expose=()),
-                                       ["/bin/sh", "-c", "exit 0"])
+        plan = _make_plan(layers, tmp, Limits(), timeout=5, expose=())
         try:
             _prepare_workdir(Path(tmp), {}, plan.uid)
-            proc = subprocess.run(argv, preexec_fn=functools.partial(_child_setup, plan),
-                                  start_new_session=True, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=10, env={"PATH": DEFAULT_PATH})
-            return proc.returncode == 0
-        except (OSError, subprocess.SubprocessError):
+            reply = zygote.local_server(workdir_base()).run(plan, {"PATH": DEFAULT_PATH}, timeout=10,
+                                                           cap=4096, argv=["/bin/sh", "-c", "exit 0"])
+            return reply["returncode"] == 0
+        except (OSError, RuntimeError):
             return False
 
 
@@ -394,20 +396,6 @@ def _make_plan(layers: frozenset[str], workdir: str, limits: Limits, timeout: fl
                  tmp_exposed=tuple(tmp_exposed), workdir_flags=_locked_flags(workdir))
 
 
-def _limit_after_exec(plan: _Plan, argv: list[str]) -> tuple[_Plan, list[str]]:
-    """`plan` less its address-space limit, and `argv` run by a shell that sets the limit, then execs it.
-
-    Until it execs, the forked child holds this process's whole address space, which can be far
-    over the limit (CUDA alone reserves gigabytes of it): set there, the limit would crash the child
-    at its next allocation. The fork server's children (a small pristine interpreter) set it directly.
-    """
-    kept = tuple((res, value) for res, value in plan.limits if res != resource.RLIMIT_AS)
-    if len(kept) == len(plan.limits):
-        return plan, argv
-    limit_kb = dict(plan.limits)[resource.RLIMIT_AS] >> 10
-    return replace(plan, limits=kept), ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', str(limit_kb), *argv]
-
-
 def _locked_flags(path: str) -> int:
     """The flags of the mount holding `path` that a remount in a user namespace must keep."""
     have = os.statvfs(path).f_flag
@@ -438,35 +426,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
-    """SIGKILL every process running as `uid` until none is left alive (they may be forking).
-
-    A killed process lives on until the kernel has run its exit, which on a busy machine can take
-    longer than a scan of /proc: it counts as gone only once it is a zombie or has left /proc.
-    """
-    stop = time.monotonic() + deadline_s
-    while True:
-        alive = False
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    if entry.stat().st_uid == uid and not _is_zombie(entry.path):
-                        os.kill(int(entry.name), signal.SIGKILL)
-                        alive = True
-                except OSError:
-                    pass
-        if not alive or time.monotonic() > stop:
-            return
-        time.sleep(0.002)
-
-
-def _is_zombie(proc_dir: str) -> bool:
-    with open(os.path.join(proc_dir, "stat"), "rb") as f:
-        stat = f.read()
-    state = stat.rindex(b")") + 2  # the state field follows "(comm) "; comm may itself hold ")"
-    return stat[state:state + 1] == b"Z"
 
 
 def _decode(data: bytes) -> str:
@@ -512,27 +471,23 @@ def run(argv: list[str], files: dict[str, str | bytes] | None = None, timeout: f
     `network=True` keeps the host network (for tools that must download; never for model code).
     `expose` lists install directories the program needs that an unprivileged uid cannot reach.
     """
+    from codegemma.eval import zygote
+
     layers = active_layers(network)
     path = f"{os.path.dirname(sys.executable)}:{DEFAULT_PATH}"
     exe = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
     if exe is None:
         raise FileNotFoundError(f"sandbox: program {argv[0]!r} not found on {path}")
-    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix, dir=workdir_base()))
+    base = workdir_base()
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix, dir=base))
     try:
         plan = _make_plan(frozenset(layers), str(workdir), limits, timeout,
                           (*expose, os.path.dirname(os.path.realpath(exe))))
         _prepare_workdir(workdir, files or {}, plan.uid)
-        plan, command = _limit_after_exec(plan, [exe, *argv[1:]])
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_child_env(workdir, path, env), start_new_session=True,
-                                preexec_fn=functools.partial(_child_setup, plan), cwd=str(workdir))
-        status, reason, out, err = _supervise(proc, timeout, limits.output_bytes)
-        if plan.uid is not None and "pidns" not in layers:
-            _kill_uid(plan.uid)
-        seconds = time.perf_counter() - start
-        status, reason = _classify(status, reason, proc.returncode, layers, limits, timeout)
-        return RunResult(status, proc.returncode, _decode(out), _decode(err), seconds,
+        reply = zygote.local_server(base).run(plan, _child_env(workdir, path, env), timeout, limits.output_bytes,
+                                              argv=[exe, *argv[1:]])
+        status, reason = _classify(reply["status"], reply["reason"], reply["returncode"], layers, limits, timeout)
+        return RunResult(status, reply["returncode"], reply["stdout"], reply["stderr"], reply["seconds"],
                          sorted(layers, key=ALL_LAYERS.index), reason)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -597,7 +552,7 @@ def run_python(files: dict[str, str | bytes], main: str = "main.py", timeout: fl
         plan = _make_plan(frozenset(layers), str(workdir), limits, timeout, ())
         _prepare_workdir(workdir, files, plan.uid)
         env = _child_env(workdir, f"{os.path.dirname(sys.executable)}:{DEFAULT_PATH}", env)
-        reply = zygote.local_server(base, plan).run(plan, main, env, timeout, limits.output_bytes)
+        reply = zygote.local_server(base, plan).run(plan, env, timeout, limits.output_bytes, main=main)
         status, reason = _classify(reply["status"], reply["reason"], reply["returncode"], layers, limits, timeout)
         return RunResult(status, reply["returncode"], reply["stdout"], reply["stderr"], reply["seconds"],
                          sorted(layers, key=ALL_LAYERS.index), reason)

@@ -1,11 +1,18 @@
-"""A fork server for sandboxed Python: one pristine interpreter per thread, forked once per program.
+"""Fork servers for the sandbox: one pristine interpreter per thread and kind, forked once per run.
 
-Starting a Python interpreter costs more than most benchmark programs take to run. The server is
-started once (`python -I -S`, standard library only, a few common modules preloaded) and then, for
-each request, forks a child that applies the sandbox plan (namespaces, rlimits, unprivileged uid,
-working directory; see codegemma.eval.sandbox), points fds 0-2 at /dev/null and the output pipes,
-and runs the program's file as __main__. The server itself never runs untrusted code: every
-program gets a fresh process copied from the same clean state.
+Two kinds, both started once per thread (`python -I -S`, standard library only) and never running
+untrusted code themselves:
+
+- ``python``: forks a child per program that applies the sandbox plan (namespaces, rlimits,
+  unprivileged uid, working directory; see codegemma.eval.sandbox), points fds 0-2 at /dev/null
+  and the output pipes, and runs the program's file as __main__. Starting a Python interpreter
+  costs more than most benchmark programs take to run; this saves it. The server sets up the
+  network and mount namespaces once, and a few common modules are preloaded.
+- ``exec``: forks a child that applies the whole plan itself and execs a program (a compiler, a
+  runtime). Setting up the sandbox takes Python code between fork and exec, which is unsafe in a
+  process with threads (the caller's thread pools, torch's): a child forked from a busy process
+  can deadlock or crash on a lock another thread held. This server is single-threaded, so its
+  children are safe.
 
 Protocol: one JSON request per line on the server's stdin, one JSON reply per line on its stdout
 (fds moved aside at start, so nothing a child prints can reach the channel).
@@ -93,6 +100,19 @@ def _run_main(main: str) -> None:
     os._exit(code)
 
 
+SETUP_FAILED = 255
+
+
+def _exec(argv: list[str], env: dict) -> None:
+    """In the child: become `argv` (a relative path is taken from the working directory), or exit
+    127 as a shell would."""
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"sandbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
+    os._exit(127)
+
+
 def _handle(request: dict) -> dict:
     from codegemma.eval import sandbox
 
@@ -117,12 +137,18 @@ def _handle(request: dict) -> dict:
             os.dup2(err_w, 2)
             os.closerange(3, 1 << 16)
             os.chdir(plan.workdir)
-            sandbox._child_setup(plan)
+            try:
+                sandbox._child_setup(plan)
+            except Exception as exc:  # noqa: BLE001 - the host refused a layer; say which step
+                os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
+                os._exit(SETUP_FAILED)
+            if "argv" in request:
+                _exec(request["argv"], request["env"])
             os.environ.clear()
             os.environ.update(request["env"])
             _run_main(request["main"])
         finally:
-            os._exit(255)
+            os._exit(SETUP_FAILED)
     os.close(out_w)
     os.close(err_w)
     proc = _Forked(pid, out_r, err_r)
@@ -230,24 +256,30 @@ def serve(setup: dict) -> None:
 
 
 class Server:
-    """The parent's handle on one server process (used by one thread at a time)."""
+    """The parent's handle on one server process (used by one thread at a time).
 
-    def __init__(self, base: str, plan):
+    `plan` is given for a ``python`` server, whose namespaces it sets up once; an ``exec`` server
+    (`plan=None`) leaves every layer to its children.
+    """
+
+    def __init__(self, base: str, plan=None):
         self.base = base
         # Namespaces need root here; without it (user namespaces) each child sets them up itself.
-        layers = sorted(plan.layers & {"netns", "mountns", "rofs"}) if os.geteuid() == 0 else []
+        layers = sorted(plan.layers & {"netns", "mountns", "rofs"}) if plan and os.geteuid() == 0 else []
         setup = {"layers": layers, "base": base,
                  "plan": {"tmpfs_mb": plan.tmpfs_mb, "hidden_roots": [list(x) for x in plan.hidden_roots],
-                          "tmp_exposed": [list(x) for x in plan.tmp_exposed]}}
+                          "tmp_exposed": [list(x) for x in plan.tmp_exposed]} if plan else {}}
         bootstrap = (f"import sys, json; sys.path.insert(0, {_ROOT!r}); from codegemma.eval.zygote import serve; "
                      f"serve(json.loads({json.dumps(setup)!r}))")
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", bootstrap], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, encoding="utf-8",
                                      env={"PATH": os.environ.get("PATH", "")})
 
-    def run(self, plan, main: str, env: dict, timeout: float, cap: int) -> dict:
-        request = {"plan": {**asdict(plan), "layers": sorted(plan.layers)}, "main": main, "env": env,
-                   "timeout": timeout, "cap": cap}
+    def run(self, plan, env: dict, timeout: float, cap: int, main: str | None = None,
+            argv: list[str] | None = None) -> dict:
+        """Run the Python file `main` (a ``python`` server) or exec `argv` (an ``exec`` server)."""
+        request = {"plan": {**asdict(plan), "layers": sorted(plan.layers)}, "env": env, "timeout": timeout,
+                   "cap": cap, **({"argv": argv} if argv is not None else {"main": main})}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -273,15 +305,17 @@ _servers: list[Server] = []
 _lock = threading.Lock()
 
 
-def local_server(base: str, plan) -> Server:
+def local_server(base: str, plan=None) -> Server:
     """This thread's server for working directories under `base`, started on first use (and again
-    if it died)."""
-    server = getattr(_local, "server", None)
+    if it died): a ``python`` server given the `plan` it sets up namespaces for, else an ``exec`` one."""
+    kind = "python" if plan is not None else "exec"
+    servers = _local.__dict__.setdefault("servers", {})
+    server = servers.get(kind)
     if server is None or server.proc.poll() is not None or server.base != base:
         if server is not None:
             server.close()
         server = Server(base, plan)
-        _local.server = server
+        servers[kind] = server
         with _lock:
             _servers.append(server)
         # A thread pool's threads come and go; their servers go with them.

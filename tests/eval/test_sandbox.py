@@ -410,9 +410,9 @@ print(json.dumps({"layers": sorted(sandbox.available_layers()), "small": [small.
 
 def test_a_process_with_more_address_space_than_the_limit_runs_programs_under_it():
     """A forked child holds its parent's address space until it execs; a CUDA process's is larger
-    than any program's limit, and a child limited before exec crashed there (in setgroups, with
-    CUDA's torch loaded; a bare reservation as here does not crash it). The limit is set after the
-    fork by a shell that execs the program: the layers are granted, and the limit binds the program."""
+    than any program's limit, and a child of it limited before exec crashed there (in setgroups,
+    with CUDA's torch loaded; a bare reservation as here does not crash it). Runs are forked from a
+    small server instead: the layers are granted, and the limit binds the program."""
     import json
     import subprocess
 
@@ -423,6 +423,26 @@ def test_a_process_with_more_address_space_than_the_limit_runs_programs_under_it
     assert set(report["layers"]) == set(sandbox.available_layers())
     assert report["small"] == ["ok", "ran\n"]
     assert report["big"][0] == "error" and "MemoryError" in report["big"][1]
+
+
+def test_runs_are_set_up_in_a_fork_server_not_in_a_fork_of_the_caller(monkeypatch):
+    """Setting up the layers runs Python code between fork and exec. In a fork of the caller, which
+    may have threads (thread pools, torch's), that can deadlock or crash on a lock another thread
+    held; every run is set up by a single-threaded server instead, so the caller's copy of the
+    setup is never called."""
+    def in_the_caller(plan):
+        raise AssertionError("sandbox set up in a fork of the calling process")
+
+    monkeypatch.setattr(sandbox, "_child_setup", in_the_caller)
+    result = sandbox.run(["sh", "-c", "echo ran"])
+    assert (result.status, result.stdout) == ("ok", "ran\n")
+    assert set(result.isolation) == set(LAYERS)
+
+
+def test_a_program_that_cannot_be_executed_is_an_error_that_says_so():
+    result = sandbox.run(["./main.txt"], files={"main.txt": "not a program"})  # no execute bit
+    assert result.status == "error" and result.returncode == 127
+    assert "cannot run" in result.stderr and "main.txt" in result.stderr
 
 
 def test_files_the_program_writes_in_its_directory_are_removed(host_stays_clean):
