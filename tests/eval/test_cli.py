@@ -24,6 +24,8 @@ def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     (["--limit", "-3"], 2, "argument --limit: must be at least 1, got -3"),
     (["--max-new-tokens", "0"], 2, "argument --max-new-tokens: must be at least 1"),
     (["--n", "0"], 2, "argument --n: must be at least 1"),
+    (["--timeout", "0"], 2, "argument --timeout: must be a number of seconds above 0, got 0"),
+    (["--timeout", "nan"], 2, "argument --timeout: must be a number of seconds above 0, got nan"),
     (["--temperature", "-1"], 1, "temperature must be >= 0"),
     (["--temperature", "0.8", "--top-p", "0"], 1, "top_p must be in"),
 ])

