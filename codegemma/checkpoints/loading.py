@@ -301,17 +301,34 @@ def _load_quantized_cache(cached: Path, quant: str, source: str) -> Loaded:
     return Loaded(model, tokenizer, config, source)
 
 
+def _remove_stale_entries(converted: Path) -> None:
+    """Remove the cached conversions of files that are gone or have changed since (their key no
+    longer names the entry). Without this the cache would keep every GGUF file ever loaded, such as
+    a fine-tuning run's exports in temporary directories. Entries still being written have no
+    codegemma.json yet and are left alone."""
+    for entry in converted.iterdir():
+        try:
+            source = Path(json.loads((entry / "codegemma.json").read_text())["source"])
+            stale = not source.is_file() or _cache_dir(source).name != entry.name
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a finished entry, or not ours to judge
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _write_cache(cached: Path, model: Gemma, config: ModelConfig, tokenizer: Tokenizer, source: Path):
-    """Best effort: a read-only or full disk only costs the next load its conversion time."""
+    """Best effort: a read-only or full disk only costs the next load its conversion time. A new
+    entry is the moment to drop the entries of files that are gone or changed."""
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_entries(cached.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
     except OSError:
         return
     try:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         tokenizer.save(tmp / "tokenizer.json")
-        meta = {"format": CACHE_FORMAT, "source": str(source), "config": config.to_dict(),
+        meta = {"format": CACHE_FORMAT, "source": str(source.resolve()), "config": config.to_dict(),
                 "add_bos": tokenizer.add_bos_default}
         (tmp / "codegemma.json").write_text(json.dumps(meta, indent=2))
         if cached.exists():

@@ -148,3 +148,24 @@ def test_unsupported_tensor_type(tmp_path, monkeypatch):
     with pytest.raises(CodegemmaError, match="has type Q8_0, which cannot be dequantized"):
         load(path)
     assert gguf_file  # the loader module is what reports it
+
+
+def test_the_cache_drops_the_conversions_of_files_that_are_gone_or_changed(tmp_path):
+    """Each GGUF file gets a converted entry; without a sweep the cache kept every file ever loaded
+    (a run's exports in temporary directories, each a full float32 copy). Writing a new entry drops
+    those whose file is gone or has changed since, and keeps the others."""
+    converted = tmp_path / "cache" / "converted"
+    kept, deleted, changed = (tmp_path / f"{name}.gguf" for name in ("kept", "deleted", "changed"))
+    for i, path in enumerate((kept, deleted, changed)):
+        write_gguf(path, random_state(seed=i))
+        load(path)
+    entries = {p.name.rsplit("-", 1)[0]: p for p in converted.iterdir()}
+    assert sorted(entries) == ["changed", "deleted", "kept"]
+    (converted / ".half-written.123").mkdir()  # another process's entry in the making
+    deleted.unlink()
+    write_gguf(changed, random_state(seed=7))  # rewritten in place: another size or time
+    load(changed)  # a new entry for the new contents
+    names = sorted(p.name for p in converted.iterdir())
+    assert entries["kept"].name in names and entries["deleted"].name not in names
+    assert entries["changed"].name not in names and len([n for n in names if n.startswith("changed-")]) == 1
+    assert ".half-written.123" in names
