@@ -309,7 +309,9 @@ def local_server(base: str, plan=None) -> Server:
     """This thread's server for working directories under `base`, started on first use (and again
     if it died): a ``python`` server given the `plan` it sets up namespaces for, else an ``exec`` one."""
     kind = "python" if plan is not None else "exec"
-    servers = _local.__dict__.setdefault("servers", {})
+    servers = getattr(_local, "servers", None)
+    if servers is None:
+        servers = _local.servers = {}
     server = servers.get(kind)
     if server is None or server.proc.poll() is not None or server.base != base:
         if server is not None:
