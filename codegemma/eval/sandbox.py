@@ -471,21 +471,33 @@ def run(argv: list[str], files: dict[str, str | bytes] | None = None, timeout: f
     `network=True` keeps the host network (for tools that must download; never for model code).
     `expose` lists install directories the program needs that an unprivileged uid cannot reach.
     """
-    from codegemma.eval import zygote
-
-    layers = active_layers(network)
-    path = f"{os.path.dirname(sys.executable)}:{DEFAULT_PATH}"
+    path = _program_path()
     exe = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
     if exe is None:
         raise FileNotFoundError(f"sandbox: program {argv[0]!r} not found on {path}")
+    return _run_in_server(active_layers(network), files or {}, timeout, limits, env, workdir_prefix,
+                          (*expose, os.path.dirname(os.path.realpath(exe))), argv=[exe, *argv[1:]])
+
+
+def _program_path() -> str:
+    return f"{os.path.dirname(sys.executable)}:{DEFAULT_PATH}"
+
+
+def _run_in_server(layers: set[str], files: dict[str, str | bytes], timeout: float, limits: Limits,
+                   env: dict[str, str] | None, workdir_prefix: str, expose: tuple[str, ...],
+                   argv: list[str] | None = None, main: str | None = None) -> RunResult:
+    """One run in a fresh working directory, forked by this thread's server: `argv` exec'd by an
+    exec server, or the Python file `main` run by a python server."""
+    from codegemma.eval import zygote
+
     base = workdir_base()
     workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix, dir=base))
     try:
-        plan = _make_plan(frozenset(layers), str(workdir), limits, timeout,
-                          (*expose, os.path.dirname(os.path.realpath(exe))))
-        _prepare_workdir(workdir, files or {}, plan.uid)
-        reply = zygote.local_server(base).run(plan, _child_env(workdir, path, env), timeout, limits.output_bytes,
-                                              argv=[exe, *argv[1:]])
+        plan = _make_plan(frozenset(layers), str(workdir), limits, timeout, expose)
+        _prepare_workdir(workdir, files, plan.uid)
+        server = zygote.local_server(base, plan if main is not None else None)
+        reply = server.run(plan, _child_env(workdir, _program_path(), env), timeout, limits.output_bytes,
+                           main=main, argv=argv)
         status, reason = _classify(reply["status"], reply["reason"], reply["returncode"], layers, limits, timeout)
         return RunResult(status, reply["returncode"], reply["stdout"], reply["stderr"], reply["seconds"],
                          sorted(layers, key=ALL_LAYERS.index), reason)
@@ -543,21 +555,7 @@ def run_python(files: dict[str, str | bytes], main: str = "main.py", timeout: fl
     own process, uid, rlimits and working directory. What the program sees matches
     `python -I -S main.py`.
     """
-    from codegemma.eval import zygote
-
-    layers = active_layers(network=False)
-    base = workdir_base()
-    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix, dir=base))
-    try:
-        plan = _make_plan(frozenset(layers), str(workdir), limits, timeout, ())
-        _prepare_workdir(workdir, files, plan.uid)
-        env = _child_env(workdir, f"{os.path.dirname(sys.executable)}:{DEFAULT_PATH}", env)
-        reply = zygote.local_server(base, plan).run(plan, env, timeout, limits.output_bytes, main=main)
-        status, reason = _classify(reply["status"], reply["reason"], reply["returncode"], layers, limits, timeout)
-        return RunResult(status, reply["returncode"], reply["stdout"], reply["stderr"], reply["seconds"],
-                         sorted(layers, key=ALL_LAYERS.index), reason)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return _run_in_server(active_layers(network=False), files, timeout, limits, env, workdir_prefix, (), main=main)
 
 
 def clean_private_tmp(keep: str) -> None:
