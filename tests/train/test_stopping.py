@@ -94,8 +94,9 @@ def test_ctrl_c_on_the_command_line(tmp_path):
     for name in ("reference", "stopped"):
         (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 80, "[checkpoint]\nevery = 20\n"))
     cli = [sys.executable, "-m", "codegemma", "train", "run"]
-    subprocess.run([*cli, str(tmp_path / "reference.toml")], env=_env(), check=True, capture_output=True)
-
+    # the reference runs beside the run that is stopped: each takes one thread
+    with open(tmp_path / "reference.log", "w") as log:
+        reference = subprocess.Popen([*cli, str(tmp_path / "reference.toml")], env=_env(), stdout=log, stderr=log)
     run = subprocess.Popen([*cli, str(tmp_path / "stopped.toml")], env=_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "stopped" / "checkpoints" / "step_00000020.pt", run)
@@ -106,6 +107,7 @@ def test_ctrl_c_on_the_command_line(tmp_path):
     step = checkpoint.load(last)["step"]
     assert 20 <= step < 80 and f"codegemma train: stopped by SIGINT after step {step}: checkpoint {last}" in err
     assert "Traceback" not in err
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
 
     subprocess.run([*cli, str(tmp_path / "stopped.toml")], env=_env(), check=True, capture_output=True)
     want = [r["loss"] for r in metrics.read(tmp_path / "reference" / "metrics.jsonl")]
