@@ -445,7 +445,7 @@ def test_the_others_wait_as_long_as_the_main_process_reads_and_writes(tmp_path):
     """At 7B the main process reads the start or a checkpoint, and writes checkpoints and the final
     model, for minutes, past NCCL's 10-minute limit on a collective. The other processes wait for it
     on a group of their own (`wait_for_main`), not in a training collective: with collectives timing
-    out after 4 s, a run whose file work takes 8 s each time starts, saves, exports and resumes."""
+    out after 4 s, a run whose file work takes 8 s (each kind once) starts, saves, exports and resumes."""
     from codegemma.checkpoints import save_hf
     from codegemma.config import preset
     from codegemma.model import Gemma
