@@ -127,9 +127,10 @@ def test_processes_agree_to_stop_when_one_is_signalled(tmp_path, strategy, first
         (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, 60, extra))
     cli = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "codegemma", "train", "run"]
-    subprocess.run([*cli, str(tmp_path / "reference.toml"), "--set", "train.batch_size=2"], env=_env(), check=True,
-                   capture_output=True)
-
+    # the reference runs beside the run that is stopped
+    with open(tmp_path / "reference.log", "w") as log:
+        reference = subprocess.Popen([*cli, str(tmp_path / "reference.toml"), "--set", "train.batch_size=2"],
+                                     env=_env(), stdout=log, stderr=log)
     run = subprocess.Popen([*cli, str(tmp_path / "stopped.toml"), "--set", "train.batch_size=2"], env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "stopped" / "checkpoints" / first, run)
@@ -141,6 +142,7 @@ def test_processes_agree_to_stop_when_one_is_signalled(tmp_path, strategy, first
     last = checkpoint.latest(tmp_path / "stopped" / "checkpoints")
     step = checkpoint.load(last)["step"]
     assert 20 <= step < 60 and f"stopped by SIGTERM after step {step}" in err
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
 
     subprocess.run([*cli, str(tmp_path / "stopped.toml"), "--set", "train.batch_size=2"], env=_env(), check=True,
                    capture_output=True)
