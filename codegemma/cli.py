@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from codegemma import __version__
 from codegemma.errors import CodegemmaError
@@ -36,9 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_own_warnings(command: str) -> None:
+    """The project's own warnings as one line, like its errors (`codegemma train: warning: ...`);
+    other libraries' keep Python's form, which names the code that warned."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    python_form = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not os.path.abspath(filename).startswith(package):
+            return python_form(message, category, filename, lineno, file, line)
+        text = str(message).removeprefix("codegemma: ")
+        print(f"codegemma {command}: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_own_warnings(args.command)
     try:
         code = args.func(args)
     except CodegemmaError as exc:

@@ -105,3 +105,20 @@ def test_a_prompt_that_is_not_utf8_is_one_line_before_the_model_loads(monkeypatc
     monkeypatch.setattr("sys.stdin", io.StringIO("ok\nabc\udcfe"))
     assert main(["generate", "--model", "no-such-model.gguf", "-"]) == 1
     assert capsys.readouterr().err == "codegemma generate: error: stdin: not UTF-8 text (byte 6)\n"
+
+
+def test_the_projects_own_warnings_are_one_line_like_its_errors(capsys):
+    import warnings
+
+    import codegemma.cli
+    from codegemma.train import trainer
+
+    python_form = []
+    with warnings.catch_warnings():  # puts back the warning display as it was
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: python_form.append(str(message))
+        codegemma.cli.show_own_warnings("train")
+        warnings.warn_explicit("codegemma: slower here", UserWarning, trainer.__file__, 70)
+        warnings.warn_explicit("a library's own", UserWarning, "/elsewhere/lib.py", 3)
+    assert capsys.readouterr().err == "codegemma train: warning: slower here\n"
+    assert python_form == ["a library's own"]

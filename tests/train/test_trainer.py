@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,18 @@ def test_bf16_on_a_cpu_follows_float32(tmp_path, shards):
     for a, b in zip(h32, h16):
         assert b["loss"] == pytest.approx(a["loss"], rel=5e-3)
     assert [a["loss"] for a in h32] != [b["loss"] for b in h16]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_arithmetic_warns_that_float32_is_faster(tmp_path, shards, monkeypatch, native):
+    monkeypatch.setattr(bf16_matmuls, "native_on_this_cpu", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(make_recipe(tmp_path, shards, steps=1, precision="bf16"))
+    slower = [w for w in caught if "CPU without bf16 arithmetic" in str(w.message)]
+    assert len(slower) == (0 if native else 1)
+    if slower:
+        assert "train.precision = 'fp32'" in str(slower[0].message)
 
 
 @pytest.mark.parametrize("native", [True, False])
