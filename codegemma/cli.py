@@ -42,7 +42,8 @@ def show_own_warnings(command: str) -> None:
     """The project's own warnings as one line, like its errors (`codegemma train: warning: ...`);
     other libraries' keep Python's form, which names the code that warned."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    python_form = warnings.showwarning
+    # a second call (`main` run again in one process) replaces the first rather than wrapping it
+    python_form = getattr(warnings.showwarning, "python_form", warnings.showwarning)
 
     def show(message, category, filename, lineno, file=None, line=None):
         if not os.path.abspath(filename).startswith(package):
@@ -50,6 +51,7 @@ def show_own_warnings(command: str) -> None:
         text = str(message).removeprefix("codegemma: ")
         print(f"codegemma {command}: warning: {text}", file=file or sys.stderr)
 
+    show.python_form = python_form
     warnings.showwarning = show
 
 

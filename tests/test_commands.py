@@ -113,12 +113,14 @@ def test_the_projects_own_warnings_are_one_line_like_its_errors(capsys):
     import codegemma.cli
     from codegemma.train import trainer
 
-    python_form = []
+    passed_on = []  # what Python's own display was given
     with warnings.catch_warnings():  # puts back the warning display as it was
         warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *args, **kwargs: python_form.append(str(message))
-        codegemma.cli.show_own_warnings("train")
+        warnings.showwarning = record = lambda message, *args, **kwargs: passed_on.append(str(message))
+        codegemma.cli.show_own_warnings("data")
+        codegemma.cli.show_own_warnings("train")  # replaces the first, not wrapping it
+        assert warnings.showwarning.python_form is record
         warnings.warn_explicit("codegemma: slower here", UserWarning, trainer.__file__, 70)
         warnings.warn_explicit("a library's own", UserWarning, "/elsewhere/lib.py", 3)
     assert capsys.readouterr().err == "codegemma train: warning: slower here\n"
-    assert python_form == ["a library's own"]
+    assert passed_on == ["a library's own"]
