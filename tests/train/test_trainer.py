@@ -86,6 +86,7 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, shards):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:train.precision = 'bf16' on a CPU without bf16 arithmetic")
 def test_bf16_on_a_cpu_follows_float32(tmp_path, shards):
     """`precision = "bf16"` on a CPU: bf16 products (codegemma.bf16_matmuls), float32 elsewhere."""
     _, h32 = train(make_recipe(tmp_path / "a", shards, steps=6))
