@@ -294,8 +294,8 @@ def test_a_diverged_step_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, 
 
 
 def _cli(recipe_path: Path, *extra: str, log=subprocess.PIPE) -> subprocess.Popen:
-    """`train run` in a process of its own; its output to pipes, or to `log` (an open file), for a
-    run left to itself that must not block on a full pipe."""
+    """`train run` in a process of its own; its output to pipes, or to `log` (a file), for a run left
+    to itself that must not block on a full pipe."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "codegemma", "train", "run", str(recipe_path), *extra],
                             env=env, stdout=log, stderr=log)
@@ -310,8 +310,8 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path):
         (tmp_path / f"{name}.toml").write_text(recipe_toml(tmp_path / name, shards, steps, extra))
 
     # the reference runs beside the run that is killed: each takes one thread
-    reference_log = open(tmp_path / "reference.log", "w+b")
-    reference = _cli(tmp_path / "reference.toml", log=reference_log)
+    with open(tmp_path / "reference.log", "wb") as log:
+        reference = _cli(tmp_path / "reference.toml", log=log)
     killed = _cli(tmp_path / "killed.toml")
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
@@ -324,8 +324,7 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     last = checkpoint.latest(ckpts)
     assert last is not None and checkpoint.load(last)["step"] < steps
-    with reference_log:
-        assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
 
     resumed = _cli(tmp_path / "killed.toml")
     _, err = resumed.communicate(timeout=600)
