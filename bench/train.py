@@ -15,9 +15,10 @@ utilisation, and the ratio.
                           [--runners ours,transformers] [--keep-freed-memory]
                           [--json docs/experiments/train-speed.json]
 
-By default it times the tiny-cpu recipe's model at the recipe's own precision (`train.precision`):
-bf16 on a GPU, and on a CPU whose instructions multiply bf16 (AMX or AVX512-BF16); float32 on
-other CPUs, where the trainer's bf16 products are no faster (it warns there too).
+By default it times the tiny-cpu recipe's model at the recipe's own precision (`train.precision`,
+`auto`): bf16 on a GPU, float32 on a CPU. `--precision bf16` times bf16 matrix products on a CPU,
+which pay only where its instructions multiply bf16 (AMX or AVX512-BF16; elsewhere the trainer
+warns that they are slower than float32).
 """
 
 from __future__ import annotations
