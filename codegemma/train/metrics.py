@@ -18,6 +18,7 @@ import torch
 
 from codegemma.config import ModelConfig
 from codegemma.errors import CodegemmaError
+from codegemma import kernels
 from codegemma.kernels import cpu_flags
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. The first key that is
@@ -56,7 +57,9 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
 
     The CPU figure assumes two FMA units per core, 256-bit (32 float32 FLOPs per cycle) or, with
     `avx512f`, 512-bit (64), at the maximum clock over the cores this process may use; it is an
-    upper bound, so CPU MFU is a lower bound on utilisation. With `bf16` on a CPU whose dot-product
+    upper bound, so CPU MFU is a lower bound on utilisation. Where the system does not say the
+    maximum clock (virtual machines often report only a nominal one, below what the cores boost
+    to), the clock is measured (`kernels.cpu_clock_hz`). With `bf16` on a CPU whose dot-product
     instructions take bf16 (`avx512_bf16`: two multiply-adds per float32 lane) the figure doubles;
     with AMX tiles (`amx_bf16`) it is Intel's 1,024 bf16 FLOPs per cycle and core; without either,
     bf16 products run at the float32 rate.
@@ -70,7 +73,9 @@ def peak_flops(device: torch.device, bf16: bool = False) -> float:
                     return value
         return 0.0
     freq = psutil.cpu_freq()
-    mhz = (freq.max or freq.current) if freq else 0.0
+    mhz = freq.max if freq else 0.0
+    if not mhz:
+        mhz = kernels.cpu_clock_hz() / 1e6 or (freq.current if freq else 0.0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = min(cores, torch.get_num_threads())
     flags = cpu_flags().split()
