@@ -137,7 +137,7 @@ def available() -> bool:
 @functools.cache
 def cpu_clock_hz() -> float:
     """The clock of the core this runs on, measured (cpu_clock.c): the best of five runs of 20
-    million one-cycle additions, about 10 ms in all. 0 without the kernels or off x86-64/AArch64."""
+    million one-cycle additions, about 30 ms in all. 0 without the kernels or off x86-64/AArch64."""
     lib = library()
     return max(lib.cpu_clock_hz(20_000_000) for _ in range(5)) if lib is not None else 0.0
 
