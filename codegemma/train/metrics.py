@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import torch
 
+from codegemma import kernels
 from codegemma.config import ModelConfig
 from codegemma.errors import CodegemmaError
-from codegemma import kernels
 from codegemma.kernels import cpu_flags
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets. The first key that is

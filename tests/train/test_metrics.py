@@ -26,7 +26,7 @@ def test_cpu_peak_for_bf16_follows_the_bf16_instructions(monkeypatch):
 
 def test_cpu_peak_takes_the_measured_clock_where_the_system_hides_the_maximum(monkeypatch):
     """A virtual machine may report only a nominal clock (2.4 GHz) below the one its cores boost to:
-    that peak was too low, and MFU above what the FMA units can do (0.93 on 2 cores)."""
+    that peak was too low, and MFU too high (a median of 0.84 for the tiny-cpu recipe on 2 cores)."""
     from types import SimpleNamespace
 
     cpu = torch.device("cpu")
