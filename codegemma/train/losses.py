@@ -35,14 +35,28 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
-def lm_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def psm_middle_starts(inputs: torch.Tensor, prefix_id: int, suffix_id: int, middle_id: int) -> torch.Tensor:
+    """[B, T] True at each <|fim_middle|> of a PSM example: the position that predicts the middle's
+    first token. An SPM example's <|fim_middle|> is followed by the prefix instead; the two are told
+    apart by the example's <|fim_prefix|>, which SPM follows with <|fim_suffix|> at once (a PSM
+    example with an empty prefix is an SPM example token for token, and counts as one)."""
+    positions = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+    last_prefix = torch.where(inputs == prefix_id, positions, -1).cummax(dim=1).values
+    after_prefix = inputs.gather(1, (last_prefix + 1).clamp(max=inputs.shape[1] - 1))
+    return (inputs == middle_id) & (last_prefix >= 0) & (after_prefix != suffix_id)
+
+
+def lm_loss_sum(model, batch: dict[str, torch.Tensor], weights=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of next-token losses over trained positions, and how many positions were trained.
 
     Returning the sum (not the mean) lets the caller divide by the token count of the whole global
     batch, so gradient accumulation and data parallelism give exactly the single-process gradient.
+    `weights(inputs)`, where given, weighs each position's loss ([B, T] floats; the count is not
+    weighted).
     """
     inputs, seg, targets, trained = shift(batch)
-    total, _ = model(inputs, segment_ids=attention_segments(seg), targets=targets, loss_weights=trained)  # fused head
+    loss_weights = trained if weights is None else trained * weights(inputs)
+    total, _ = model(inputs, segment_ids=attention_segments(seg), targets=targets, loss_weights=loss_weights)  # fused head
     return total, trained.sum()
 
 

@@ -12,17 +12,28 @@ from codegemma.train import losses
 
 
 class LanguageModeling:
-    """Next-token loss on trained positions: pretraining (FIM, packed files) and SFT (model turns)."""
+    """Next-token loss on trained positions: pretraining (FIM, packed files) and SFT (model turns).
+
+    With `psm_first_token` = (weight, (prefix, suffix, middle) sentinel ids), the loss on each PSM
+    middle's first token is weighed by `weight` in training (held-out losses stay unweighted)."""
 
     name = "lm"
     count_name = "trained_tokens"  # what `count` counts, as the step's log names it
+
+    def __init__(self, psm_first_token: tuple[float, tuple[int, int, int]] | None = None):
+        self.psm_first_token = psm_first_token
 
     def count(self, batch: dict) -> torch.Tensor:
         return losses.shift(batch)[3].sum()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        total, _ = losses.lm_loss_sum(model, batch)
+        total, _ = losses.lm_loss_sum(model, batch, self._weights if self.psm_first_token else None)
         return total, {}
+
+    def _weights(self, inputs: torch.Tensor) -> torch.Tensor:
+        weight, ids = self.psm_first_token
+        starts = losses.psm_middle_starts(inputs, *ids)
+        return torch.where(starts, weight, 1.0)
 
     def held_out(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(loss sum, count, sums of further metrics) on a held-out batch, without a gradient."""

@@ -45,6 +45,9 @@ class DataSection:
     seq_len: int = 256
     fim_rate: float = 0.0  # recorded for the shard builder (data recipe); shards carry FIM already
     spm_rate: float = 0.5
+    # weight of the loss on a PSM middle's first token, the one PSM has to find behind the suffix;
+    # 1 trains it as any other token (docs/experiments, "Weighing the PSM middle's first token")
+    psm_first_token_weight: float = 1.0
     data_recipe: str = ""  # recipes/data/*.toml the shards were built from (documentation only)
 
 
@@ -200,6 +203,7 @@ class Recipe:
             ("optim.grad_clip", o.grad_clip >= 0, "0 (no clipping) or more"),
             ("data.fim_rate", 0 <= self.data.fim_rate <= 1, unit),
             ("data.spm_rate", 0 <= self.data.spm_rate <= 1, unit),
+            ("data.psm_first_token_weight", self.data.psm_first_token_weight >= 0, "0 or more"),
             ("model.init_std", self.model.init_std > 0, "positive"),
             ("train.threads", t.threads >= 0, "0 (torch's default) or more"),
             ("eval.every", e.every >= 0, "0 (only at the end) or more"),

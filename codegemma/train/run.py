@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from codegemma.errors import CodegemmaError
+from codegemma.fim import CODEGEMMA_SENTINELS, sentinel_ids
 from codegemma.train import build, distributed, metrics, objectives
 from codegemma.train.allocator import freed_memory_kept
 from codegemma.train.evaluate import INFILL_ANSWERS, Evaluator, check_fits_context, infill_scorers
@@ -114,11 +115,21 @@ def make_evaluator(recipe: Recipe, env, tokenizer, context: int, objective=None)
                      held_out=objective.held_out if objective is not None else None)
 
 
-def make_objective(recipe: Recipe, model):
+def make_objective(recipe: Recipe, model, tokenizer=None):
     if recipe.objective == "dpo":
         reference = None if recipe.lora.enabled else build.reference_shell(model)
         return objectives.Preference(recipe.dpo.beta, reference)
-    return objectives.LanguageModeling()
+    weight = recipe.data.psm_first_token_weight
+    if weight == 1.0:
+        return objectives.LanguageModeling()
+    if tokenizer is None:
+        raise CodegemmaError("data.psm_first_token_weight needs a tokenizer with the FIM sentinels")
+    try:
+        ids = sentinel_ids(tokenizer)
+    except ValueError as e:
+        raise CodegemmaError(f"data.psm_first_token_weight: {e}") from None
+    s = CODEGEMMA_SENTINELS
+    return objectives.LanguageModeling((weight, (ids[s.prefix], ids[s.suffix], ids[s.middle])))
 
 
 def run(recipe: Recipe, resume: bool = True) -> dict:
@@ -177,7 +188,7 @@ def _train(recipe: Recipe, env: distributed.DistEnv, resume: bool) -> dict:
         from codegemma.train.lora import apply_lora
 
         model = apply_lora(model, recipe.lora)
-    objective = make_objective(recipe, model)
+    objective = make_objective(recipe, model, tokenizer)
     data = train_data(recipe, env, tokenizer)
     evaluator = make_evaluator(recipe, env, tokenizer, config.max_seq_len, objective)
     seq_len = recipe.data.seq_len

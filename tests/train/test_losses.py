@@ -178,3 +178,63 @@ def test_dpo_objective_equals_dpo_over_the_logits_without_making_them(name, monk
     assert torch.allclose(total, want.sum(), rtol=1e-5)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, want_grads[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_psm_middle_starts_marks_the_psm_middle_sentinel_only():
+    """In packed FIM examples of both orders, only a PSM example's <|fim_middle|> predicts its
+    middle's first token; an SPM example's is followed by the prefix."""
+    from codegemma.fim import CODEGEMMA_SENTINELS as s, PSM, SPM, encode_pieces, fim_example
+
+    class Chars:  # one id per character, above the sentinels
+        def encode(self, text, add_bos=False):
+            return [100 + ord(c) for c in text]
+
+    ids = {s.prefix: 1, s.middle: 2, s.suffix: 3, s.file_separator: 4}
+    pieces = (fim_example("def f(", "x", "):\n", SPM, "a.py") + [s.file_separator]
+              + fim_example("y = ", "1", "\n", PSM, "b.py") + [s.file_separator] + ["plain text"]
+              + fim_example("v", "z", "w", PSM))
+    tokens = torch.tensor([encode_pieces(Chars(), pieces, ids)])
+    starts = losses.psm_middle_starts(tokens, 1, 3, 2)
+    marked = starts[0].nonzero().flatten().tolist()
+    assert len(marked) == 2 and all(tokens[0, i] == 2 for i in marked)
+    assert [chr(tokens[0, i + 1].item() - 100) for i in marked] == ["1", "z"]  # the PSM middles' first tokens
+
+
+def test_language_modeling_weighs_the_psm_first_token_in_training_only():
+    from codegemma.train.objectives import LanguageModeling
+
+    torch.manual_seed(0)
+    table = torch.randn(8, 8)
+
+    def model(ids, segment_ids=None, targets=None, loss_weights=None):  # a bigram table as the model
+        nll = torch.nn.functional.cross_entropy(table[ids].flatten(0, 1), targets.flatten(), reduction="none")
+        return (nll * loss_weights.flatten()).sum(), nll.view(targets.shape)
+
+    # PSM: <pre>=1 prefix 5 <suf>=3 suffix 6 <mid>=2 middle 7
+    batch = {"tokens": torch.tensor([[1, 5, 3, 6, 2, 7]]), "segment_ids": torch.ones(1, 6, dtype=torch.long),
+             "loss_mask": torch.ones(1, 6, dtype=torch.bool)}
+    nll = -torch.log_softmax(table, -1)
+    plain = sum(nll[a, b] for a, b in [(1, 5), (5, 3), (3, 6), (6, 2), (2, 7)])
+    weighted, _ = LanguageModeling((20.0, (1, 3, 2))).loss_sum(model, batch)
+    assert torch.allclose(weighted, plain + 19 * nll[2, 7])
+    total, count, _ = LanguageModeling((20.0, (1, 3, 2))).held_out(model, batch)
+    assert torch.allclose(total, plain) and count.item() == 5
+
+
+def test_the_psm_weight_needs_the_fim_sentinels():
+    from codegemma.errors import CodegemmaError
+    from codegemma.train import recipe as recipes
+    from codegemma.train.run import make_objective
+
+    class NoSentinels:
+        def token_to_id(self, text):
+            return None
+
+    r = recipes.Recipe()
+    r.data.psm_first_token_weight = 20.0
+    with pytest.raises(CodegemmaError, match="data.psm_first_token_weight: tokenizer has no FIM sentinel"):
+        make_objective(r, None, NoSentinels())
+    with pytest.raises(CodegemmaError, match="needs a tokenizer"):
+        make_objective(r, None, None)
+    r.data.psm_first_token_weight = 1.0
+    assert make_objective(r, None, None).psm_first_token is None
