@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from codegemma import head_loss
+
 
 def shift(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, input segment ids, targets, trained-position mask) for next-token prediction."""
@@ -58,6 +60,51 @@ def lm_loss_sum(model, batch: dict[str, torch.Tensor], weights=None) -> tuple[to
     loss_weights = trained if weights is None else trained * weights(inputs)
     total, _ = model(inputs, segment_ids=attention_segments(seg), targets=targets, loss_weights=loss_weights)  # fused head
     return total, trained.sum()
+
+
+def psm_prefix_ends(inputs: torch.Tensor, prefix_id: int, suffix_id: int, middle_id: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, middle starts, prefix ends) of the PSM examples in `inputs`: each PSM example's
+    <|fim_middle|> (`psm_middle_starts`) and the position of its prefix's last token, the one just
+    before its <|fim_suffix|>. Left to right, that position predicts what the middle's first token
+    predicts in PSM order: the text after the prefix."""
+    starts = psm_middle_starts(inputs, prefix_id, suffix_id, middle_id)
+    positions = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+    last_suffix = torch.where(inputs == suffix_id, positions, -1).cummax(dim=1).values
+    rows, cols = starts.nonzero(as_tuple=True)
+    return rows, cols, last_suffix[rows, cols] - 1
+
+
+def lm_loss_sum_with_prefix_distill(model, batch: dict[str, torch.Tensor], weight: float,
+                                    ids: tuple[int, int, int], excluded: list[int], weights=None
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lm_loss_sum` plus `weight` x KL(left to right || PSM) summed over the PSM examples: at each
+    PSM middle start, the KL divergence from the model's own next-token distribution at the
+    prefix's last token (without a gradient; `excluded` tokens, the sentinels, removed) to its
+    distribution at <|fim_middle|>. Returns (total, trained positions, the KL sum).
+
+    PSM loses infilling to left to right on the middle's first token, which has to be found behind
+    the suffix (docs/experiments); the left-to-right distribution at the prefix's end is the same
+    model's best guess for that token, a full distribution where the target gives one token."""
+    inputs, seg, targets, trained = shift(batch)
+    loss_weights = trained if weights is None else trained * weights(inputs)
+    core = getattr(model, "module", model)  # the Gemma inside a DDP wrapper
+    hidden = model(inputs, segment_ids=attention_segments(seg), return_hidden=True)
+    head = core.embed_tokens.weight
+    total, _ = head_loss.weighted_nll(hidden.flatten(0, 1), head, targets.flatten(),
+                                      loss_weights.flatten().float(), core.config.final_softcap)
+    rows, student, teacher = psm_prefix_ends(inputs, *ids)
+    keep = trained[rows, student] & (seg[rows, teacher] == seg[rows, student])
+    rows, student, teacher = rows[keep], student[keep], teacher[keep]
+    kl = hidden.new_zeros((), dtype=torch.float32)
+    if len(rows):
+        with torch.no_grad():
+            t_logits = core.logits(hidden[rows, teacher])
+            t_logits[:, excluded] = float("-inf")
+            t = t_logits.softmax(-1)
+        log_s = core.logits(hidden[rows, student]).log_softmax(-1)
+        kl = (torch.special.xlogy(t, t) - t * log_s.masked_fill(t == 0, 0.0)).sum()
+    return total + weight * kl, trained.sum(), kl.detach()
 
 
 def sequence_logprob(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

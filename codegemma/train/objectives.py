@@ -20,14 +20,21 @@ class LanguageModeling:
     name = "lm"
     count_name = "trained_tokens"  # what `count` counts, as the step's log names it
 
-    def __init__(self, psm_first_token: tuple[float, tuple[int, int, int]] | None = None):
+    def __init__(self, psm_first_token: tuple[float, tuple[int, int, int]] | None = None,
+                 psm_prefix_distill: tuple[float, tuple[int, int, int], list[int]] | None = None):
         self.psm_first_token = psm_first_token
+        self.psm_prefix_distill = psm_prefix_distill
 
     def count(self, batch: dict) -> torch.Tensor:
         return losses.shift(batch)[3].sum()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        total, _ = losses.lm_loss_sum(model, batch, self._weights if self.psm_first_token else None)
+        weights = self._weights if self.psm_first_token else None
+        if self.psm_prefix_distill:
+            weight, ids, excluded = self.psm_prefix_distill
+            total, count, kl = losses.lm_loss_sum_with_prefix_distill(model, batch, weight, ids, excluded, weights)
+            return total, {"psm_prefix_kl": kl / count}
+        total, _ = losses.lm_loss_sum(model, batch, weights)
         return total, {}
 
     def _weights(self, inputs: torch.Tensor) -> torch.Tensor:

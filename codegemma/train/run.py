@@ -119,17 +119,23 @@ def make_objective(recipe: Recipe, model, tokenizer=None):
     if recipe.objective == "dpo":
         reference = None if recipe.lora.enabled else build.reference_shell(model)
         return objectives.Preference(recipe.dpo.beta, reference)
-    weight = recipe.data.psm_first_token_weight
-    if weight == 1.0:
+    weight, distill = recipe.data.psm_first_token_weight, recipe.data.psm_prefix_distill_weight
+    if weight == 1.0 and distill == 0.0:
         return objectives.LanguageModeling()
+    option = "data.psm_first_token_weight" if weight != 1.0 else "data.psm_prefix_distill_weight"
+    if distill and recipe.distributed.strategy == "fsdp":
+        # its head reads the embedding outside forward, where FSDP holds only this process's shard
+        raise CodegemmaError("data.psm_prefix_distill_weight does not run under FSDP: use distributed.strategy = \"ddp\"")
     if tokenizer is None:
-        raise CodegemmaError("data.psm_first_token_weight needs a tokenizer with the FIM sentinels")
+        raise CodegemmaError(f"{option} needs a tokenizer with the FIM sentinels")
     try:
         ids = sentinel_ids(tokenizer)
     except ValueError as e:
-        raise CodegemmaError(f"data.psm_first_token_weight: {e}") from None
+        raise CodegemmaError(f"{option}: {e}") from None
     s = CODEGEMMA_SENTINELS
-    return objectives.LanguageModeling((weight, (ids[s.prefix], ids[s.suffix], ids[s.middle])))
+    psm = (ids[s.prefix], ids[s.suffix], ids[s.middle])
+    return objectives.LanguageModeling((weight, psm) if weight != 1.0 else None,
+                                       (distill, psm, sorted(ids.values())) if distill else None)
 
 
 def run(recipe: Recipe, resume: bool = True) -> dict:

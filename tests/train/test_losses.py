@@ -221,7 +221,7 @@ def test_language_modeling_weighs_the_psm_first_token_in_training_only():
     assert torch.allclose(total, plain) and count.item() == 5
 
 
-def test_the_psm_weight_needs_the_fim_sentinels():
+def test_the_psm_options_need_the_fim_sentinels():
     from codegemma.errors import CodegemmaError
     from codegemma.train import recipe as recipes
     from codegemma.train.run import make_objective
@@ -238,3 +238,61 @@ def test_the_psm_weight_needs_the_fim_sentinels():
         make_objective(r, None, None)
     r.data.psm_first_token_weight = 1.0
     assert make_objective(r, None, None).psm_first_token is None
+    r.data.psm_prefix_distill_weight = 5.0
+    with pytest.raises(CodegemmaError, match="data.psm_prefix_distill_weight: tokenizer has no FIM sentinel"):
+        make_objective(r, None, NoSentinels())
+    with pytest.raises(CodegemmaError, match="data.psm_prefix_distill_weight needs a tokenizer"):
+        make_objective(r, None, None)
+    r.distributed.strategy = "fsdp"
+    with pytest.raises(CodegemmaError, match="does not run under FSDP"):
+        make_objective(r, None, None)
+
+
+def _packed_fim_rows():
+    """Two rows of packed FIM examples (one id per character, above the sentinels 1-4): an SPM and
+    two PSM examples, and a plain file between them."""
+    from codegemma.fim import CODEGEMMA_SENTINELS as s, PSM, SPM, encode_pieces, fim_example
+
+    class Chars:
+        def encode(self, text, add_bos=False):
+            return [10 + ord(c) % 50 for c in text]
+
+    ids = {s.prefix: 1, s.middle: 2, s.suffix: 3, s.file_separator: 4}
+    pieces = (fim_example("def f(", "x", "):\n", SPM, "a.py") + [s.file_separator]
+              + fim_example("y = ", "1", "\n", PSM, "b.py") + [s.file_separator] + ["plain text"]
+              + fim_example("v", "z", "w", PSM))
+    tokens = torch.tensor([encode_pieces(Chars(), pieces, ids)] * 2)
+    return {"tokens": tokens, "segment_ids": torch.ones_like(tokens), "loss_mask": torch.ones_like(tokens, dtype=torch.bool)}
+
+
+def test_psm_prefix_ends_pairs_each_psm_middle_with_its_prefix_end():
+    inputs = _packed_fim_rows()["tokens"][:, :-1]
+    rows, starts, ends = losses.psm_prefix_ends(inputs, 1, 3, 2)
+    assert rows.tolist() == [0, 0, 1, 1]
+    assert torch.equal(starts, losses.psm_middle_starts(inputs, 1, 3, 2).nonzero()[:, 1])
+    assert (inputs[rows, starts] == 2).all() and (inputs[rows, ends + 1] == 3).all()  # each end is followed by <suf>
+    assert (inputs[rows, ends] != 1).all()  # and is prefix text, not the prefix sentinel
+
+
+def test_prefix_distill_adds_the_kl_from_the_prefix_end_to_the_middle_start():
+    """The loss is the plain loss plus weight x KL(prefix end without the sentinels || PSM middle
+    start), summed over the PSM examples, against the KL computed over the full logits; the
+    teacher side gets no gradient."""
+    from codegemma.train.objectives import LanguageModeling
+
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    batch = _packed_fim_rows()
+    plain, count = losses.lm_loss_sum(model, batch)
+    total, stats = LanguageModeling(None, (3.0, (1, 3, 2), [1, 2, 3, 4])).loss_sum(model, batch)
+    inputs = batch["tokens"][:, :-1]
+    rows, starts, ends = losses.psm_prefix_ends(inputs, 1, 3, 2)
+    logits = model(inputs)
+    teacher = logits[rows, ends].detach().index_fill(1, torch.tensor([1, 2, 3, 4]), float("-inf")).softmax(-1)
+    kl = torch.nn.functional.kl_div(logits[rows, starts].log_softmax(-1), teacher, reduction="sum")
+    assert torch.allclose(total, plain + 3.0 * kl, rtol=1e-5)
+    assert torch.allclose(stats["psm_prefix_kl"], kl / count, rtol=1e-5)
+    grad_total = torch.autograd.grad(total, model.embed_tokens.weight)[0]
+    grad_plain = torch.autograd.grad(plain + 3.0 * kl, model.embed_tokens.weight)[0]
+    assert torch.allclose(grad_total, grad_plain, atol=1e-5)
