@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from codegemma import head_loss
-
 
 def shift(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, input segment ids, targets, trained-position mask) for next-token prediction."""
@@ -90,9 +88,7 @@ def lm_loss_sum_with_prefix_distill(model, batch: dict[str, torch.Tensor], weigh
     loss_weights = trained if weights is None else trained * weights(inputs)
     core = getattr(model, "module", model)  # the Gemma inside a DDP wrapper
     hidden = model(inputs, segment_ids=attention_segments(seg), return_hidden=True)
-    head = core.embed_tokens.weight
-    total, _ = head_loss.weighted_nll(hidden.flatten(0, 1), head, targets.flatten(),
-                                      loss_weights.flatten().float(), core.config.final_softcap)
+    total, _ = core._loss(hidden, targets, loss_weights.float())  # forward's fused head and loss
     rows, student, teacher = psm_prefix_ends(inputs, *ids)
     keep = trained[rows, student] & (seg[rows, teacher] == seg[rows, student])
     rows, student, teacher = rows[keep], student[keep], teacher[keep]
