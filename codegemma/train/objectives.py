@@ -15,7 +15,9 @@ class LanguageModeling:
     """Next-token loss on trained positions: pretraining (FIM, packed files) and SFT (model turns).
 
     With `psm_first_token` = (weight, (prefix, suffix, middle) sentinel ids), the loss on each PSM
-    middle's first token is weighed by `weight` in training (held-out losses stay unweighted)."""
+    middle's first token is weighed by `weight` in training (held-out losses stay unweighted).
+    With `psm_prefix_distill` = (weight, the same ids, sentinel ids to leave out), training adds
+    `losses.lm_loss_sum_with_prefix_distill`'s KL term and logs it as `psm_prefix_kl`."""
 
     name = "lm"
     count_name = "trained_tokens"  # what `count` counts, as the step's log names it
