@@ -73,33 +73,86 @@ def psm_prefix_ends(inputs: torch.Tensor, prefix_id: int, suffix_id: int, middle
     return rows, cols, last_suffix[rows, cols] - 1
 
 
-def lm_loss_sum_with_prefix_distill(model, batch: dict[str, torch.Tensor], weight: float,
-                                    ids: tuple[int, int, int], excluded: list[int], weights=None
-                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`lm_loss_sum` plus `weight` x KL(left to right || PSM) summed over the PSM examples: at each
-    PSM middle start, the KL divergence from the model's own next-token distribution at the
-    prefix's last token (without a gradient; `excluded` tokens, the sentinels, removed) to its
-    distribution at <|fim_middle|>. Returns (total, trained positions, the KL sum).
+def psm_middle_spans(inputs: torch.Tensor, seg: torch.Tensor, targets: torch.Tensor, trained: torch.Tensor,
+                     ids: tuple[int, int, int], excluded: list[int], tokens: int) -> list[tuple[int, int, int, int, int]]:
+    """(row, segment start, prefix end, middle start, n) for each PSM example whose middle's first
+    token is trained: the row's first position in the example's segment, its prefix's last token,
+    its <|fim_middle|>, and how many of the middle's first `tokens` tokens are trained before the
+    sentinel that ends the middle (`excluded` holds the sentinel ids)."""
+    rows, starts, ends = psm_prefix_ends(inputs, *ids)
+    stop = (~trained | torch.isin(targets, torch.tensor(excluded, device=targets.device))).tolist()
+    seg_rows = seg.tolist()
+    spans = []
+    for r, m, e in zip(rows.tolist(), starts.tolist(), ends.tolist()):
+        if stop[r][m] or seg_rows[r][e] != seg_rows[r][m]:
+            continue
+        n = 1
+        while n < tokens and m + n < len(stop[r]) and not stop[r][m + n]:
+            n += 1
+        s = seg_rows[r].index(seg_rows[r][e])  # segment ids run 1, 2, ... along a row
+        spans.append((r, s, e, m, n))
+    return spans
 
-    PSM loses infilling to left to right on the middle's first token, which has to be found behind
-    the suffix (docs/experiments); the left-to-right distribution at the prefix's end is the same
-    model's best guess for that token, a full distribution where the target gives one token."""
+
+def _kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor, excluded: list[int]) -> torch.Tensor:
+    """Sum over rows of KL(softmax(teacher without the `excluded` tokens), no gradient || softmax(student))."""
+    with torch.no_grad():
+        t_logits = teacher_logits.float().clone()
+        t_logits[:, excluded] = float("-inf")
+        t = t_logits.softmax(-1)
+    log_s = student_logits.float().log_softmax(-1)
+    return (torch.special.xlogy(t, t) - t * log_s.masked_fill(t == 0, 0.0)).sum()
+
+
+def _left_to_right_hidden(core, inputs: torch.Tensor, targets: torch.Tensor, spans) -> tuple[torch.Tensor, list, list]:
+    """The model's final hidden states, without a gradient, on each PSM example read left to right:
+    its segment up to the prefix's end, then the middle's first n - 1 tokens (the suffix and the
+    <|fim_middle|> cut out). Returns (hidden [N, L, D], rows, positions) where the listed positions
+    are those that predict the middle's tokens, in the order of `spans`."""
+    views = [torch.cat([inputs[r, s:e + 1], targets[r, m:m + n - 1]]) for r, s, e, m, n in spans]
+    length = max(len(v) for v in views)
+    tokens = inputs.new_zeros(len(views), length)
+    segments = torch.zeros_like(tokens)
+    for i, view in enumerate(views):
+        tokens[i, :len(view)] = view
+        segments[i, :len(view)] = 1
+    with torch.no_grad():
+        hidden = core(tokens, segment_ids=attention_segments(segments), return_hidden=True)
+    rows = [i for i, (_, _, _, _, n) in enumerate(spans) for _ in range(n)]
+    positions = [e - s + j for _, s, e, _, n in spans for j in range(n)]
+    return hidden, rows, positions
+
+
+def lm_loss_sum_with_prefix_distill(model, batch: dict[str, torch.Tensor], weight: float,
+                                    ids: tuple[int, int, int], excluded: list[int], weights=None,
+                                    tokens: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lm_loss_sum` plus `weight` x KL(left to right || PSM) summed over the first `tokens` tokens
+    of every PSM middle: the KL divergence from the model's own next-token distribution when it
+    reads the example left to right (prefix, then middle; without a gradient, the sentinels in
+    `excluded` removed) to its distribution in PSM order. Returns (total, trained positions, the
+    KL sum).
+
+    PSM loses infilling to left to right on the middle's first two tokens, which have to be found
+    behind the suffix (docs/experiments); the left-to-right distribution is the same model's best
+    guess for them, a full distribution where the target gives one token. For the first token it
+    is the distribution at the prefix's last token, in this very pass; later tokens need the
+    prefix followed by the middle, a second pass without gradient over those views."""
     inputs, seg, targets, trained = shift(batch)
     loss_weights = trained if weights is None else trained * weights(inputs)
     core = getattr(model, "module", model)  # the Gemma inside a DDP wrapper
     hidden = model(inputs, segment_ids=attention_segments(seg), return_hidden=True)
     total, _ = core._loss(hidden, targets, loss_weights.float())  # forward's fused head and loss
-    rows, student, teacher = psm_prefix_ends(inputs, *ids)
-    keep = trained[rows, student] & (seg[rows, teacher] == seg[rows, student])
-    rows, student, teacher = rows[keep], student[keep], teacher[keep]
+    spans = psm_middle_spans(inputs, seg, targets, trained, ids, excluded, tokens)
     kl = hidden.new_zeros((), dtype=torch.float32)
-    if len(rows):
-        with torch.no_grad():
-            t_logits = core.logits(hidden[rows, teacher])
-            t_logits[:, excluded] = float("-inf")
-            t = t_logits.softmax(-1)
-        log_s = core.logits(hidden[rows, student]).log_softmax(-1)
-        kl = (torch.special.xlogy(t, t) - t * log_s.masked_fill(t == 0, 0.0)).sum()
+    if spans:
+        rows = [r for r, _, _, _, n in spans for _ in range(n)]
+        student = [m + j for _, _, _, m, n in spans for j in range(n)]
+        if tokens == 1:
+            teacher = hidden[[r for r, *_ in spans], [e for _, _, e, _, _ in spans]]
+        else:
+            view_hidden, view_rows, view_positions = _left_to_right_hidden(core, inputs, targets, spans)
+            teacher = view_hidden[view_rows, view_positions]
+        kl = _kl_sum(core.logits(teacher), core.logits(hidden[rows, student]), excluded)
     return total + weight * kl, trained.sum(), kl.detach()
 
 

@@ -16,14 +16,14 @@ class LanguageModeling:
 
     With `psm_first_token` = (weight, (prefix, suffix, middle) sentinel ids), the loss on each PSM
     middle's first token is weighed by `weight` in training (held-out losses stay unweighted).
-    With `psm_prefix_distill` = (weight, the same ids, sentinel ids to leave out), training adds
-    `losses.lm_loss_sum_with_prefix_distill`'s KL term and logs it as `psm_prefix_kl`."""
+    With `psm_prefix_distill` = (weight, the same ids, sentinel ids to leave out, middle tokens),
+    training adds `losses.lm_loss_sum_with_prefix_distill`'s KL term and logs it as `psm_prefix_kl`."""
 
     name = "lm"
     count_name = "trained_tokens"  # what `count` counts, as the step's log names it
 
     def __init__(self, psm_first_token: tuple[float, tuple[int, int, int]] | None = None,
-                 psm_prefix_distill: tuple[float, tuple[int, int, int], list[int]] | None = None):
+                 psm_prefix_distill: tuple[float, tuple[int, int, int], list[int], int] | None = None):
         self.psm_first_token = psm_first_token
         self.psm_prefix_distill = psm_prefix_distill
 
@@ -33,8 +33,9 @@ class LanguageModeling:
     def loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         weights = self._weights if self.psm_first_token else None
         if self.psm_prefix_distill:
-            weight, ids, excluded = self.psm_prefix_distill
-            total, count, kl = losses.lm_loss_sum_with_prefix_distill(model, batch, weight, ids, excluded, weights)
+            weight, ids, excluded, tokens = self.psm_prefix_distill
+            total, count, kl = losses.lm_loss_sum_with_prefix_distill(model, batch, weight, ids, excluded, weights,
+                                                                       tokens)
             return total, {"psm_prefix_kl": kl / count}
         total, _ = losses.lm_loss_sum(model, batch, weights)
         return total, {}

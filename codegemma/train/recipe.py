@@ -48,10 +48,13 @@ class DataSection:
     # weight of the loss on a PSM middle's first token, the one PSM has to find behind the suffix;
     # 1 trains it as any other token (docs/experiments, "Weighing the PSM middle's first token")
     psm_first_token_weight: float = 1.0
-    # weight of KL(left to right || PSM) at each PSM middle's start: the model's own distribution at
-    # the prefix's last token taught to <|fim_middle|> (docs/experiments, "Teaching PSM the
-    # prefix's continuation"); 0 leaves it out
+    # weight of KL(left to right || PSM) on each PSM middle's first tokens: the model's own
+    # distribution reading prefix and middle left to right taught to the PSM middle (docs/experiments,
+    # "Teaching PSM the prefix's continuation"); 0 leaves it out
     psm_prefix_distill_weight: float = 0.0
+    # how many of a middle's first tokens it teaches: 1 takes the teacher from the same pass (the
+    # prefix's last token), more need a second pass without gradient over the left-to-right views
+    psm_prefix_distill_tokens: int = 1
     data_recipe: str = ""  # recipes/data/*.toml the shards were built from (documentation only)
 
 
@@ -209,6 +212,7 @@ class Recipe:
             ("data.spm_rate", 0 <= self.data.spm_rate <= 1, unit),
             ("data.psm_first_token_weight", self.data.psm_first_token_weight >= 0, "0 or more"),
             ("data.psm_prefix_distill_weight", self.data.psm_prefix_distill_weight >= 0, "0 or more"),
+            ("data.psm_prefix_distill_tokens", self.data.psm_prefix_distill_tokens >= 1, "at least 1"),
             ("model.init_std", self.model.init_std > 0, "positive"),
             ("train.threads", t.threads >= 0, "0 (torch's default) or more"),
             ("eval.every", e.every >= 0, "0 (only at the end) or more"),

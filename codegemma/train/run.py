@@ -135,7 +135,8 @@ def make_objective(recipe: Recipe, model, tokenizer=None):
     s = CODEGEMMA_SENTINELS
     psm = (ids[s.prefix], ids[s.suffix], ids[s.middle])
     return objectives.LanguageModeling((weight, psm) if weight != 1.0 else None,
-                                       (distill, psm, sorted(ids.values())) if distill else None)
+                                       (distill, psm, sorted(ids.values()), recipe.data.psm_prefix_distill_tokens)
+                                       if distill else None)
 
 
 def run(recipe: Recipe, resume: bool = True) -> dict:

@@ -285,7 +285,7 @@ def test_prefix_distill_adds_the_kl_from_the_prefix_end_to_the_middle_start():
     model.init_weights()
     batch = _packed_fim_rows()
     plain, count = losses.lm_loss_sum(model, batch)
-    total, stats = LanguageModeling(None, (3.0, (1, 3, 2), [1, 2, 3, 4])).loss_sum(model, batch)
+    total, stats = LanguageModeling(None, (3.0, (1, 3, 2), [1, 2, 3, 4], 1)).loss_sum(model, batch)
     inputs = batch["tokens"][:, :-1]
     rows, starts, ends = losses.psm_prefix_ends(inputs, 1, 3, 2)
     logits = model(inputs)
@@ -296,3 +296,52 @@ def test_prefix_distill_adds_the_kl_from_the_prefix_end_to_the_middle_start():
     grad_total = torch.autograd.grad(total, model.embed_tokens.weight)[0]
     grad_plain = torch.autograd.grad(plain + 3.0 * kl, model.embed_tokens.weight)[0]
     assert torch.allclose(grad_total, grad_plain, atol=1e-5)
+
+
+def test_prefix_distill_over_several_tokens_reads_each_middle_left_to_right():
+    """With tokens > 1 the teacher for a PSM middle's first tokens is the model reading the same
+    segment left to right: its text up to the prefix's end, then the middle. Checked against views
+    built from the pieces themselves, in a row where the second PSM example starts a new segment."""
+    from codegemma.fim import CODEGEMMA_SENTINELS as s, PSM, SPM, encode_pieces, fim_example
+
+    class Chars:
+        def encode(self, text, add_bos=False):
+            return [10 + ord(c) % 50 for c in text]
+
+    ids = {s.prefix: 1, s.middle: 2, s.suffix: 3, s.file_separator: 4}
+    first = ["plain", s.file_separator] + fim_example("y = ", "123", "\n", PSM, "b.py") + [s.file_separator]
+    spm = fim_example("def f(", "x", "):\n", SPM, "a.py") + [s.file_separator]
+    second = fim_example("vw", "zq", "w", PSM, "c.py")
+    row = encode_pieces(Chars(), first + spm + second, ids)
+    split = len(encode_pieces(Chars(), first + spm, ids))
+    tokens = torch.tensor([row, row])
+    segments = torch.ones_like(tokens)
+    segments[1, split:] = 2  # in row 1 the second PSM example is a document of its own
+    batch = {"tokens": tokens, "segment_ids": segments, "loss_mask": torch.ones_like(tokens, dtype=torch.bool)}
+    torch.manual_seed(0)
+    model = Gemma(preset("tiny-gemma"))
+    model.init_weights()
+    excluded = [1, 2, 3, 4]
+    plain, count = losses.lm_loss_sum(model, batch)
+    total, _, kl_sum = losses.lm_loss_sum_with_prefix_distill(model, batch, 2.0, (1, 3, 2), excluded, tokens=3)
+
+    def view(pieces_before, example):  # the segment left to right: up to the prefix, then the middle
+        return encode_pieces(Chars(), pieces_before + example[:3] + [example[-1]], ids)
+
+    expected, expected_first = torch.zeros(()), torch.zeros(())
+    logits = model(tokens[:, :-1], segment_ids=segments[:, :-1])
+    middle_starts = [len(encode_pieces(Chars(), first[:-1], ids)) - 4, len(row) - 3]  # each <|fim_middle|>
+    cases = [(0, first[:2], first[2:-1], middle_starts[0], 3), (0, first + spm, second, middle_starts[1], 2),
+             (1, first[:2], first[2:-1], middle_starts[0], 3), (1, [], second, middle_starts[1], 2)]
+    for r, before, example, start, n in cases:
+        assert tokens[r, start] == 2
+        v = torch.tensor([view(before, example)])
+        teacher = model(v)[0, -n - 1:-1].detach().index_fill(1, torch.tensor(excluded), float("-inf")).softmax(-1)
+        student = logits[r, start:start + n].log_softmax(-1)
+        expected = expected + torch.nn.functional.kl_div(student, teacher, reduction="sum")
+        expected_first = expected_first + torch.nn.functional.kl_div(student[:1], teacher[:1], reduction="sum")
+    assert torch.allclose(kl_sum, expected, rtol=1e-4)
+    assert torch.allclose(total, plain + 2.0 * expected, rtol=1e-5)
+    # one token takes its teacher from the same pass, where it equals the views' first one
+    _, _, first_only = losses.lm_loss_sum_with_prefix_distill(model, batch, 2.0, (1, 3, 2), excluded, tokens=1)
+    assert torch.allclose(first_only, expected_first, rtol=1e-4) and first_only < kl_sum

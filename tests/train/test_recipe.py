@@ -33,6 +33,8 @@ def test_load_with_overrides(tmp_path):
     ("[dpo]\nbeta = 0\n", "dpo.beta must be positive"),
     ("[data]\npsm_first_token_weight = -1\n", "data.psm_first_token_weight must be 0 or more"),
     ("[data]\npsm_prefix_distill_weight = -0.5\n", "data.psm_prefix_distill_weight must be 0 or more"),
+    ("[data]\npsm_prefix_distill_tokens = 0\n", "data.psm_prefix_distill_tokens must be at least 1"),
+    ("[data]\npsm_prefix_distill_tokens = 1.5\n", "psm_prefix_distill_tokens must be int"),
     ("[optim]\nbetas = ['a', 'b']\n", r"\[optim\]: betas\[0\] must be float, got 'a'"),
     ("[model]\nfreeze = [1]\n", r"freeze\[0\] must be str, got 1"),
     ("[eval]\ninfill_orders = [['psm']]\n", r"infill_orders\[0\] must be str"),
