@@ -94,13 +94,14 @@ def psm_middle_spans(inputs: torch.Tensor, seg: torch.Tensor, targets: torch.Ten
     return spans
 
 
-def _kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor, excluded: list[int]) -> torch.Tensor:
-    """Sum over rows of KL(softmax(teacher without the `excluded` tokens), no gradient || softmax(student))."""
+def _kl_sum(core, teacher: torch.Tensor, student: torch.Tensor, excluded: list[int]) -> torch.Tensor:
+    """Sum over rows of KL(the teacher hidden states' next-token distribution without the `excluded`
+    tokens, no gradient || the student hidden states' distribution), through the model's head."""
     with torch.no_grad():
-        t_logits = teacher_logits.float().clone()
+        t_logits = core.logits(teacher).float()
         t_logits[:, excluded] = float("-inf")
         t = t_logits.softmax(-1)
-    log_s = student_logits.float().log_softmax(-1)
+    log_s = core.logits(student).float().log_softmax(-1)
     return (torch.special.xlogy(t, t) - t * log_s.masked_fill(t == 0, 0.0)).sum()
 
 
@@ -152,7 +153,7 @@ def lm_loss_sum_with_prefix_distill(model, batch: dict[str, torch.Tensor], weigh
         else:
             view_hidden, view_rows, view_positions = _left_to_right_hidden(core, inputs, targets, spans)
             teacher = view_hidden[view_rows, view_positions]
-        kl = _kl_sum(core.logits(teacher), core.logits(hidden[rows, student]), excluded)
+        kl = _kl_sum(core, teacher, hidden[rows, student], excluded)
     return total + weight * kl, trained.sum(), kl.detach()
 
 
