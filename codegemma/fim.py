@@ -91,7 +91,7 @@ def fim_example(prefix: str, middle: str, suffix: str, order: str = PSM, path: s
 
 
 def split_points(text: str, rng: random.Random, suffix_line_rate: float = 0.0,
-                 line_rate: float = 0.0) -> tuple[str, str, str]:
+                 line_rate: float = 0.0, single_line_rate: float = 0.0) -> tuple[str, str, str]:
     """Character-level split into (prefix, middle, suffix) at two uniform points (empty pieces allowed).
 
     With probability `suffix_line_rate` the suffix is moved to start at the next line start, the
@@ -102,14 +102,34 @@ def split_points(text: str, rng: random.Random, suffix_line_rate: float = 0.0,
     With probability `line_rate` both points move to the next line start: the middle is whole
     lines, the line-level spans of Bavarian et al. 2022 (Table 2: the best single-line infilling
     of their span choices, at the cost of random-span infilling, hence a share, not all).
+    With probability `single_line_rate` the middle is one whole non-blank line, newline included,
+    drawn uniformly from the text's non-blank lines: the task of single-line infilling (HumanEval's
+    and the training evaluation's), where the suffix starts right after the hole. It takes
+    precedence over the two rates above; a text without a non-blank line keeps the points drawn.
+
     Rates of 0 draw nothing from `rng`, so they leave the character-level splits as they were.
     """
     a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    if single_line_rate and rng.random() < single_line_rate:
+        lines = _nonblank_lines(text)
+        if lines:
+            a, b = rng.choice(lines)
+            return text[:a], text[a:b], text[b:]
     if suffix_line_rate and rng.random() < suffix_line_rate:
         b = _line_start_at_or_after(text, b)
     if line_rate and rng.random() < line_rate:
         a, b = _line_start_at_or_after(text, a), _line_start_at_or_after(text, b)
     return text[:a], text[a:b], text[b:]
+
+
+def _nonblank_lines(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each line of `text` with a non-space character, its newline included."""
+    spans, start = [], 0
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            spans.append((start, start + len(line)))
+        start += len(line)
+    return spans
 
 
 def _line_start_at_or_after(text: str, i: int) -> int:
@@ -122,14 +142,14 @@ def _line_start_at_or_after(text: str, i: int) -> int:
 
 def transform_file(text: str, rng: random.Random, fim_rate: float, spm_rate: float = 0.5, path: str | None = None,
                    sentinels: FimSentinels = CODEGEMMA_SENTINELS, suffix_line_rate: float = 0.0,
-                   line_rate: float = 0.0) -> list[str]:
+                   line_rate: float = 0.0, single_line_rate: float = 0.0) -> list[str]:
     """One file of a training sample: with probability `fim_rate` FIM-formatted, else `path\\ntext`.
 
     The path line is never split: split points are drawn inside the file's text only.
     """
     if rng.random() >= fim_rate:
         return [f"{path}\n{text}" if path else text] if (path or text) else []
-    prefix, middle, suffix = split_points(text, rng, suffix_line_rate, line_rate)
+    prefix, middle, suffix = split_points(text, rng, suffix_line_rate, line_rate, single_line_rate)
     order = SPM if rng.random() < spm_rate else PSM
     return fim_example(prefix, middle, suffix, order, path, sentinels)
 

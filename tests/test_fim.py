@@ -115,6 +115,36 @@ def test_line_rate_applies_to_its_share_of_examples_only():
     assert 400 < mid_line < 520  # about half the prefixes end inside a line, ~1 in 13 of those by chance at one
 
 
+def test_single_line_rate_masks_one_nonblank_line_drawn_uniformly():
+    text = "import os\n\n\ndef main():\n    print(os.getcwd())\n  \n    return 0"
+    rng = random.Random(11)
+    counts = {}
+    for _ in range(3000):
+        prefix, middle, suffix = split_points(text, rng, single_line_rate=1.0)
+        assert prefix + middle + suffix == text
+        assert prefix == "" or prefix.endswith("\n")  # the hole starts a line ...
+        assert middle.strip() and middle.count("\n") == middle.endswith("\n")  # ... and is one non-blank line
+        counts[middle] = counts.get(middle, 0) + 1
+    # every non-blank line, the last (no newline) included, about equally often whatever its length
+    assert set(counts) == {"import os\n", "def main():\n", "    print(os.getcwd())\n", "    return 0"}
+    assert all(650 < n < 850 for n in counts.values()), counts
+
+
+def test_single_line_rate_applies_to_its_share_and_leaves_texts_without_a_line_alone():
+    text = "".join(f"value_{i} = {i}\n" for i in range(40))
+    rng = random.Random(2)
+    one_line = sum(m.count("\n") == 1 and p.endswith("\n") and m.startswith("value_")
+                   for p, m, _ in (split_points(text, rng, single_line_rate=0.5) for _ in range(1000)))
+    assert 470 < one_line < 560  # half, and a few character-level middles that happen to be one line
+    blank = "\n  \n\n"
+    a, b = random.Random(4), random.Random(4)
+    for _ in range(20):  # no line to mask: the character-level split, after the rate's one draw
+        got = split_points(blank, a, single_line_rate=1.0)
+        want = split_points(blank, b)
+        b.random()
+        assert got == want
+
+
 def test_fim_config_rejects_a_suffix_line_rate_outside_zero_one():
     from codegemma.data.samples import FimConfig
     from codegemma.errors import CodegemmaError
@@ -123,6 +153,8 @@ def test_fim_config_rejects_a_suffix_line_rate_outside_zero_one():
         FimConfig(suffix_line_rate=1.5)
     with pytest.raises(CodegemmaError, match="line_rate=-0.1"):
         FimConfig(line_rate=-0.1)
+    with pytest.raises(CodegemmaError, match="single_line_rate=2"):
+        FimConfig(single_line_rate=2)
 
 
 @settings(max_examples=60, deadline=None)

@@ -218,6 +218,7 @@ class Pipeline:
                     "fim_chunks_run_on": self.recipe.fim.chunk_chars > 0,
                     "fim_suffix_line_rate": self.recipe.fim.suffix_line_rate,
                     "fim_line_rate": self.recipe.fim.line_rate,
+                    "fim_single_line_rate": self.recipe.fim.single_line_rate,
                     "file_order": self.recipe.packing.order, "shares": realised_shares(plan, lengths)}
             writer = ShardWriter(self.out / split, self.recipe.seq_len, self.recipe.sequences_per_shard)
             sequences = real = 0

@@ -36,10 +36,12 @@ class FimConfig:
     suffix_line_rate: float = 0.0
     # Probability that a FIM example's middle is whole lines (both split points at line starts).
     line_rate: float = 0.0
+    # Probability that a FIM example's middle is one non-blank line (single-line infilling).
+    single_line_rate: float = 0.0
 
     def __post_init__(self):
         rates = {"rate": self.rate, "spm_rate": self.spm_rate, "suffix_line_rate": self.suffix_line_rate,
-                 "line_rate": self.line_rate}
+                 "line_rate": self.line_rate, "single_line_rate": self.single_line_rate}
         bad = {k: v for k, v in rates.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise CodegemmaError("FIM rates must be in [0, 1], got " + " ".join(f"{k}={v}" for k, v in bad.items()))
@@ -63,7 +65,8 @@ def repository_pieces(files: list[tuple[str, str]], rng: random.Random, fim: Fim
         plain_run = False  # whether the last piece is plain text that the next plain chunk continues
         for i, part in enumerate(line_chunks(text, fim.chunk_chars)):
             chunk = transform_file(part, rng, fim.rate, fim.spm_rate, path if fim.include_paths else None,
-                                   suffix_line_rate=fim.suffix_line_rate, line_rate=fim.line_rate)
+                                   suffix_line_rate=fim.suffix_line_rate, line_rate=fim.line_rate,
+                                   single_line_rate=fim.single_line_rate)
             plain = CODEGEMMA_SENTINELS.prefix not in chunk
             if plain and plain_run:
                 pieces[-1] += part

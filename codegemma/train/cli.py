@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                    help="share of FIM examples whose suffix starts at a line start (0: character-level)")
     p.add_argument("--fim-line-rate", type=float, default=0.0,
                    help="share of FIM examples whose middle is whole lines (0: character-level)")
+    p.add_argument("--fim-single-line-rate", type=float, default=0.0,
+                   help="share of FIM examples whose middle is one non-blank line (0: none)")
     p.add_argument("--fim-spm-rate", type=float, default=0.5,
                    help="share of FIM examples in SPM order, the rest PSM (0.5, CodeGemma's 50/50)")
     p.add_argument("--order", default="codegemma", help="file order: codegemma | deepseek | random | alphabetical")
@@ -232,7 +234,8 @@ def _demo_data(args) -> int:
     root = Path(args.root)
     out = demo_shards(root, args.fim_rate, args.order, args.seq_len, out=Path(args.out) if args.out else root / "shards",
                       fim_chunk_chars=args.fim_chunk_chars, fim_suffix_line_rate=args.fim_suffix_line_rate,
-                      fim_line_rate=args.fim_line_rate, spm_rate=args.fim_spm_rate, tokenizer=args.tokenizer,
+                      fim_line_rate=args.fim_line_rate, fim_single_line_rate=args.fim_single_line_rate,
+                      spm_rate=args.fim_spm_rate, tokenizer=args.tokenizer,
                       fim_sentinels_from=[t for t in args.fim_sentinels_from.split(",") if t])
     print(f"shards in {out}/train and {out}/eval, held-out files in {out}/heldout")
     return 0

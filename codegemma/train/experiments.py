@@ -69,26 +69,29 @@ def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> t
 
 def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: int = 256, seed: int = 0,
                 out: Path | None = None, fim_chunk_chars: int = 0, fim_suffix_line_rate: float = 0.0,
-                fim_line_rate: float = 0.0, spm_rate: float = 0.5, corpus: Path | None = None,
+                fim_line_rate: float = 0.0, fim_single_line_rate: float = 0.0, spm_rate: float = 0.5,
+                corpus: Path | None = None,
                 tokenizer: str | None = None, fim_sentinels_from: Sequence[str] = ()) -> Path:
     """Run the data pipeline over the demo corpus (or `corpus`, tokenized with the demo corpus's
     tokenizer, or `tokenizer` with `fim_sentinels_from` as its sentinels) with one FIM rate and file
     order (cached by name);
     `fim_chunk_chars` > 0 makes each piece of that many characters of a file a FIM candidate, and
     `fim_suffix_line_rate` is the share of FIM examples whose suffix starts at a line start,
-    `fim_line_rate` the share whose middle is whole lines, `spm_rate` the share in SPM order."""
+    `fim_line_rate` the share whose middle is whole lines, `fim_single_line_rate` the share whose
+    middle is one line, `spm_rate` the share in SPM order."""
     from codegemma.data.pipeline import build
     from codegemma.data.recipe import recipe_from_dict
 
     chunked = f"-chunk{fim_chunk_chars}" if fim_chunk_chars else ""
     chunked += f"-linesuffix{fim_suffix_line_rate:g}" if fim_suffix_line_rate else ""
     chunked += f"-lines{fim_line_rate:g}" if fim_line_rate else ""
+    chunked += f"-single{fim_single_line_rate:g}" if fim_single_line_rate else ""
     chunked += f"-spm{spm_rate:g}" if spm_rate != 0.5 else ""
     corpus_tag = f"-{corpus.name}" if corpus else ""
     out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}{corpus_tag}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
-                "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
+                "fim_single_line_rate": fim_single_line_rate, "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
                 "fim_chunks_run_on": fim_chunk_chars > 0}
     if tokenizer:  # recorded only when chosen, so that shards from before match
         settings |= {"tokenizer": tokenizer, "fim_sentinels_from": list(fim_sentinels_from)}
@@ -101,7 +104,8 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
         "fim_sentinels_from": list(fim_sentinels_from), "seed": seed, "seq_len": seq_len,
         "eval_fraction": 0.1, "workers": 1, "sources": [source],
         "fim": {"rate": fim_rate, "spm_rate": spm_rate, "chunk_chars": fim_chunk_chars,
-                "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate}, "packing": {"order": order},
+                "suffix_line_rate": fim_suffix_line_rate, "line_rate": fim_line_rate,
+                "single_line_rate": fim_single_line_rate}, "packing": {"order": order},
     }, "demo data")
     if tokenizer:  # a bad one is found now, not after the corpus is collected
         from codegemma.data.stages import recipe_encoder

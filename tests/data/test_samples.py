@@ -92,6 +92,22 @@ def test_suffix_line_rate_reaches_every_fim_example_of_a_repository():
             assert text.endswith(suffix) and (len(suffix) == len(text) or text[-len(suffix) - 1] == "\n")
 
 
+def test_single_line_rate_reaches_every_fim_example_of_a_repository():
+    text = "".join(f"value_{i} = {i}\n" for i in range(40))
+    files = [(f"m{i}.py", text) for i in range(30)]
+    pieces = repository_pieces(files, random.Random(0), FimConfig(rate=1.0, spm_rate=0.0, single_line_rate=1.0))
+    S = CODEGEMMA_SENTINELS
+    middles = set()
+    for file_pieces in pieces:  # PSM: path, <|fim_prefix|>, prefix, <|fim_suffix|>, suffix, <|fim_middle|>, middle
+        prefix = file_pieces[file_pieces.index(S.prefix) + 1]
+        prefix = "" if prefix == S.suffix else prefix  # an empty prefix has no piece of its own
+        middle = file_pieces[-1]
+        assert file_pieces[-2] == S.middle and undo_fim(file_pieces)[1] == text
+        assert middle.count("\n") == 1 and middle.startswith("value_") and text.startswith(prefix + middle)
+        middles.add(middle)
+    assert len(middles) > 15
+
+
 def test_fim_rate_and_psm_spm_balance():
     files = [(f"f{i}.py", "x = 1\n" * 20) for i in range(2000)]
     pieces = repository_pieces(files, random.Random(0), FimConfig(rate=0.8))
