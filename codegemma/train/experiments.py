@@ -70,8 +70,8 @@ def ensure_corpus(root: Path, max_mb: float = 12.0, vocab_size: int = 8192) -> t
 def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: int = 256, seed: int = 0,
                 out: Path | None = None, fim_chunk_chars: int = 0, fim_suffix_line_rate: float = 0.0,
                 fim_line_rate: float = 0.0, fim_single_line_rate: float = 0.0, spm_rate: float = 0.5,
-                corpus: Path | None = None,
-                tokenizer: str | None = None, fim_sentinels_from: Sequence[str] = ()) -> Path:
+                corpus: Path | None = None, tokenizer: str | None = None,
+                fim_sentinels_from: Sequence[str] = ()) -> Path:
     """Run the data pipeline over the demo corpus (or `corpus`, tokenized with the demo corpus's
     tokenizer, or `tokenizer` with `fim_sentinels_from` as its sentinels) with one FIM rate and file
     order (cached by name);
@@ -91,8 +91,8 @@ def demo_shards(root: Path, fim_rate: float, order: str = "codegemma", seq_len: 
     out = out or root / f"shards-fim{fim_rate:g}{chunked}-{order}-{seq_len}{corpus_tag}"
     settings = {"fim_rate": fim_rate, "fim_chunk_chars": fim_chunk_chars,
                 "fim_suffix_line_rate": fim_suffix_line_rate, "fim_line_rate": fim_line_rate,
-                "fim_single_line_rate": fim_single_line_rate, "spm_rate": spm_rate, "file_order": order, "seq_len": seq_len,
-                "fim_chunks_run_on": fim_chunk_chars > 0}
+                "fim_single_line_rate": fim_single_line_rate, "spm_rate": spm_rate, "file_order": order,
+                "seq_len": seq_len, "fim_chunks_run_on": fim_chunk_chars > 0}
     if tokenizer:  # recorded only when chosen, so that shards from before match
         settings |= {"tokenizer": tokenizer, "fim_sentinels_from": list(fim_sentinels_from)}
     if _built_with(out, settings):
