@@ -8,8 +8,11 @@ starts; the server sends SPM to FIM models by default), and
   - scores it again with every suffix replaced by another example's: the difference (the suffix
     gain, nats per middle token) is what the model takes from the suffix, 0 for a model that
     ignores it, which exact match at small scale cannot show, and
-  - greedily generates until a newline or a FIM sentinel and scores the line: exact match, and the
-    edit similarity of CrossCodeEval and RepoBench, which also credits a line right in part.
+  - greedily generates until a newline or a FIM sentinel and scores the line: exact match, the
+    edit similarity of CrossCodeEval and RepoBench, which also credits a line right in part, and
+    the share of the line's suffix-only identifiers (in the text just after the line, not just
+    before it) that the answer writes: what the answer took from the suffix, which a left-to-right
+    answer can only guess.
 The same lines can be scored left to right (order `l2r`: the prefix alone, no sentinels), the
 baseline any model has without a suffix; it also scores models that have no FIM sentinels.
 Examples are drawn once from a fixed seed, so every evaluation of a run (and every run of an
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +55,11 @@ LOGITS_BUDGET = 2**27
 
 # A run's greedy infilling answers of its last evaluation, in its out_dir (`answer_records`).
 INFILL_ANSWERS = "infill-answers.jsonl"
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+# "Just before" and "just after" the masked line, in characters: about what a 224-token prompt keeps
+# on either side (128 and 58 tokens of some 4 characters), so the window does not depend on the order.
+NEAR_PREFIX_CHARS, NEAR_SUFFIX_CHARS = 500, 250
 
 SOURCE_SUFFIXES = (".py", ".js", ".ts", ".java", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cs", ".kt", ".rb", ".sh")
 
@@ -110,6 +119,14 @@ def single_line_examples(files: list[tuple[str, str]], n: int, seed: int = 1234)
 def is_exact(answer: str, example: InfillExample) -> bool:
     """The answer is the masked line, indentation included (trailing whitespace aside)."""
     return answer.rstrip() == example.middle.rstrip()
+
+
+def suffix_only_identifiers(ex: InfillExample) -> set[str]:
+    """The masked line's identifiers that occur just after it and not just before it: what a model
+    can only take from the suffix."""
+    before = set(IDENTIFIER.findall(ex.prefix[-NEAR_PREFIX_CHARS:]))
+    after = set(IDENTIFIER.findall(ex.suffix[:NEAR_SUFFIX_CHARS]))
+    return (set(IDENTIFIER.findall(ex.middle)) - before) & after
 
 
 def answer_records(order: str, examples: list[InfillExample], answers: list[str]) -> list[dict]:
@@ -221,6 +238,16 @@ class InfillScorer:
         pairs = list(zip(answers, self.examples, strict=True))
         hits = sum(is_exact(line, ex) for line, ex in pairs)
         return hits, sum(edit_similarity(line, ex.middle) for line, ex in pairs)
+
+    def suffix_identifier_recall(self, answers: list[str]) -> float:
+        """Of the examples' suffix-only identifiers (`suffix_only_identifiers`), the share that
+        `answers` write (0 where the examples have none)."""
+        written = total = 0
+        for line, ex in zip(answers, self.examples, strict=True):
+            wanted = suffix_only_identifiers(ex)
+            written += len(wanted & set(IDENTIFIER.findall(line)))
+            total += len(wanted)
+        return written / max(total, 1)
 
     def _greedy_lines(self, model: nn.Module, device: torch.device, prompts: list[list[int]],
                       max_new_tokens: int) -> list[str]:
@@ -370,6 +397,7 @@ class Evaluator:
             hits, similarity = scorer.line_scores(answers)
             result[f"infill_exact_match{tag}"] = hits / max(len(answers), 1)
             result[f"infill_edit_similarity{tag}"] = similarity / max(len(answers), 1)
+            result[f"infill_suffix_identifier_recall{tag}"] = scorer.suffix_identifier_recall(answers)
         if self.copy_probe is not None:
             result["copy_gain"] = self.copy_probe.copy_gain(inner, device)
         if self.answers_path and records and self.env.is_main:

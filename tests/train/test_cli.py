@@ -149,7 +149,8 @@ def test_infill_eval_command(tmp_path, shards, small_tokenizer_path, capsys):
                  "--max-new-tokens", "3", "--orders", "l2r", "--tokenizer", str(plain)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"source", "examples", "fim_middle_loss_l2r", "fim_first_token_loss_l2r",
-                           "infill_exact_match_l2r", "infill_edit_similarity_l2r", "copy_gain"}
+                           "infill_exact_match_l2r", "infill_edit_similarity_l2r",
+                           "infill_suffix_identifier_recall_l2r", "copy_gain"}
     assert main(["train", "infill-eval", str(tmp_path / "run"), "--files", str(files), "--orders", "l2r,psm",
                  "--tokenizer", str(plain)]) == 1
     err = capsys.readouterr().err.strip().splitlines()

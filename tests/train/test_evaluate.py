@@ -30,6 +30,7 @@ from codegemma.train.evaluate import (
     infill_scorers,
     read_files,
     single_line_examples,
+    suffix_only_identifiers,
     unigram_baseline,
 )
 
@@ -164,6 +165,21 @@ def test_line_scores_need_the_indentation_for_a_match_but_not_for_similarity(sma
     assert similarity == pytest.approx(1.0 + 1.0 + 3 / 5)  # "y = 2" against "x = 1": 2 edits in 5
 
 
+def test_suffix_identifier_recall_counts_what_only_the_suffix_holds(small_tokenizer):
+    far = "# " + "x" * 600 + "\n"  # `count` before this is out of the near prefix
+    examples = [InfillExample("a.py", "count = 0\n" + far + "def f(items):\n", "    total = count + len(items)\n",
+                              "    return total\n"),
+                InfillExample("a.py", "import os\n", "path = os.getcwd()\n", "print(path)\n" + far + "cwd = 1\n")]
+    assert suffix_only_identifiers(examples[0]) == {"total"}  # items: just before; count, len: nowhere near
+    assert suffix_only_identifiers(examples[1]) == {"path"}  # os: before; getcwd: not after
+    scorer = InfillScorer(small_tokenizer, examples, max_prompt_tokens=64)
+    assert scorer.suffix_identifier_recall(["    total = 0", "cwd = os.getcwd()"]) == 0.5
+    assert scorer.suffix_identifier_recall(["    totals = 0", "path"]) == 0.5  # whole identifiers only
+    assert scorer.suffix_identifier_recall(["", ""]) == 0.0
+    none = InfillScorer(small_tokenizer, [InfillExample("a.py", "", "x = 1\n", "")], max_prompt_tokens=64)
+    assert none.suffix_identifier_recall(["x = 1"]) == 0.0  # no suffix-only identifier at all
+
+
 @pytest.mark.parametrize("order", [PSM, SPM, L2R])
 def test_batched_scoring_equals_one_example_at_a_time(small_tokenizer, order):
     cfg = ModelConfig.from_dict({**preset("tiny-gemma").to_dict(), "vocab_size": small_tokenizer.vocab_size})
@@ -284,7 +300,7 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     model.init_weights()
     result = Evaluator(DistEnv(), None, 0, scorers, 4, probe)(model)
     assert set(result) == {"fim_middle_loss", "fim_first_token_loss", "fim_suffix_gain", "infill_exact_match",
-                           "infill_edit_similarity", "copy_gain"}
+                           "infill_edit_similarity", "infill_suffix_identifier_recall", "copy_gain"}
     assert math.isfinite(result["copy_gain"])
     firsts = [row[0] for row in scorers[0].middle_nlls(model, torch.device("cpu"))]
     assert result["fim_first_token_loss"] == pytest.approx(sum(firsts) / len(firsts), rel=1e-9)
@@ -294,8 +310,9 @@ def test_evaluator_reports_the_copy_gain(small_tokenizer, tmp_path):
     scorers, _ = infill_scorers(small_tokenizer, tmp_path, 2, max_prompt_tokens=64, orders=["psm", "l2r"])
     result = Evaluator(DistEnv(), None, 0, scorers, 4)(model)
     assert set(result) == {"fim_middle_loss", "fim_first_token_loss", "fim_suffix_gain", "infill_exact_match",
-                           "infill_edit_similarity", "fim_middle_loss_l2r", "fim_first_token_loss_l2r",
-                           "infill_exact_match_l2r", "infill_edit_similarity_l2r"}
+                           "infill_edit_similarity", "infill_suffix_identifier_recall", "fim_middle_loss_l2r",
+                           "fim_first_token_loss_l2r", "infill_exact_match_l2r", "infill_edit_similarity_l2r",
+                           "infill_suffix_identifier_recall_l2r"}
     assert scorers[0].examples == scorers[1].examples and math.isfinite(result["fim_middle_loss_l2r"])
 
 
