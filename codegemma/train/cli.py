@@ -31,11 +31,12 @@ def register(subparsers) -> None:
                    "existing one, or a name ending in /); HF config files go beside it")
     p.set_defaults(func=_tokenizer)
 
-    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16) or a HF directory")
+    p = sub.add_parser("export", help="export a checkpoint or model to GGUF (F32/F16/BF16/Q8_0) or a HF directory")
     p.add_argument("source", help="training checkpoint (a .pt file or a sharded step directory), run directory, HF directory or GGUF")
     p.add_argument("--out", required=True, help="output .gguf file or directory")
     p.add_argument("--format", choices=("gguf", "hf"), default=None, help="default: from --out's suffix")
-    p.add_argument("--dtype", choices=("f32", "f16"), default="f16", help="GGUF tensor type")
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"), default="f16",  # export.GGUF_DTYPES
+                   help="GGUF tensor type of the matrices (norms stay f32); q8_0: 8-bit blocks, half of f16's size")
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")
     p.set_defaults(func=_export)
 

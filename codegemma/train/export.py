@@ -1,4 +1,4 @@
-"""Export trained weights: GGUF (F32 / F16) with llama.cpp's Gemma conventions, or a HF directory.
+"""Export trained weights: GGUF (F32 / F16 / BF16 / Q8_0) with llama.cpp's Gemma conventions, or a HF directory.
 
 GGUF layout follows llama.cpp's converter for the gemma, gemma2 and gemma3 architectures:
 tensor names `token_embd`, `blk.N.attn_q` ..., norms stored as (1 + w), 1-D tensors always F32,
@@ -139,13 +139,43 @@ def _pad_vocabulary(pieces: list[str], scores: list[float], types: list[int], ro
     return pieces + pad, scores + [-1000.0] * len(pad), types + [UNUSED] * len(pad)
 
 
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def _encoded(name: str, array: np.ndarray, dtype: str):
+    """(data, GGML type or None for a plain float array) of one float32 tensor in the export's type.
+    1-D tensors (norms) stay F32, as llama.cpp's converter keeps them. Q8_0 blocks run along a
+    row, 32 values each; a matrix whose rows are not a whole number of blocks goes in F16."""
+    from gguf import GGMLQuantizationType, quants
+
+    if array.ndim < 2 or dtype == "f32":
+        return array, None
+    if dtype == "bf16":  # float32's range: nothing can overflow
+        return quants.quantize(array, GGMLQuantizationType.BF16), GGMLQuantizationType.BF16
+    if dtype == "q8_0" and array.shape[-1] % 32 == 0:
+        kind = GGMLQuantizationType.Q8_0
+        with np.errstate(over="ignore", invalid="ignore"):  # a block scale past float16 is caught below
+            data = quants.quantize(array, kind)
+            finite = np.isfinite(quants.dequantize(data, kind)).all()
+    else:
+        kind = None
+        with np.errstate(over="ignore"):  # overflow is checked for just below, with the tensor's name
+            data = array.astype(np.float16)
+        finite = np.isfinite(data).all()
+    if not finite and np.isfinite(array).all():
+        held = "Q8_0's float16 block scales" if kind else "float16's range"
+        raise CodegemmaError(f"{name} has values beyond {held} (largest {np.abs(array).max():.4g}): "
+                             "export with --dtype f32 or bf16")
+    return data, kind
+
+
 def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, out_path: str | Path,
                dtype: str = "f16") -> Path:
     """Write weights and vocabulary as one GGUF file (atomically)."""
     import gguf
 
-    if dtype not in ("f32", "f16"):
-        raise CodegemmaError(f"GGUF export dtype must be f32 or f16, not {dtype!r}")
+    if dtype not in GGUF_DTYPES:
+        raise CodegemmaError(f"GGUF export dtype must be one of {', '.join(GGUF_DTYPES)}, not {dtype!r}")
     if tokenizer is None:
         raise CodegemmaError("GGUF export needs the model's tokenizer (pass --tokenizer)")
     _check_representable(config)
@@ -157,7 +187,8 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(out_path.stem)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
         w.add_context_length(config.max_seq_len)
         w.add_embedding_length(config.d_model)
         w.add_block_count(config.n_layers)
@@ -194,14 +225,8 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
             array = tensor.detach().float().cpu().numpy()
             if name.endswith("norm.weight"):
                 array = array + 1.0  # llama.cpp's converter stores Gemma norms as (1 + w)
-            if dtype == "f16" and array.ndim > 1:
-                with np.errstate(over="ignore"):  # overflow is checked for just below, with the tensor's name
-                    half = array.astype(np.float16)
-                if not np.isfinite(half).all() and np.isfinite(array).all():
-                    raise CodegemmaError(f"{name} has values beyond float16's range (largest "
-                                         f"{np.abs(array).max():.4g}): export with --dtype f32")
-                array = half
-            w.add_tensor(gguf_name(name, arch), np.ascontiguousarray(array.astype(array.dtype, copy=False)))
+            array, kind = _encoded(name, array, dtype)
+            w.add_tensor(gguf_name(name, arch), np.ascontiguousarray(array), raw_dtype=kind)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

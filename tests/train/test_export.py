@@ -55,6 +55,68 @@ def test_gguf_round_trip_through_the_project_loader(tmp_path, tokenizer, name, c
     assert loaded.config.family == cfg.family and loaded.config.layer_types == cfg.layer_types
 
 
+def rounded_model(model: Gemma, cfg: ModelConfig, kind) -> Gemma:
+    """`model` with every matrix rounded to GGML type `kind` and back, by the `gguf` package."""
+    from gguf import quants
+
+    rounded = Gemma(cfg).eval()
+    rounded.load_state_dict({k: torch.from_numpy(quants.dequantize(quants.quantize(v.numpy(), kind), kind).copy())
+                             if v.dim() > 1 else v for k, v in model.state_dict().items()})
+    return rounded
+
+
+@pytest.mark.parametrize("name, changes", [("tiny-gemma", {}), ("tiny-gemma3", {"query_pre_attn_scalar": None})])
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
+def test_gguf_bf16_and_q8_0_hold_the_rounded_weights(tmp_path, tokenizer, name, changes, dtype):
+    """A BF16 or Q8_0 export stores each matrix in that type and every norm in F32, and reads back
+    as exactly the model whose matrices `gguf` rounded to it: nothing else is lost. Q8_0 takes a
+    little over half the bytes of BF16."""
+    import gguf
+
+    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
+    model, cfg = random_model(name, tokenizer.vocab_size, **changes)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", dtype)
+    reader = gguf.GGUFReader(path)
+    types = {t.name: gguf.GGMLQuantizationType(t.tensor_type) for t in reader.tensors}
+    assert {k for n, k in types.items() if "norm" in n} == {gguf.GGMLQuantizationType.F32}
+    assert {k for n, k in types.items() if "norm" not in n} == {kind}
+    field = reader.fields["general.file_type"]
+    assert int(field.parts[field.data[0]][0]) == {"bf16": gguf.LlamaFileType.MOSTLY_BF16,
+                                                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        ours = load(str(path), progress=False).model(x)
+        assert (ours - rounded_model(model, cfg, kind)(x)).abs().max().item() <= 1e-5
+        assert 0 < (ours - model(x)).abs().max().item() < 0.1
+    if dtype == "q8_0":
+        bf16_size = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "b.gguf", "bf16").stat().st_size
+        assert path.stat().st_size < 0.65 * bf16_size
+
+
+def test_q8_0_keeps_rows_that_are_no_whole_number_of_blocks_in_f16_and_names_an_overflow(tmp_path, tokenizer):
+    import numpy as np
+
+    from codegemma.train.export import _encoded
+
+    data, kind = _encoded("w", np.ones((4, 48), dtype=np.float32), "q8_0")
+    assert kind is None and data.dtype == np.float16
+    data, kind = _encoded("w", np.ones((4, 64), dtype=np.float32), "q8_0")
+    assert kind is not None and data.dtype == np.uint8
+    big = np.full((4, 64), 1e10, dtype=np.float32)
+    assert _encoded("w", big, "bf16")[1] is not None  # float32's range
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    state = model.state_dict()
+    state["layers.0.mlp.up_proj.weight"] = state["layers.0.mlp.up_proj.weight"] * 1e10
+    with pytest.raises(CodegemmaError, match=r"layers.0.mlp.up_proj.weight has values beyond Q8_0's float16 block "
+                                             r"scales \(largest [0-9.]+e\+\d+\): export with --dtype f32 or bf16"):
+        write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "q8_0")
+    with pytest.raises(CodegemmaError, match=r"up_proj.weight has values beyond float16's range .*--dtype f32 or bf16"):
+        write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "f16")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CodegemmaError, match="dtype must be one of f32, f16, bf16, q8_0, not 'q4_k'"):
+        write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "q4_k")
+
+
 def test_gguf_gemma3_read_by_transformers(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,6 +154,24 @@ def test_gguf_read_by_llama_cpp(tmp_path, tokenizer, name, changes):
     llama_cpp = pytest.importorskip("llama_cpp")
     model, cfg = random_model(name, tokenizer.vocab_size, **changes)
     path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", "f32")
+    _check_llama_cpp_logits(llama_cpp, path, tokenizer, model, 1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
+def test_gguf_bf16_and_q8_0_read_by_llama_cpp(tmp_path, tokenizer, dtype):
+    """llama.cpp reads the rounded matrices as we do. Its BF16 and Q8_0 products also round the
+    activations (to bf16, or to 8-bit blocks), so its logits sit near, not on, the rounded model's:
+    within 0.05 here, where a misread tensor would be off by the logits' whole scale."""
+    import gguf
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
+    model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, query_pre_attn_scalar=None)
+    path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", dtype)
+    _check_llama_cpp_logits(llama_cpp, path, tokenizer, rounded_model(model, cfg, kind), 0.05)
+
+
+def _check_llama_cpp_logits(llama_cpp, path, tokenizer, model, tol):
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
     text = "import json\n\n\ndef load(path):\n    return json.loads(path.read_text())\n" * 2
     ids = tokenizer.encode(text, add_bos=True)
@@ -100,7 +180,7 @@ def test_gguf_read_by_llama_cpp(tmp_path, tokenizer, name, changes):
     theirs = torch.tensor(llm.scores[:len(ids)])
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0]
-    assert (theirs - ours).abs().max().item() <= 1e-3
+    assert (theirs - ours).abs().max().item() <= tol
 
 
 def test_hf_directory_tokenizer_adds_bos_in_transformers_as_here(tmp_path, tokenizer):
@@ -241,6 +321,34 @@ def test_default_model_exported_to_gguf_reads_the_same_in_llama_cpp(tmp_path, de
         ours = loaded.model(torch.tensor([ids]))[0]
     assert (theirs - ours).abs().max().item() < 0.2
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item() >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_default_model_exported_to_q8_0_reads_alike_here_and_in_llama_cpp(tmp_path, default_gguf_path):
+    """The default model in Q8_0: about half the F16 file, the same tensors read by both loaders. Our
+    loader computes in float32 from the rounded weights; llama.cpp also rounds the activations to
+    8-bit blocks, which moves Gemma 3's logits by a few units (as on the original Q4_K_M file: a max
+    of 4.6 and 95% of argmaxes alike on these 128 tokens), so the bounds are about that wide."""
+    import inspect
+    import json
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    loaded = load(default_gguf_path, progress=False)
+    path = write_gguf(loaded.model.state_dict(), loaded.config, loaded.tokenizer, tmp_path / "m.gguf", "q8_0")
+    f16_bytes = 2 * sum(t.numel() for t in loaded.model.state_dict().values() if t.dim() > 1)
+    assert path.stat().st_size < 0.55 * f16_bytes  # 34 bytes a block of 32 against F16's 64
+    ours = load(str(path), progress=False)
+    ids = ours.tokenizer.encode(inspect.getsource(json.decoder), add_bos=True)[:128]
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[:len(ids)])
+    with torch.no_grad():
+        mine = ours.model(torch.tensor([ids]))[0].float()
+        source = loaded.model(torch.tensor([ids]))[0].float()
+    assert (mine.argmax(-1) == source.argmax(-1)).float().mean().item() >= 0.94
+    assert (theirs.argmax(-1) == mine.argmax(-1)).float().mean().item() >= 0.9
+    assert (theirs - mine).abs().max().item() < 8
 
 
 def test_an_embedding_wider_than_the_tokenizer_exports_padded(tmp_path, tokenizer):
