@@ -117,13 +117,17 @@ def test_q8_0_keeps_rows_that_are_no_whole_number_of_blocks_in_f16_and_names_an_
         write_gguf(state, cfg, tokenizer, tmp_path / "m.gguf", "q4_k")
 
 
-def test_gguf_gemma3_read_by_transformers(tmp_path, tokenizer):
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0"])
+def test_gguf_gemma3_read_by_transformers(tmp_path, tokenizer, dtype):
+    import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # transformers assumes query_pre_attn_scalar = 256 for GGUF files, as in every released Gemma 3
     model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, head_dim=256, query_pre_attn_scalar=None)
-    write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "g3.gguf", "f32")
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="g3.gguf")
+    write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "g3.gguf", dtype)
+    if dtype != "f32":  # transformers reads the rounded matrices back as float32
+        model = rounded_model(model, cfg, gguf.GGMLQuantizationType[dtype.upper()])
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="g3.gguf", torch_dtype=torch.float32)
     x = torch.randint(0, cfg.vocab_size, (1, 20))
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, model(x), atol=1e-4)
