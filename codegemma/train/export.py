@@ -309,17 +309,24 @@ def load_trained(source: str | Path, tokenizer_spec: str | None = None):
     return weights, config, tokenizer
 
 
-def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str = "f16",
+HF_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export(source: str | Path, out: str | Path, fmt: str = "gguf", dtype: str | None = None,
            tokenizer_spec: str | None = None) -> Path:
+    """`source` as a GGUF file (`dtype` of its matrices, default f16) or a HF directory (safetensors
+    in `dtype`, default the weights' own)."""
     if fmt == "gguf":
         gguf_target(out)  # before the weights load
+    elif dtype is not None and dtype not in HF_DTYPES:
+        raise CodegemmaError(f"{dtype} is a GGUF type; HF safetensors take {', '.join(HF_DTYPES)}")
     state, config, tokenizer = load_trained(source, tokenizer_spec)
     if fmt == "gguf":
-        return write_gguf(state, config, tokenizer, out, dtype)
+        return write_gguf(state, config, tokenizer, out, dtype or "f16")
     from codegemma.checkpoints import save_hf
     from codegemma.checkpoints.loading import empty_model, load_weights_into
 
     model = load_weights_into(empty_model(config), state.items(), str(source))
     out = Path(out)
-    save_hf(model, config, tokenizer, out, replace=True)
+    save_hf(model, config, tokenizer, out, dtype=HF_DTYPES.get(dtype), replace=True)
     return out

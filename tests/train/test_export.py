@@ -237,6 +237,33 @@ def test_export_from_a_training_run(tmp_path, tokenizer):
         assert torch.equal(load(str(gguf_path), progress=False).model(x), model(x))
 
 
+def test_hf_export_in_bf16_and_a_gguf_type_refused_for_it(tmp_path, tokenizer):
+    """`--dtype bf16` writes bf16 safetensors that transformers loads as the model rounded to bf16;
+    q8_0, a GGUF type, is refused for a HF directory before anything loads."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from codegemma.train import checkpoint
+
+    model, cfg = random_model("tiny-gemma", tokenizer.vocab_size)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    checkpoint.save(tmp_path / "run" / "checkpoints", 5, {
+        "step": 5, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "recipe": {"tokenizer": str(tmp_path / "tokenizer.json"), "lora": {}, "model": {}}})
+    out = export(tmp_path / "run", tmp_path / "hf", fmt="hf", dtype="bf16")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    rounded = Gemma(cfg).eval()
+    rounded.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()})
+    hf = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    x = torch.randint(0, cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, rounded(x), atol=1e-4)
+    with pytest.raises(CodegemmaError, match="q8_0 is a GGUF type; HF safetensors take f32, f16, bf16"):
+        export(tmp_path / "nosuch", tmp_path / "hf2", fmt="hf", dtype="q8_0")
+    assert not (tmp_path / "hf2").exists()
+
+
 def test_hf_export_replaces_a_model_directory_but_never_deletes_other_files(tmp_path, tokenizer):
     """Exporting again over an exported model replaces it; `--out` naming a directory that holds
     anything else (here the run itself, its checkpoints included) is refused and the directory kept."""
