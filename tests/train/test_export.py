@@ -73,7 +73,7 @@ def test_gguf_bf16_and_q8_0_hold_the_rounded_weights(tmp_path, tokenizer, name, 
     little over half the bytes of BF16."""
     import gguf
 
-    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
+    kind = gguf.GGMLQuantizationType[dtype.upper()]
     model, cfg = random_model(name, tokenizer.vocab_size, **changes)
     path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", dtype)
     reader = gguf.GGUFReader(path)
@@ -169,7 +169,7 @@ def test_gguf_bf16_and_q8_0_read_by_llama_cpp(tmp_path, tokenizer, dtype):
     import gguf
 
     llama_cpp = pytest.importorskip("llama_cpp")
-    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
+    kind = gguf.GGMLQuantizationType[dtype.upper()]
     model, cfg = random_model("tiny-gemma3", tokenizer.vocab_size, query_pre_attn_scalar=None)
     path = write_gguf(model.state_dict(), cfg, tokenizer, tmp_path / "m.gguf", dtype)
     _check_llama_cpp_logits(llama_cpp, path, tokenizer, rounded_model(model, cfg, kind), 0.05)
