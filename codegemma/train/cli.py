@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("source", help="training checkpoint (a .pt file or a sharded step directory), run directory, HF directory or GGUF")
     p.add_argument("--out", required=True, help="output .gguf file or directory")
     p.add_argument("--format", choices=("gguf", "hf"), default=None, help="default: from --out's suffix")
-    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"), default=None,  # export.GGUF_DTYPES
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"), default=None,  # export.GGUF_FILE_TYPES
                    help="tensor type. GGUF: of the matrices (norms stay f32), default f16; q8_0: 8-bit blocks, "
                         "half of f16's size. HF safetensors: f32, f16 or bf16, default the model's own (float32)")
     p.add_argument("--tokenizer", default="", help="tokenizer for checkpoints that do not carry one")

@@ -139,7 +139,8 @@ def _pad_vocabulary(pieces: list[str], scores: list[float], types: list[int], ro
     return pieces + pad, scores + [-1000.0] * len(pad), types + [UNUSED] * len(pad)
 
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+# export dtype -> the file type a GGUF declares for it (llama.cpp's `general.file_type`)
+GGUF_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 
 
 def _encoded(name: str, array: np.ndarray, dtype: str):
@@ -156,7 +157,7 @@ def _encoded(name: str, array: np.ndarray, dtype: str):
         kind = GGMLQuantizationType.Q8_0
         with np.errstate(over="ignore", invalid="ignore"):  # a block scale past float16 is caught below
             data = quants.quantize(array, kind)
-            finite = np.isfinite(quants.dequantize(data, kind)).all()
+        finite = np.abs(array).max() / 127 <= np.finfo(np.float16).max  # the largest block's scale
     else:
         kind = None
         with np.errstate(over="ignore"):  # overflow is checked for just below, with the tensor's name
@@ -174,8 +175,8 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
     """Write weights and vocabulary as one GGUF file (atomically)."""
     import gguf
 
-    if dtype not in GGUF_DTYPES:
-        raise CodegemmaError(f"GGUF export dtype must be one of {', '.join(GGUF_DTYPES)}, not {dtype!r}")
+    if dtype not in GGUF_FILE_TYPES:
+        raise CodegemmaError(f"GGUF export dtype must be one of {', '.join(GGUF_FILE_TYPES)}, not {dtype!r}")
     if tokenizer is None:
         raise CodegemmaError("GGUF export needs the model's tokenizer (pass --tokenizer)")
     _check_representable(config)
@@ -187,8 +188,7 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, tokenizer, o
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(out_path.stem)
-        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                         "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+        w.add_file_type(gguf.LlamaFileType[GGUF_FILE_TYPES[dtype]])
         w.add_context_length(config.max_seq_len)
         w.add_embedding_length(config.d_model)
         w.add_block_count(config.n_layers)

@@ -529,3 +529,14 @@ def test_a_full_disk_during_gguf_export_names_the_file(tmp_path, tokenizer):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tmp_path.iterdir()) == []
+
+
+
+def test_the_cli_offers_every_export_dtype():
+    """The CLI spells the dtypes out (it imports no torch to parse its arguments); each the exporter
+    writes must parse."""
+    from codegemma.cli import build_parser
+    from codegemma.train.export import GGUF_FILE_TYPES
+
+    for dtype in GGUF_FILE_TYPES:
+        assert build_parser().parse_args(["train", "export", "run", "--out", "m.gguf", "--dtype", dtype]).dtype == dtype
