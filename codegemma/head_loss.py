@@ -127,10 +127,12 @@ def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0, b
         g = (w.t() @ z_t).t() if w_low is None else bf16_matmuls.result(z_low.t() @ w_low)
         torch.mul(g, scale[:, None], out=grad_h[r0:r0 + len(targets)])
     if grad_w is not None:
+        if w_low is None:
+            scaled = torch.mul(hc, scale[:, None], out=bufs.get("scaled", tuple(hc.shape), hc.dtype, hc))
         if w_low is None and r0 == 0:  # the first chunk writes the gradient: no zero-filled start
-            torch.mm(z_t, hc * scale[:, None], out=grad_w)
+            torch.mm(z_t, scaled, out=grad_w)
         elif w_low is None:
-            grad_w.addmm_(z_t, hc * scale[:, None])
+            grad_w.addmm_(z_t, scaled)
         else:  # the bf16 product, accumulated in float32, each through a reused buffer (`+=` would cast into a new one)
             dw_low = torch.mm(z_low, bf16_matmuls.operand(hc * scale[:, None]), out=bufs.get("dw_low", grad_w.shape, low, w))
             bf16_matmuls.round_(dw_low)
@@ -177,8 +179,11 @@ class _WeightedNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_nll):
         grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad_total.to(grad_w.dtype), None, None, None)
+        # scaled in place: a fresh copy of the head's gradient (21 MB at the tiny-cpu recipe's
+        # shapes, 671 MB for Gemma's 262k vocabulary) cost a pass and new pages. A second backward
+        # through the same graph (retain_graph) then stops at the saved tensors' version check.
+        return (None if grad_h is None else grad_h.mul_(grad_total.to(grad_h.dtype)),
+                None if grad_w is None else grad_w.mul_(grad_total.to(grad_w.dtype)), None, None, None)
 
 
 def weighted_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,

@@ -118,6 +118,17 @@ def test_head_loss_is_exact_in_float64_with_and_without_softcap():
             assert torch.allclose(head_loss.weighted_nll(h, w, targets, weights, cap)[1], ref, atol=1e-12)
 
 
+def test_head_loss_refuses_a_second_backward_instead_of_a_wrong_gradient():
+    """Backward scales the saved gradients in place (no copy of the head's gradient); a second
+    backward through a retained graph must then fail loudly, not return twice-scaled gradients."""
+    torch.manual_seed(0)
+    h, w = torch.randn(20, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
+    total, _ = head_loss.weighted_nll(h, w, torch.randint(0, 30, (20,)), torch.ones(20))
+    (0.5 * total).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (0.5 * total).backward()
+
+
 def test_dpo_loss():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
     loss, stats = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
