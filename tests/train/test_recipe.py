@@ -124,3 +124,49 @@ def test_codegemma_recipes_match_the_paper_and_their_data(size, fim_rate, shape)
     assert (data["fim"]["rate"], data["fim"]["spm_rate"], data["seq_len"]) == (fim_rate, 0.5, 8192)
     out = data["out_dir"]
     assert (r.data.train, r.data.eval, r.eval.infill_files) == (f"{out}/train", f"{out}/eval", f"{out}/heldout")
+
+
+def test_tiny_cpu_script_builds_what_the_recipe_reads_with_valid_commands(tmp_path):
+    """recipes/tiny-cpu.sh, run in an empty directory with `codegemma` and `torchrun` replaced by
+    stubs that record their arguments: every command parses with the real CLI, the paths it builds
+    are the recipe's inputs, and the training command's overrides load."""
+    import json
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from codegemma.cli import build_parser
+
+    root = Path(__file__).resolve().parents[2]
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    for name in ("codegemma", "torchrun"):
+        stub = bin_dir / name
+        stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+        stub.chmod(0o755)
+    work = tmp_path / "work"
+    (work / "recipes").mkdir(parents=True)
+    (work / "recipes" / "tiny-cpu.toml").write_text((root / "recipes" / "tiny-cpu.toml").read_text())
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", str(root / "recipes" / "tiny-cpu.sh"), "--set", "train.steps=3"], cwd=work, env=env,
+                   check=True)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[:2] for c in calls[:4]] == [["data", "demo-corpus"], ["train", "tokenizer"], ["train", "demo-data"],
+                                          ["train", "prune"]]
+    parser = build_parser()
+    corpus, tokenizer, shards, prune = (parser.parse_args(argv) for argv in calls[:4])  # unknown flags exit
+    norm = os.path.normpath
+    shards_dir = norm(shards.out or os.path.join(shards.root, "shards"))
+    assert [norm(p) for p in tokenizer.corpus] == [norm(corpus.out)]
+    assert norm(prune.tokenizer) == norm(tokenizer.out) and norm(prune.calibration).startswith(shards_dir)
+    launch = calls[4]
+    assert launch[:4] == ["--nproc_per_node", "2", "-m", "codegemma"], shlex.join(launch)
+    args = parser.parse_args(launch[4:])
+    r = recipe.load(work / args.recipe, args.overrides)
+    assert (r.train.batch_size, r.train.steps) == (4, 3)  # two processes of 4: the global batch of 8
+    assert (norm(r.model.init), norm(r.tokenizer)) == (norm(prune.out), norm(tokenizer.out))
+    for path in (r.data.train, r.data.eval, r.eval.infill_files):
+        assert norm(path).startswith(shards_dir + os.sep), path
