@@ -20,6 +20,18 @@ from .test_trainer import make_recipe, train
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def interruptible():
+    """Ctrl-C handled as in a terminal, also where the test run itself started with SIGINT ignored
+    (`pytest &` in a script): runs started from here, in this process or in a child that inherits
+    the disposition, must see a SIGINT that is not ignored (the case where it is has its own test)."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def handlers() -> dict[int, object]:
     """The process's SIGINT and SIGTERM handlers (another library, e.g. ray, may have set them)."""
     return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
