@@ -127,14 +127,13 @@ def _transposed_chunk(hc, w, w_low, targets, weights, nll, grad_h, grad_w, r0, b
         g = (w.t() @ z_t).t() if w_low is None else bf16_matmuls.result(z_low.t() @ w_low)
         torch.mul(g, scale[:, None], out=grad_h[r0:r0 + len(targets)])
     if grad_w is not None:
-        if w_low is None:
-            scaled = torch.mul(hc, scale[:, None], out=bufs.get("scaled", tuple(hc.shape), hc.dtype, hc))
+        scaled = torch.mul(hc, scale[:, None], out=bufs.get("scaled", tuple(hc.shape), hc.dtype, hc))
         if w_low is None and r0 == 0:  # the first chunk writes the gradient: no zero-filled start
             torch.mm(z_t, scaled, out=grad_w)
         elif w_low is None:
             grad_w.addmm_(z_t, scaled)
         else:  # the bf16 product, accumulated in float32, each through a reused buffer (`+=` would cast into a new one)
-            dw_low = torch.mm(z_low, bf16_matmuls.operand(hc * scale[:, None]), out=bufs.get("dw_low", grad_w.shape, low, w))
+            dw_low = torch.mm(z_low, bf16_matmuls.operand(scaled), out=bufs.get("dw_low", grad_w.shape, low, w))
             bf16_matmuls.round_(dw_low)
             grad_w += bufs.get("dw", grad_w.shape, grad_w.dtype, w).copy_(dw_low)
 
