@@ -1,5 +1,13 @@
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from codegemma.cli import build_parser
 from codegemma.errors import CodegemmaError
 from codegemma.train import recipe
 
@@ -64,8 +72,6 @@ def test_missing_recipe():
 
 
 def test_shipped_recipes_load():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2] / "recipes"
     names = sorted(p.name for p in root.glob("*.toml"))
     assert {"tiny-cpu.toml", "codegemma-2b.toml", "codegemma-7b.toml", "continue-gemma.toml"} <= set(names)
@@ -108,8 +114,6 @@ def test_codegemma_recipes_match_the_paper_and_their_data(size, fim_rate, shape)
     """The Gemma 1 shape (google/gemma-2b, -7b configs), checked against the start when it loads;
     FIM 0.9 (2B v1.1) / 0.8 (7B), PSM/SPM 50/50, 8192 tokens; and every data path where the data
     recipe's pipeline writes it."""
-    from pathlib import Path
-
     from codegemma import toml_compat as tomllib
     from codegemma.train.build import model_config
 
@@ -130,15 +134,6 @@ def test_tiny_cpu_script_builds_what_the_recipe_reads_with_valid_commands(tmp_pa
     """recipes/tiny-cpu.sh, run in an empty directory with `codegemma` and `torchrun` replaced by
     stubs that record their arguments: every command parses with the real CLI, the paths it builds
     are the recipe's inputs, and the training command's overrides load."""
-    import json
-    import os
-    import shlex
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from codegemma.cli import build_parser
-
     root = Path(__file__).resolve().parents[2]
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
     bin_dir.mkdir()
